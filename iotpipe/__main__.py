@@ -1,0 +1,3 @@
+from iotpipe.cli import main
+
+main()

@@ -1,0 +1,369 @@
+"""AWS access in one place: sessions, clients, and the retry policy every call goes through.
+
+botocore's own retries are switched off so that one policy (tenacity, below) decides what is
+retried: throttling, 5xx, dropped connections, and the named "not yet consistent" errors a caller
+passes in (IAM propagation, updates in progress, read-after-create). Everything else fails fast,
+as an `AwsError` naming the resource and quoting AWS.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import boto3
+import botocore.exceptions
+from botocore.config import Config as BotoConfig
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+from iotpipe.errors import AwsError, UsageError
+
+T = TypeVar("T")
+
+THROTTLING_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "ProvisionedThroughputExceededException",
+        "SlowDown",
+        "BandwidthLimitExceeded",
+        "PriorRequestNotComplete",
+        "TransactionInProgressException",
+        "EC2ThrottledException",
+    }
+)
+SERVER_ERROR_CODES = frozenset(
+    {"InternalFailure", "InternalError", "InternalServerError", "ServiceUnavailable"}
+)
+
+
+@dataclass(frozen=True)
+class Transient:
+    """A named error that means "not yet", not "no": retried for a caller that names it."""
+
+    name: str
+    code: str
+    message_contains: str | None = None
+
+    def matches(self, code: str, message: str) -> bool:
+        if code != self.code:
+            return False
+        return self.message_contains is None or self.message_contains.lower() in message.lower()
+
+
+# The known IAM-propagation errors: a role created seconds ago is not yet assumable by the service.
+IAM_PROPAGATION: tuple[Transient, ...] = (
+    Transient("lambda-role", "InvalidParameterValueException", "cannot be assumed"),
+    Transient("lambda-esm-role", "InvalidParameterValueException", "execution role"),
+    Transient("lambda-esm-access", "InvalidParameterValueException", "Cannot access stream"),
+    Transient("firehose-role", "InvalidArgumentException", "assume role"),
+    Transient("firehose-access", "InvalidArgumentException", "is not authorized"),
+    Transient("iot-role", "InvalidRequestException", "unable to assume role"),
+    Transient("iot-role-access", "UnauthorizedException", None),
+    Transient("glue-role", "InvalidInputException", "assume"),
+    Transient("glue-role-access", "AccessDeniedException", "role"),
+)
+# Lambda refuses a change while a previous one is still being applied.
+UPDATE_IN_PROGRESS: tuple[Transient, ...] = (
+    Transient("lambda-update", "ResourceConflictException", None),
+    Transient("resource-in-use", "ResourceInUseException", None),
+)
+# Some describe calls lag a create by a moment (eventual consistency).
+NOT_YET_VISIBLE: tuple[Transient, ...] = (
+    Transient("not-found", "ResourceNotFoundException", None),
+    Transient("no-such-entity", "NoSuchEntity", None),
+)
+
+_READ_PREFIXES = (
+    "Describe",
+    "Get",
+    "List",
+    "Head",
+    "Query",
+    "Scan",
+    "Search",
+    "Select",
+    "Lookup",
+    "Check",
+    "Test",
+    "Validate",
+    "Estimate",
+    "BatchGet",
+)
+
+
+def is_mutating(operation_name: str) -> bool:
+    """True for an API operation that changes state (by AWS's naming conventions)."""
+    return not operation_name.startswith(_READ_PREFIXES)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter, bounded both in attempts and in time."""
+
+    base_seconds: float = 0.5
+    max_wait_seconds: float = 20.0
+    max_attempts: int = 8
+    # IAM propagation takes seconds to a couple of minutes; it gets its own, longer, deadline.
+    transient_deadline_seconds: float = 120.0
+    sleep: Callable[[float], None] = time.sleep
+
+    def backoff_seconds(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
+        return random.uniform(0, min(self.max_wait_seconds, self.base_seconds * 2**attempt))
+
+    def scaled(self, factor: float) -> RetryPolicy:
+        return RetryPolicy(
+            base_seconds=self.base_seconds * factor,
+            max_wait_seconds=self.max_wait_seconds * factor,
+            max_attempts=self.max_attempts,
+            transient_deadline_seconds=self.transient_deadline_seconds * factor,
+            sleep=self.sleep,
+        )
+
+
+def _default_policy() -> RetryPolicy:
+    # Tests and benchmarks shorten every sleep with IOTPIPE_RETRY_SCALE (e.g. 0.001).
+    scale = float(os.environ.get("IOTPIPE_RETRY_SCALE", "1"))
+    return RetryPolicy().scaled(scale)
+
+
+def error_code(exc: BaseException) -> tuple[str, str, int]:
+    """(code, message, HTTP status) of a botocore ClientError."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        err = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return str(err.get("Code", "")), str(err.get("Message", "")), int(status or 0)
+    return "", str(exc), 0
+
+
+def is_throttling_or_server_error(exc: BaseException) -> bool:
+    if isinstance(
+        exc,
+        botocore.exceptions.EndpointConnectionError
+        | botocore.exceptions.ConnectionClosedError
+        | botocore.exceptions.ReadTimeoutError
+        | botocore.exceptions.ConnectTimeoutError,
+    ):
+        return True
+    if not isinstance(exc, botocore.exceptions.ClientError):
+        return False
+    code, message, status = error_code(exc)
+    if code in THROTTLING_CODES or code in SERVER_ERROR_CODES or status >= 500:
+        return True
+    # Kinesis and others say "LimitExceededException: Rate exceeded" for control-plane throttling;
+    # the same code for a quota ("shard limit") is permanent.
+    return code == "LimitExceededException" and "rate exceeded" in message.lower()
+
+
+# Test seam: callables run on every new client (fault injection, call counting, latency).
+_client_hooks: list[Callable[[str, Any], None]] = []
+
+
+def add_client_hook(hook: Callable[[str, Any], None]) -> Callable[[], None]:
+    """Run `hook(service_name, client)` on every client created from now on; returns a remover."""
+    _client_hooks.append(hook)
+    return lambda: _client_hooks.remove(hook)
+
+
+class Aws:
+    """One account/region: cached clients and the retrying `call`."""
+
+    def __init__(
+        self,
+        *,
+        profile: str | None = None,
+        region: str | None = None,
+        endpoint_url: str | None = None,
+        policy: RetryPolicy | None = None,
+    ) -> None:
+        try:
+            self.session = boto3.Session(profile_name=profile, region_name=region)
+        except botocore.exceptions.ProfileNotFound:
+            raise UsageError(
+                f"AWS profile {profile!r} not found",
+                hint="check --profile against ~/.aws/config",
+            ) from None
+        self.region = self.session.region_name or region or "us-east-1"
+        self.endpoint_url = endpoint_url
+        self.policy = policy or _default_policy()
+        # Ratio of this policy's sleeps to the production ones (tests shorten everything).
+        self._scale = self.policy.base_seconds / RetryPolicy.base_seconds
+        self.calls: Counter[str] = Counter()
+        self.retries: Counter[str] = Counter()
+        self._clients: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._account_id: str | None = None
+        self._boto_config = BotoConfig(
+            region_name=self.region,
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            max_pool_connections=32,
+            connect_timeout=10,
+            read_timeout=60,
+        )
+
+    def client(self, service: str) -> Any:
+        with self._lock:
+            client = self._clients.get(service)
+            if client is None:
+                kwargs: dict[str, Any] = {"config": self._boto_config}
+                if self.endpoint_url:
+                    kwargs["endpoint_url"] = self.endpoint_url
+                client = self.session.client(service, **kwargs)
+                client.meta.events.register("before-call", self._count)
+                for hook in list(_client_hooks):
+                    hook(service, client)
+                self._clients[service] = client
+            return client
+
+    def _count(self, model: Any, **_: Any) -> None:
+        with self._lock:
+            self.calls[f"{model.service_model.service_name}:{model.name}"] += 1
+
+    @property
+    def mutating_calls(self) -> int:
+        return sum(n for key, n in self.calls.items() if is_mutating(key.split(":", 1)[1]))
+
+    @property
+    def account_id(self) -> str:
+        if self._account_id is None:
+            identity = self.call("sts", "get_caller_identity", resource="AWS credentials")
+            self._account_id = str(identity["Account"])
+        return self._account_id
+
+    @property
+    def partition(self) -> str:
+        return self.session.get_partition_for_region(self.region)
+
+    def call(
+        self,
+        service: str,
+        operation: str,
+        *,
+        resource: str,
+        retry_on: Iterable[Transient] = (),
+        missing: Iterable[str] = (),
+        **params: Any,
+    ) -> Any:
+        """Call `service.operation(**params)` under the retry policy; failures name `resource`.
+
+        An error whose code is in `missing` means "absent" and returns None instead of raising.
+        """
+        client = self.client(service)
+        method = getattr(client, operation)
+        transients = tuple(retry_on)
+        policy = self.policy
+
+        def retryable(exc: BaseException) -> bool:
+            if is_throttling_or_server_error(exc):
+                return True
+            code, message, _ = error_code(exc)
+            return any(t.matches(code, message) for t in transients)
+
+        deadline = policy.transient_deadline_seconds if transients else None
+        stop = stop_after_attempt(policy.max_attempts if not transients else 10_000)
+        if deadline is not None:
+            stop = stop | stop_after_delay(deadline)
+        retrying = Retrying(
+            stop=stop,
+            wait=wait_random_exponential(
+                multiplier=policy.base_seconds, max=policy.max_wait_seconds
+            ),
+            retry=retry_if_exception(retryable),
+            sleep=policy.sleep,
+            reraise=True,
+            before_sleep=_note_retry(self, service, operation),
+        )
+        try:
+            return retrying(method, **params)
+        except botocore.exceptions.ClientError as exc:
+            code, message, status = error_code(exc)
+            if code in missing or (status == 404 and "404" in missing):
+                return None
+            raise AwsError(
+                f"{operation} failed: {code}: {message}", resource=resource, code=code
+            ) from exc
+        except botocore.exceptions.NoCredentialsError:
+            raise AwsError(
+                "no AWS credentials found",
+                resource=resource,
+                hint="configure credentials (aws configure, AWS_PROFILE or --profile)",
+            ) from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise AwsError(f"{operation} failed: {exc}", resource=resource) from exc
+
+    def wait_for(
+        self,
+        check: Callable[[], T | None],
+        *,
+        resource: str,
+        what: str,
+        timeout_seconds: float | None = None,
+    ) -> T:
+        """Poll `check` with backoff until it returns something other than None/False."""
+        timeout = timeout_seconds if timeout_seconds is not None else max(5.0, 600 * self._scale)
+        deadline = time.monotonic() + timeout
+        attempt = 0
+        while True:
+            result = check()
+            if result is not None and result is not False:
+                return result
+            if time.monotonic() >= deadline:
+                raise AwsError(f"timed out after {timeout:.0f} s waiting {what}", resource=resource)
+            attempt += 1
+            self.policy.sleep(min(self.policy.backoff_seconds(attempt), 10 * self._scale))
+
+    def paginate(
+        self, service: str, operation: str, *, resource: str, key: str, **params: Any
+    ) -> Iterator[Any]:
+        """Yield every item under `key` across pages, each page fetched under the retry policy."""
+        token_in, token_out = _PAGE_TOKENS.get((service, operation), ("NextToken", "NextToken"))
+        while True:
+            page = self.call(service, operation, resource=resource, **params)
+            yield from page.get(key, [])
+            token = page.get(token_out)
+            if not token:
+                return
+            params[token_in] = token
+
+
+# Services whose page tokens are not called NextToken.
+_PAGE_TOKENS: dict[tuple[str, str], tuple[str, str]] = {
+    ("iam", "list_attached_role_policies"): ("Marker", "Marker"),
+    ("iam", "list_role_policies"): ("Marker", "Marker"),
+    ("iot", "list_things"): ("nextToken", "nextToken"),
+    ("iot", "list_thing_principals"): ("nextToken", "nextToken"),
+    ("iot", "list_principal_things"): ("nextToken", "nextToken"),
+    ("iot", "list_targets_for_policy"): ("marker", "nextMarker"),
+    ("iot", "list_certificates"): ("marker", "nextMarker"),
+    ("iot", "list_attached_policies"): ("marker", "nextMarker"),
+    ("logs", "describe_log_groups"): ("nextToken", "nextToken"),
+    ("dynamodb", "list_tables"): ("ExclusiveStartTableName", "LastEvaluatedTableName"),
+    ("sns", "list_subscriptions_by_topic"): ("NextToken", "NextToken"),
+    ("cloudwatch", "describe_alarms"): ("NextToken", "NextToken"),
+}
+
+
+def _note_retry(aws: Aws, service: str, operation: str) -> Callable[[RetryCallState], None]:
+    def before_sleep(state: RetryCallState) -> None:
+        aws.retries[f"{service}:{operation}"] += 1
+
+    return before_sleep

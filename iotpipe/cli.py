@@ -1,0 +1,188 @@
+"""The root command: global options, the application object, and error-to-exit-code mapping."""
+
+from __future__ import annotations
+
+import os
+import sys
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+
+from iotpipe.config import DEFAULT_CONFIG_PATH, Config, load_config
+from iotpipe.errors import IotpipeError
+from iotpipe.output import Output
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+class App:
+    """What every command needs: the parsed global options, the config, AWS and the output."""
+
+    def __init__(
+        self,
+        *,
+        config_path: Path,
+        profile: str | None,
+        region: str | None,
+        endpoint_url: str | None,
+        output: str,
+        verbose: int,
+    ) -> None:
+        self.config_path = config_path
+        self.profile = profile
+        self.region = region
+        self.endpoint_url = endpoint_url
+        self.out = Output(output, verbose)
+
+    @cached_property
+    def config(self) -> Config:
+        return load_config(self.config_path)
+
+    @cached_property
+    def aws(self):  # -> iotpipe.aws.Aws (imported lazily: `validate` and `init` need no boto3)
+        from iotpipe.aws import Aws
+
+        # The config is validated before any client exists: a bad config makes no AWS call.
+        config = self.config
+        return Aws(
+            profile=self.profile,
+            region=self.region or config.stack.region,
+            endpoint_url=self.endpoint_url,
+        )
+
+    @cached_property
+    def stack(self):  # -> iotpipe.stack.StackContext
+        from iotpipe.stack import StackContext
+
+        return StackContext(self.config, self.aws)
+
+
+_app: App | None = None
+
+app = typer.Typer(
+    name="iotpipe",
+    help="Provision and operate an AWS IoT data pipeline: IoT Core -> Kinesis -> Lambda -> "
+    "DynamoDB / Timestream / Firehose -> S3 -> Glue -> Athena.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    config: Annotated[
+        Path, typer.Option("--config", "-c", help="Config file.", envvar="IOTPIPE_CONFIG")
+    ] = DEFAULT_CONFIG_PATH,
+    profile: Annotated[str | None, typer.Option(help="AWS profile to use.")] = None,
+    region: Annotated[
+        str | None, typer.Option(help="AWS region (default: the config's stack.region).")
+    ] = None,
+    endpoint_url: Annotated[
+        str | None,
+        typer.Option(help="Send every AWS call to this endpoint (e.g. a local emulator)."),
+    ] = None,
+    output: Annotated[
+        OutputFormat,
+        typer.Option("--output", "-o", help="table, json, or csv (for query results)."),
+    ] = OutputFormat.table,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More detail.")] = 0,
+) -> None:
+    global _app
+    ctx.obj = _app = App(
+        config_path=config,
+        profile=profile,
+        region=region,
+        endpoint_url=endpoint_url,
+        output=output.value,
+        verbose=verbose,
+    )
+
+
+def _register_commands() -> None:
+    from iotpipe.commands import down, init, plan, status, up, validate
+
+    for module in (init, validate, plan, up, status, down):
+        module.register(app)
+
+
+_register_commands()
+
+# Global options, and whether each takes a value. Like the AWS CLI, they may follow the subcommand.
+_GLOBAL_OPTIONS = {
+    "--config": True,
+    "-c": True,
+    "--profile": True,
+    "--region": True,
+    "--endpoint-url": True,
+    "--output": True,
+    "-o": True,
+    "--verbose": False,
+    "-v": False,
+    "-vv": False,
+}
+
+
+def hoist_global_options(argv: list[str]) -> list[str]:
+    """Move global options found after the subcommand to the front, where click expects them."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest.extend(argv[i:])
+            break
+        name = arg.split("=", 1)[0]
+        if name in _GLOBAL_OPTIONS:
+            takes_value = _GLOBAL_OPTIONS[name] and "=" not in arg
+            front.append(arg)
+            if takes_value and i + 1 < len(argv):
+                front.append(argv[i + 1])
+                i += 1
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
+
+
+def run(argv: list[str]) -> int:
+    """Run the CLI on `argv`; return the exit code (expected failures never show a traceback)."""
+    global _app
+    _app = None
+    args = hoist_global_options(argv)
+    try:
+        result = app(args=args, prog_name="iotpipe", standalone_mode=False)
+    except IotpipeError as exc:
+        output = _app.out if _app is not None else Output()
+        output.error(exc.message, exc.hint)
+        return exc.exit_code
+    except click.exceptions.Abort:
+        Output().error("aborted")
+        return 130
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except KeyboardInterrupt:
+        Output().error("interrupted")
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+def main() -> None:
+    if not sys.stdout.isatty():
+        # Rich wraps at 80 columns when piped; plans and tables read better wider.
+        os.environ.setdefault("COLUMNS", "160")
+    sys.exit(run(sys.argv[1:]))

@@ -1,0 +1,217 @@
+"""Observe, diff, plan, execute: the reconcile loop shared by plan, up, status and down.
+
+Observation runs concurrently (read-only). Execution follows the dependency graph: a step
+starts once every step it depends on has finished, independent steps run side by side, and the
+first failure stops new steps from starting (running ones finish) before it is reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+
+from iotpipe.aws import NOT_YET_VISIBLE, Aws
+from iotpipe.engine.model import Action, Plan, Resource, Step
+from iotpipe.errors import AwsError, IotpipeError
+
+MAX_WORKERS = 8
+
+# (step, event, error) with event one of "start", "done", "failed".
+ProgressCallback = Callable[[Step, str, BaseException | None], None]
+
+
+def order(resources: Iterable[Resource]) -> list[Resource]:
+    """Topological order (dependencies first), stable in declaration order; rejects cycles."""
+    by_key = {r.key: r for r in resources}
+    for r in by_key.values():
+        for dep in r.depends_on:
+            if dep not in by_key:
+                raise IotpipeError(f"internal: {r.key} depends on unknown resource {dep}")
+    done: dict[str, Resource] = {}
+    visiting: set[str] = set()
+
+    def visit(r: Resource) -> None:
+        if r.key in done:
+            return
+        if r.key in visiting:
+            raise IotpipeError(f"internal: dependency cycle through {r.key}")
+        visiting.add(r.key)
+        for dep in r.depends_on:
+            visit(by_key[dep])
+        visiting.discard(r.key)
+        done[r.key] = r
+
+    for r in by_key.values():
+        visit(r)
+    return list(done.values())
+
+
+def observe_all(aws: Aws, resources: list[Resource]) -> dict[str, dict[str, Any] | None]:
+    with ThreadPoolExecutor(max_workers=MAX_WORKERS) as pool:
+        futures = {r.key: pool.submit(r.observe, aws) for r in resources}
+        return {key: f.result() for key, f in futures.items()}
+
+
+def plan_up(aws: Aws, resources: list[Resource], stack: str) -> Plan:
+    ordered = order(resources)
+    observed = observe_all(aws, ordered)
+    steps = []
+    for r in ordered:
+        current = observed[r.key]
+        if current is None:
+            steps.append(Step(Action.CREATE, r))
+            continue
+        owner = r.owner(current)
+        if owner is not None and owner != stack:
+            raise AwsError(
+                f"exists but belongs to stack {owner!r}",
+                resource=r.label,
+                hint="choose another [stack] name, or remove the other stack first",
+            )
+        changes = r.diff(current)
+        if not changes:
+            steps.append(Step(Action.NOOP, r))
+        elif any(c.field in r.replace_on for c in changes):
+            steps.append(Step(Action.REPLACE, r, changes, note="AWS cannot change this in place"))
+        else:
+            steps.append(Step(Action.UPDATE, r, changes))
+    return Plan(steps)
+
+
+def plan_down(aws: Aws, resources: list[Resource], stack: str, *, delete_data: bool) -> Plan:
+    ordered = order(resources)
+    observed = observe_all(aws, ordered)
+    steps = []
+    for r in reversed(ordered):
+        current = observed[r.key]
+        if current is None:
+            continue
+        owner = r.owner(current)
+        if owner != stack:
+            steps.append(Step(Action.KEEP, r, note=f"not owned by stack {stack!r}"))
+        elif r.data_store and not delete_data:
+            steps.append(Step(Action.KEEP, r, note="data store (use --delete-data to remove)"))
+        else:
+            steps.append(Step(Action.DELETE, r))
+    return Plan(steps)
+
+
+@dataclass
+class StatusLine:
+    resource: Resource
+    state: str  # "in sync", "drifted", "missing"
+    changes: list
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.resource.kind,
+            "name": self.resource.name,
+            "state": self.state,
+            "drift": [c.to_dict() for c in self.changes],
+        }
+
+
+def status(aws: Aws, resources: list[Resource]) -> list[StatusLine]:
+    ordered = order(resources)
+    observed = observe_all(aws, ordered)
+    lines = []
+    for r in ordered:
+        current = observed[r.key]
+        if current is None:
+            lines.append(StatusLine(r, "missing", []))
+        else:
+            changes = r.diff(current)
+            lines.append(StatusLine(r, "drifted" if changes else "in sync", changes))
+    return lines
+
+
+def apply_step(aws: Aws, step: Step) -> None:
+    r = step.resource
+    if step.action is Action.CREATE:
+        r.create(aws)
+        _converge(aws, r)
+    elif step.action is Action.UPDATE:
+        r.update(aws, step.changes)
+    elif step.action is Action.REPLACE:
+        r.delete(aws)
+        r.create(aws)
+        _converge(aws, r)
+    elif step.action is Action.DELETE:
+        r.delete(aws)
+
+
+def _converge(aws: Aws, r: Resource) -> None:
+    """After a create, set whatever the create call could not (tags, policies, settings)."""
+    changes = r.diff(_observe_after_create(aws, r))
+    if changes:
+        r.update(aws, changes)
+
+
+def _observe_after_create(aws: Aws, r: Resource) -> dict[str, Any]:
+    # Some services answer "not found" for a moment after a create: re-read with backoff.
+    not_yet = {t.code for t in NOT_YET_VISIBLE}
+
+    def visible() -> dict[str, Any] | None:
+        try:
+            return r.observe(aws)
+        except AwsError as exc:
+            if exc.code not in not_yet:
+                raise
+            return None
+
+    return aws.wait_for(visible, resource=r.label, what="to become visible after create")
+
+
+def execute(
+    aws: Aws,
+    plan: Plan,
+    *,
+    on_progress: ProgressCallback | None = None,
+    reverse: bool = False,
+) -> None:
+    """Run the plan's changing steps in dependency order (reverse order for deletions)."""
+    steps = {s.resource.key: s for s in plan.changes}
+    if not steps:
+        return
+    # Edges: a step waits for the steps it depends on (or, when deleting, for its dependents).
+    waits_for: dict[str, set[str]] = {key: set() for key in steps}
+    for key, step in steps.items():
+        for dep in step.resource.depends_on:
+            if dep in steps:
+                if reverse:
+                    waits_for[dep].add(key)
+                else:
+                    waits_for[key].add(dep)
+    notify = on_progress or (lambda *_: None)
+    pending = dict(waits_for)
+    finished: set[str] = set()
+    failure: tuple[Step, BaseException] | None = None
+    running: dict[Future, Step] = {}
+    with ThreadPoolExecutor(max_workers=MAX_WORKERS) as pool:
+        while pending or running:
+            if failure is None:
+                ready = [k for k, deps in pending.items() if deps <= finished]
+                for key in ready:
+                    del pending[key]
+                    step = steps[key]
+                    notify(step, "start", None)
+                    running[pool.submit(apply_step, aws, step)] = step
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                step = running.pop(future)
+                error = future.exception()
+                if error is None:
+                    finished.add(step.resource.key)
+                    notify(step, "done", None)
+                else:
+                    notify(step, "failed", error)
+                    failure = failure or (step, error)
+    if failure is not None:
+        step, error = failure
+        if isinstance(error, IotpipeError):
+            raise error
+        raise AwsError(f"{step.action} failed: {error}", resource=step.resource.label) from error

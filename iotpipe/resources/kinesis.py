@@ -1,0 +1,174 @@
+"""Kinesis Data Streams: the readings stream, and the safe stepping of shard-count changes."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from iotpipe.engine.model import Change, Resource
+from iotpipe.errors import UsageError
+
+if TYPE_CHECKING:
+    from iotpipe.aws import Aws
+    from iotpipe.stack import StackContext
+
+KINESIS_KMS_KEY = "alias/aws/kinesis"
+
+
+def reshard_steps(current: int, target: int) -> list[int]:
+    """The shard counts UpdateShardCount must pass through to go from `current` to `target`.
+
+    AWS accepts one call only when the new count is at most double and at least half the open
+    shards, so larger changes are made in steps: 1->4 is 1->2->4, 8->1 is 8->4->2->1.
+    """
+    if current < 1 or target < 1:
+        raise UsageError("shard counts must be at least 1")
+    steps = []
+    count = current
+    while count != target:
+        count = min(target, count * 2) if target > count else max(target, math.ceil(count / 2))
+        steps.append(count)
+    return steps
+
+
+class ReadingsStream(Resource):
+    kind = "kinesis.stream"
+
+    def desired(self) -> dict[str, Any]:
+        config = self.ctx.config
+        on_demand = config.stream.mode == "on_demand"
+        spec: dict[str, Any] = {
+            "tags": self.ctx.tags,
+            "mode": "ON_DEMAND" if on_demand else "PROVISIONED",
+            "retention_hours": config.stream.retention_hours,
+            "encryption": f"KMS:{KINESIS_KMS_KEY}",
+        }
+        if not on_demand:
+            spec["shard_count"] = config.sizing.shards
+        return spec
+
+    def observe(self, aws: Aws) -> dict[str, Any] | None:
+        summary = aws.call(
+            "kinesis",
+            "describe_stream_summary",
+            resource=self.label,
+            missing=("ResourceNotFoundException",),
+            StreamName=self.name,
+        )
+        if summary is None:
+            return None
+        desc = summary["StreamDescriptionSummary"]
+        if desc["StreamStatus"] == "DELETING":
+            return None
+        tags = aws.call(
+            "kinesis", "list_tags_for_stream", resource=self.label, StreamName=self.name
+        )
+        encryption = desc.get("EncryptionType", "NONE")
+        return {
+            "tags": {t["Key"]: t["Value"] for t in tags.get("Tags", [])},
+            "mode": desc.get("StreamModeDetails", {}).get("StreamMode", "PROVISIONED"),
+            "retention_hours": desc["RetentionPeriodHours"],
+            "encryption": f"KMS:{desc.get('KeyId')}" if encryption == "KMS" else encryption,
+            "shard_count": desc["OpenShardCount"],
+            "status": desc["StreamStatus"],
+            "arn": desc["StreamARN"],
+        }
+
+    def create(self, aws: Aws) -> None:
+        want = self.desired()
+        params: dict[str, Any] = {
+            "StreamName": self.name,
+            "StreamModeDetails": {"StreamMode": want["mode"]},
+        }
+        if "shard_count" in want:
+            params["ShardCount"] = want["shard_count"]
+        aws.call(
+            "kinesis",
+            "create_stream",
+            resource=self.label,
+            missing=("ResourceInUseException",),
+            **params,
+        )
+        self.wait_active(aws)
+
+    def wait_active(self, aws: Aws) -> dict[str, Any]:
+        def active() -> dict[str, Any] | None:
+            observed = self.observe(aws)
+            return observed if observed and observed["status"] == "ACTIVE" else None
+
+        return aws.wait_for(active, resource=self.label, what="for the stream to become ACTIVE")
+
+    def update(self, aws: Aws, changes: list[Change]) -> None:
+        want = self.desired()
+        fields = {c.field: c for c in changes}
+        observed = self.wait_active(aws)
+        if "tags" in fields:
+            aws.call(
+                "kinesis",
+                "add_tags_to_stream",
+                resource=self.label,
+                StreamName=self.name,
+                Tags=want["tags"],
+            )
+        if "mode" in fields:
+            aws.call(
+                "kinesis",
+                "update_stream_mode",
+                resource=self.label,
+                StreamARN=observed["arn"],
+                StreamModeDetails={"StreamMode": want["mode"]},
+            )
+            observed = self.wait_active(aws)
+        if "retention_hours" in fields:
+            have, new = observed["retention_hours"], want["retention_hours"]
+            operation = (
+                "increase_stream_retention_period"
+                if new > have
+                else "decrease_stream_retention_period"
+            )
+            aws.call(
+                "kinesis",
+                operation,
+                resource=self.label,
+                StreamName=self.name,
+                RetentionPeriodHours=new,
+            )
+            observed = self.wait_active(aws)
+        if "encryption" in fields:
+            aws.call(
+                "kinesis",
+                "start_stream_encryption",
+                resource=self.label,
+                StreamName=self.name,
+                EncryptionType="KMS",
+                KeyId=KINESIS_KMS_KEY,
+            )
+            observed = self.wait_active(aws)
+        if "shard_count" in want and observed["shard_count"] != want["shard_count"]:
+            self.reshard(aws, observed["shard_count"], want["shard_count"])
+
+    def reshard(self, aws: Aws, current: int, target: int) -> None:
+        for count in reshard_steps(current, target):
+            aws.call(
+                "kinesis",
+                "update_shard_count",
+                resource=self.label,
+                StreamName=self.name,
+                TargetShardCount=count,
+                ScalingType="UNIFORM_SCALING",
+            )
+            self.wait_active(aws)
+
+    def delete(self, aws: Aws) -> None:
+        aws.call(
+            "kinesis",
+            "delete_stream",
+            resource=self.label,
+            missing=("ResourceNotFoundException",),
+            StreamName=self.name,
+            EnforceConsumerDeletion=True,
+        )
+
+
+def resources(ctx: StackContext) -> list[Resource]:
+    return [ReadingsStream(ctx, ctx.names.readings_stream)]

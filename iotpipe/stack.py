@@ -1,0 +1,43 @@
+"""The stack: the config, the AWS account it lives in, and the resources it is made of."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from iotpipe.aws import Aws
+from iotpipe.config import Config
+from iotpipe.engine.model import STACK_TAG, Resource
+from iotpipe.naming import Names
+
+
+@dataclass
+class StackContext:
+    config: Config
+    aws: Aws
+
+    @property
+    def stack(self) -> str:
+        return self.config.stack.name
+
+    @cached_property
+    def names(self) -> Names:
+        return Names(
+            stack=self.stack,
+            app=self.config.stack.app,
+            region=self.aws.region,
+            account=self.aws.account_id,
+            partition=self.aws.partition,
+        )
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return {STACK_TAG: self.stack}
+
+
+def build_resources(ctx: StackContext) -> list[Resource]:
+    """Every resource of the pipeline, in declaration order (the engine orders by dependency)."""
+    from iotpipe.resources import dynamodb, kinesis, s3, sns
+
+    modules = [s3, kinesis, dynamodb, sns]
+    return [resource for module in modules for resource in module.resources(ctx)]
