@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,27 +23,23 @@ os.environ.update(
 for _var in ("AWS_PROFILE", "AWS_ENDPOINT_URL"):
     os.environ.pop(_var, None)
 
-from moto.server import ThreadedMotoServer  # noqa: E402
-
 from iotpipe.cli import run  # noqa: E402
+from iotpipe.local.emulator import Emulator  # noqa: E402
 from tests.faults import Faults  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def moto_server() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+def emulator() -> Iterator[Emulator]:
+    """One moto server over HTTP on loopback for the test session (per xdist worker)."""
+    with Emulator() as server:
+        yield server
 
 
 @pytest.fixture
-def endpoint(moto_server: str) -> Iterator[str]:
-    """A fresh, empty emulated account for each test."""
-    request = urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST")
-    urllib.request.urlopen(request).read()
-    yield moto_server
+def endpoint(emulator: Emulator) -> str:
+    """A fresh, empty emulated account for each test; the URL to send AWS calls to."""
+    emulator.reset()
+    return emulator.endpoint_url
 
 
 @pytest.fixture

@@ -1,0 +1,82 @@
+"""An embedded AWS emulator (moto server) on loopback, with the fixes it needs to stand in for AWS.
+
+moto denies a request whenever a policy statement's condition does not match, so the archive
+bucket's TLS-only statement (`Deny ... Bool aws:SecureTransport=false`) would deny every object
+request. Clients of the emulator stand for clients of AWS, which always use TLS, so bucket policies
+are evaluated as AWS evaluates them for a TLS request.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from typing import Any
+
+_patched = False
+
+
+def _applies_over_tls(statement: dict[str, Any]) -> bool:
+    """False for a statement limited to insecure transport (`Bool aws:SecureTransport=false`)."""
+    value = statement.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport")
+    if value is None:
+        return True
+    values = value if isinstance(value, list) else [value]
+    return "true" in [str(v).lower() for v in values]
+
+
+def _patch_moto() -> None:
+    # moto treats a statement whose condition does not match as a denial, so the TLS-only
+    # statement denies everything; evaluate bucket policies as AWS would for a TLS request.
+    global _patched
+    if _patched:
+        return
+    from moto.iam.access_control import IAMPolicy, PermissionResult
+    from moto.s3.models import FakeBucket
+
+    def get_permission(bucket: FakeBucket, action: str, resource: str) -> Any:
+        if bucket.policy is None:
+            return PermissionResult.NEUTRAL
+        policy = json.loads(bucket.policy)
+        statements = policy.get("Statement", [])
+        statements = statements if isinstance(statements, list) else [statements]
+        applicable = [s for s in statements if _applies_over_tls(s)]
+        if not applicable:
+            return PermissionResult.NEUTRAL
+        return IAMPolicy(json.dumps({**policy, "Statement": applicable})).is_action_permitted(
+            action, resource
+        )
+
+    FakeBucket.get_permission = get_permission
+    _patched = True
+
+
+class Emulator:
+    """A moto server on 127.0.0.1 (port 0 picks a free one); use as a context manager."""
+
+    def __init__(self, port: int = 0) -> None:
+        from moto.server import ThreadedMotoServer
+
+        _patch_moto()
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        self.endpoint_url = ""
+
+    def start(self) -> Emulator:
+        self._server.start()
+        host, port = self._server.get_host_and_port()
+        self.endpoint_url = f"http://{host}:{port}"
+        return self
+
+    def reset(self) -> None:
+        """Forget every resource: a fresh, empty account."""
+        request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")
+        with urllib.request.urlopen(request) as response:
+            response.read()
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def __enter__(self) -> Emulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
