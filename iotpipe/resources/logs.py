@@ -1,0 +1,81 @@
+"""CloudWatch Logs: log groups created ahead of their service, so retention is ours to set."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from iotpipe.engine.model import Change, Resource
+
+if TYPE_CHECKING:
+    from iotpipe.aws import Aws
+    from iotpipe.stack import StackContext
+
+
+class LogGroup(Resource):
+    kind = "logs.group"
+
+    def __init__(self, ctx: StackContext, name: str, *, retention_days: int) -> None:
+        super().__init__(ctx, name)
+        self.retention_days = retention_days
+
+    def desired(self) -> dict[str, Any]:
+        # Without a retention the logs are kept (and billed) forever.
+        return {"tags": self.ctx.tags, "retention_days": self.retention_days}
+
+    def observe(self, aws: Aws) -> dict[str, Any] | None:
+        found = next(
+            (
+                g
+                for g in aws.paginate(
+                    "logs",
+                    "describe_log_groups",
+                    resource=self.label,
+                    key="logGroups",
+                    logGroupNamePrefix=self.name,
+                )
+                if g["logGroupName"] == self.name
+            ),
+            None,
+        )
+        if found is None:
+            return None
+        tags = aws.call("logs", "list_tags_log_group", resource=self.label, logGroupName=self.name)
+        return {"tags": tags.get("tags", {}), "retention_days": found.get("retentionInDays")}
+
+    def create(self, aws: Aws) -> None:
+        aws.call(
+            "logs",
+            "create_log_group",
+            resource=self.label,
+            missing=("ResourceAlreadyExistsException",),
+            logGroupName=self.name,
+            tags=self.ctx.tags,
+        )
+
+    def update(self, aws: Aws, changes: list[Change]) -> None:
+        for change in changes:
+            if change.field == "tags":
+                aws.call(
+                    "logs",
+                    "tag_log_group",
+                    resource=self.label,
+                    logGroupName=self.name,
+                    tags=self.ctx.tags,
+                )
+            elif change.field == "retention_days":
+                aws.call(
+                    "logs",
+                    "put_retention_policy",
+                    resource=self.label,
+                    logGroupName=self.name,
+                    retentionInDays=self.retention_days,
+                )
+
+    def delete(self, aws: Aws) -> None:
+        aws.call(
+            "logs",
+            "delete_log_group",
+            resource=self.label,
+            missing=("ResourceNotFoundException",),
+            logGroupName=self.name,
+        )
