@@ -9,7 +9,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 from iotpipe.config import DEFAULT_CONFIG_PATH, Config, load_config
@@ -167,14 +166,15 @@ def run(argv: list[str]) -> int:
         output = _app.out if _app is not None else Output()
         output.error(exc.message, exc.hint)
         return exc.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         Output().error("aborted")
         return 130
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
+    except typer.TyperException as exc:
+        # Usage errors (unknown command or option, bad value): click's own message, exit 2.
+        exc.show()  # type: ignore[attr-defined]
+        return int(getattr(exc, "exit_code", 2))
     except KeyboardInterrupt:
         Output().error("interrupted")
         return 130

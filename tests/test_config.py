@@ -1,0 +1,121 @@
+"""The config: defaults, derived sizing, and bad input rejected by field with no AWS call."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from iotpipe.config import Config, example_config_text, parse_config
+from iotpipe.errors import ConfigError
+
+
+def test_defaults_size_one_shard_for_half_a_million_readings_a_day() -> None:
+    sizing = Config().sizing
+    assert sizing.average_readings_per_second == pytest.approx(5.787, abs=1e-3)
+    assert sizing.peak_readings_per_second == pytest.approx(57.87, abs=1e-2)
+    assert sizing.shards == 1
+    assert sizing.lambda_batch_size == 500
+
+
+def test_hundredfold_volume_is_sized_by_the_records_limit() -> None:
+    config = parse_config({"volume": {"readings_per_day": 50_000_000}})
+    sizing = config.sizing
+    # 578.7/s average, 5,787/s at a 10x peak, +25% headroom = 7,234/s over 1,000 records/s/shard.
+    assert sizing.shards_for_records == 8
+    assert sizing.shards_for_bytes == 3
+    assert sizing.shards == 8
+
+
+def test_a_fixed_shard_count_wins_over_the_derived_one() -> None:
+    assert parse_config({"stream": {"shards": 3}}).sizing.shards == 3
+
+
+def test_example_config_is_valid_and_equals_the_defaults() -> None:
+    import tomllib
+
+    parsed = parse_config(tomllib.loads(example_config_text()))
+    assert parsed == Config()
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "reason"),
+    [
+        ({"volume": {"readings_per_day": "lots"}}, "volume.readings_per_day", "valid integer"),
+        ({"volume": {"readings_per_day": 0}}, "volume.readings_per_day", "greater than or equal"),
+        ({"stream": {"mode": "turbo"}}, "stream.mode", "provisioned"),
+        ({"stack": {"name": "Bad_Name"}}, "stack.name", "pattern"),
+        ({"stack": {"colour": "red"}}, "stack.colour", "unknown key"),
+        ({"extra_section": {}}, "extra_section", "unknown key"),
+        ({"processor": {"memory_mb": 64}}, "processor.memory_mb", "greater than or equal"),
+        ({"processor": {"maximum_record_age_seconds": 5}}, "processor", "maximum_record_age"),
+        ({"archive": {"transition_to_glacier_days": 30}}, "archive", "glacier"),
+        ({"alerts": {"emails": ["not-an-email"]}}, "alerts.emails.0", "pattern"),
+    ],
+)
+def test_invalid_fields_are_named_with_the_reason(data: dict, field: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, source="iotpipe.toml")
+    message = caught.value.message
+    assert f"{field}" in message
+    assert reason.lower() in message.lower()
+    assert caught.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[stack]\nname = "ok-name"\n[volume]\nreadings_per_day = -5\n',
+        '[stream]\nshards = "two"\n',
+        "[stack\nname = broken toml",
+        "[unknown]\nkey = 1\n",
+    ],
+)
+@pytest.mark.parametrize("command", ["validate", "plan", "up --yes", "status", "down --yes"])
+def test_bad_config_exits_2_without_any_aws_call(cli, faults, tmp_path: Path, text, command):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    result = cli(*command.split(), config=path)
+    assert result.exit_code == 2, result
+    assert "error:" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert faults.calls == []
+
+
+def test_missing_config_file_says_how_to_make_one(cli, faults, tmp_path: Path) -> None:
+    result = cli("plan", config=tmp_path / "absent.toml")
+    assert result.exit_code == 2
+    assert "iotpipe init" in result.stderr
+    assert faults.calls == []
+
+
+def test_init_writes_the_example_and_refuses_to_overwrite(cli, tmp_path: Path) -> None:
+    path = tmp_path / "new.toml"
+    assert cli("init", config=path).exit_code == 0
+    assert path.read_text() == example_config_text()
+    again = cli("init", config=path)
+    assert again.exit_code == 2
+    assert "--force" in again.stderr
+    assert cli("init", "--force", config=path).exit_code == 0
+
+
+def test_validate_json_has_the_sizing(cli) -> None:
+    result = cli("validate", "--output", "json")
+    assert result.exit_code == 0, result
+    assert result.json["sizing"]["shards"] == 1
+    assert result.json["config"]["stack"]["name"] == "test"
+
+
+def test_python_dash_m_is_the_same_program(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[stack]\nname = "via-module"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "iotpipe", "validate", "--config", str(config), "-o", "json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert '"via-module"' in result.stdout
