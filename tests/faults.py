@@ -101,7 +101,8 @@ class Faults:
         return add_client_hook(self._attach)
 
     def _attach(self, service: str, client: Any) -> None:
-        protocol = client.meta.service_model.protocol
+        model = client.meta.service_model
+        protocol = getattr(model, "resolved_protocol", None) or model.protocol
 
         def before_send(request: Any, **kwargs: Any) -> AWSResponse | None:
             operation = request.context.get("operation_name") or _operation_from(kwargs)
