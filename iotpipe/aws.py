@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -212,6 +213,8 @@ class Aws:
         self._clients: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._account_id: str | None = None
+        # Separate from the engine's pool, so a resource's parallel reads never wait on it.
+        self._readers = ThreadPoolExecutor(max_workers=16, thread_name_prefix="aws-read")
         self._boto_config = BotoConfig(
             region_name=self.region,
             retries={"total_max_attempts": 1, "mode": "standard"},
@@ -330,6 +333,11 @@ class Aws:
                 raise AwsError(f"timed out after {timeout:.0f} s waiting {what}", resource=resource)
             attempt += 1
             self.policy.sleep(min(self.policy.backoff_seconds(attempt), 10 * self._scale))
+
+    def gather(self, *thunks: Callable[[], Any]) -> list[Any]:
+        """Run independent read calls side by side: observing is on every plan's critical path."""
+        futures = [self._readers.submit(thunk) for thunk in thunks]
+        return [future.result() for future in futures]
 
     def paginate(
         self, service: str, operation: str, *, resource: str, key: str, **params: Any

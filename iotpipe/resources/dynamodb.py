@@ -43,15 +43,18 @@ class DeviceStateTable(Resource):
             return None
         table = described["Table"]
         types = {a["AttributeName"]: a["AttributeType"] for a in table["AttributeDefinitions"]}
-        tags = aws.call(
-            "dynamodb", "list_tags_of_resource", resource=self.label, ResourceArn=table["TableArn"]
+        label, name = self.label, self.name
+        tags, ttl, backups = aws.gather(
+            lambda: aws.call(
+                "dynamodb", "list_tags_of_resource", resource=label, ResourceArn=table["TableArn"]
+            ),
+            lambda: aws.call("dynamodb", "describe_time_to_live", resource=label, TableName=name)[
+                "TimeToLiveDescription"
+            ],
+            lambda: aws.call(
+                "dynamodb", "describe_continuous_backups", resource=label, TableName=name
+            )["ContinuousBackupsDescription"],
         )
-        ttl = aws.call(
-            "dynamodb", "describe_time_to_live", resource=self.label, TableName=self.name
-        )["TimeToLiveDescription"]
-        backups = aws.call(
-            "dynamodb", "describe_continuous_backups", resource=self.label, TableName=self.name
-        )["ContinuousBackupsDescription"]
         pitr = backups.get("PointInTimeRecoveryDescription", {}).get("PointInTimeRecoveryStatus")
         sse = table.get("SSEDescription", {})
         return {

@@ -55,36 +55,16 @@ class ArchiveBucket(Resource):
         bucket, label = self.name, self.label
         if aws.call("s3", "head_bucket", resource=label, missing=("404",), Bucket=bucket) is None:
             return None
-        tagging = aws.call(
-            "s3", "get_bucket_tagging", resource=label, missing=("NoSuchTagSet",), Bucket=bucket
-        )
-        encryption = aws.call(
-            "s3",
-            "get_bucket_encryption",
-            resource=label,
-            missing=("ServerSideEncryptionConfigurationNotFoundError",),
-            Bucket=bucket,
-        )
-        block = aws.call(
-            "s3",
-            "get_public_access_block",
-            resource=label,
-            missing=("NoSuchPublicAccessBlockConfiguration",),
-            Bucket=bucket,
-        )
-        ownership = aws.call(
-            "s3",
-            "get_bucket_ownership_controls",
-            resource=label,
-            missing=("OwnershipControlsNotFoundError",),
-            Bucket=bucket,
-        )
-        policy = aws.call(
-            "s3",
-            "get_bucket_policy",
-            resource=label,
-            missing=("NoSuchBucketPolicy",),
-            Bucket=bucket,
+
+        def read(operation: str, *missing: str):
+            return lambda: aws.call("s3", operation, resource=label, missing=missing, Bucket=bucket)
+
+        tagging, encryption, block, ownership, policy = aws.gather(
+            read("get_bucket_tagging", "NoSuchTagSet"),
+            read("get_bucket_encryption", "ServerSideEncryptionConfigurationNotFoundError"),
+            read("get_public_access_block", "NoSuchPublicAccessBlockConfiguration"),
+            read("get_bucket_ownership_controls", "OwnershipControlsNotFoundError"),
+            read("get_bucket_policy", "NoSuchBucketPolicy"),
         )
         rules = (encryption or {}).get("ServerSideEncryptionConfiguration", {}).get("Rules", [])
         return {

@@ -1,0 +1,66 @@
+"""API calls and wall time of a fresh `up` and of a no-op `up`, with 50 ms injected per call.
+
+Target: a no-op `up` makes no mutating call and takes at most 30% of a fresh `up`'s time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from _common import Faults
+
+from iotpipe.aws import is_mutating
+from iotpipe.cli import run
+from iotpipe.local.emulator import Emulator
+
+LATENCY_SECONDS = 0.05
+
+
+def timed_up(config: Path, endpoint: str, faults: Faults) -> tuple[float, Counter]:
+    faults.calls.clear()
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        code = run(["up", "--yes", "--config", str(config), "--endpoint-url", endpoint])
+    elapsed = time.perf_counter() - started
+    if code != 0:
+        raise SystemExit(f"up failed with exit code {code}")
+    return elapsed, Counter(op for _, op in faults.calls)
+
+
+def main() -> None:
+    with Emulator() as emulator, tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "iotpipe.toml"
+        config.write_text('[stack]\nname = "bench"\n')
+        faults = Faults(latency_seconds=LATENCY_SECONDS)
+        remove = faults.install()
+        try:
+            fresh_seconds, fresh_calls = timed_up(config, emulator.endpoint_url, faults)
+            noop_seconds, noop_calls = timed_up(config, emulator.endpoint_url, faults)
+        finally:
+            remove()
+
+    def mutating(calls: Counter) -> int:
+        return sum(n for op, n in calls.items() if is_mutating(op))
+
+    print(f"latency injected per call: {LATENCY_SECONDS * 1000:.0f} ms")
+    print(
+        f"fresh up : {sum(fresh_calls.values()):4d} calls ({mutating(fresh_calls)} mutating), "
+        f"{fresh_seconds:6.2f} s"
+    )
+    print(
+        f"no-op up : {sum(noop_calls.values()):4d} calls ({mutating(noop_calls)} mutating), "
+        f"{noop_seconds:6.2f} s"
+    )
+    ratio = noop_seconds / fresh_seconds
+    print(f"no-op / fresh wall time: {ratio:.0%} (target <= 30%)")
+    verdict = mutating(noop_calls) == 0 and ratio <= 0.30
+    print("target met" if verdict else "TARGET MISSED")
+
+
+if __name__ == "__main__":
+    main()
