@@ -1,0 +1,677 @@
+"""Monthly cost of the configured pipeline, service by service: pure arithmetic, no AWS call.
+
+Volume comes from the config (and the command's overrides), derived numbers from `Sizing`, prices
+from iotpipe/data/prices-us-east-1.json. Each assumption the arithmetic needs is a named field of
+`Assumptions`, so an estimate can always be traced back to a price, a quantity and a guess.
+
+Besides the configured pipeline, the same volume is priced with the naive choice of every
+optimisation (IoT messaging instead of Basic Ingest, an on-demand stream, one Firehose record and
+one device-state write per reading, x86_64, an hourly crawler), and each optimisation's saving is
+the difference made by that one choice alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field, replace
+from datetime import date
+from importlib import resources
+from typing import Any, Literal
+
+from iotpipe.config import SECONDS_PER_DAY, Config
+from iotpipe.errors import ConfigError
+
+DAYS_PER_MONTH = 30.4
+HOURS_PER_MONTH = 730
+MINUTES_PER_MONTH = HOURS_PER_MONTH * 60
+KB = 1024
+GB = 1024**3
+TB = 1024**4
+MB = 1024**2
+PRICE_FILE = "prices-us-east-1.json"
+STALE_AFTER_DAYS = 180
+# Firehose accepts records of up to 1,000 KiB; Timestream up to 100 records per WriteRecords.
+FIREHOSE_MAX_RECORD_BYTES = 1000 * KB
+TIMESTREAM_RECORDS_PER_WRITE = 100
+# S3 storage is priced at steady state: once twelve months of readings are held.
+STEADY_STATE_DAYS = 365
+
+
+# Prices ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Prices:
+    region: str
+    taken: date
+    sources: dict[str, str]
+    values: dict[str, dict[str, Any]]
+
+    def __call__(self, service: str, name: str) -> Any:
+        return self.values[service][name]
+
+    def age_days(self, today: date) -> int:
+        return (today - self.taken).days
+
+    def is_stale(self, today: date) -> bool:
+        return self.age_days(today) > STALE_AFTER_DAYS
+
+
+def load_prices(text: str | None = None) -> Prices:
+    """The packaged price file (or `text` in the same format)."""
+    if text is None:
+        text = resources.files("iotpipe").joinpath("data", PRICE_FILE).read_text(encoding="utf-8")
+    document = json.loads(text)
+    services = document["services"]
+    return Prices(
+        region=document["region"],
+        taken=date.fromisoformat(document["taken"]),
+        sources={name: service["source"] for name, service in services.items()},
+        values={name: service["prices"] for name, service in services.items()},
+    )
+
+
+def tiered(quantity: float, tiers: list[list[float | None]], per: float) -> float:
+    """Cost of `quantity` under volume tiers [[size or None for the rest, price per `per`], ...]."""
+    cost, remaining = 0.0, quantity
+    for size, price in tiers:
+        step = remaining if size is None else min(remaining, size)
+        cost += step / per * price
+        remaining -= step
+        if remaining <= 0:
+            break
+    return cost
+
+
+def round_up(value: float, increment: int) -> int:
+    return max(1, math.ceil(value / increment)) * increment
+
+
+def chunked_units(items: float, item_bytes: int, per_chunk: int, unit_bytes: int) -> float:
+    """Billing units for `items` sent in chunks of `per_chunk`, each chunk rounded up to a unit."""
+    full = math.floor(items / per_chunk)
+    rest = items - full * per_chunk
+    units = full * math.ceil(per_chunk * item_bytes / unit_bytes)
+    if rest > 0:
+        units += math.ceil(rest * item_bytes / unit_bytes)
+    return units
+
+
+# Choices and assumptions -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Choices:
+    """The design choices that change the bill; `naive()` is the one-per-reading pipeline."""
+
+    basic_ingest: bool
+    stream_mode: Literal["provisioned", "on_demand"]
+    aggregated_archive_records: bool
+    state_write_per_device: bool
+    architecture: Literal["arm64", "x86_64"]
+    crawler_runs_per_day: float
+
+    @classmethod
+    def of(cls, config: Config) -> Choices:
+        # The processor always aggregates archive records and writes state once per device.
+        return cls(
+            basic_ingest=config.iot.basic_ingest,
+            stream_mode=config.stream.mode,
+            aggregated_archive_records=True,
+            state_write_per_device=True,
+            architecture=config.processor.architecture,
+            crawler_runs_per_day=crawler_runs_per_day(config.catalog.crawler_schedule),
+        )
+
+    @classmethod
+    def naive(cls) -> Choices:
+        return cls(
+            basic_ingest=False,
+            stream_mode="on_demand",
+            aggregated_archive_records=False,
+            state_write_per_device=False,
+            architecture="x86_64",
+            crawler_runs_per_day=24,
+        )
+
+
+@dataclass(frozen=True)
+class Optimisation:
+    name: str
+    field: str
+    optimised: Any
+    naive: Any
+    why: str
+
+
+OPTIMISATIONS: tuple[Optimisation, ...] = (
+    Optimisation(
+        "Basic Ingest",
+        "basic_ingest",
+        True,
+        False,
+        "devices publish to $aws/rules/...: no IoT messaging charge",
+    ),
+    Optimisation(
+        "provisioned shards",
+        "stream_mode",
+        "provisioned",
+        "on_demand",
+        "shards sized for the peak instead of an on-demand stream",
+    ),
+    Optimisation(
+        "aggregated Firehose records",
+        "aggregated_archive_records",
+        True,
+        False,
+        "one record per batch instead of one per reading (each rounded up to 5 KB)",
+    ),
+    Optimisation(
+        "one state write per device per batch",
+        "state_write_per_device",
+        True,
+        False,
+        "only a device's newest reading in a batch is written to DynamoDB",
+    ),
+    Optimisation("arm64 processor", "architecture", "arm64", "x86_64", "Graviton GB-second price"),
+    Optimisation(
+        "daily crawler",
+        "crawler_runs_per_day",
+        1,
+        24,
+        "partition projection finds new partitions; the crawler only tracks schema changes",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Assumptions:
+    """What the estimate has to guess; every figure is stated in `iotpipe cost` and docs/COST.md."""
+
+    processor_ms_per_batch: float = 50.0
+    processor_ms_per_reading: float = 0.5
+    gzip_compression_ratio: float = 5.0
+    parquet_compression_ratio: float = 6.0
+    athena_queries_per_day: int = 100
+    crawler_dpus: float = 2.0
+    alarms: int = 12
+    dashboards: int = 1
+    custom_metrics: int = 4
+    log_bytes_per_invocation: int = 1000
+
+    def notes(self, config: Config) -> list[str]:
+        ratio = self.compression_ratio(config)
+        return [
+            f"a month is {DAYS_PER_MONTH} days or {HOURS_PER_MONTH} hours; free tiers are "
+            "not deducted",
+            "every device stays connected all month",
+            "a reading is bytes_per_reading long everywhere it travels (message, Kinesis record, "
+            "DynamoDB item, Timestream record, archive line)",
+            f"a processor invocation lasts {self.processor_ms_per_batch:g} ms plus "
+            f"{self.processor_ms_per_reading:g} ms per reading",
+            f"the archive compresses {ratio:g}x ({config.archive.format}); S3 is priced at steady "
+            f"state, once {STEADY_STATE_DAYS} days of readings are kept",
+            f"Athena runs {self.athena_queries_per_day} queries a day, each scanning one day of "
+            "the archive (at most the workgroup's per-query cutoff)",
+            f"a crawler run uses {self.crawler_dpus:g} DPUs for the billing minimum",
+            f"CloudWatch: {self.alarms} alarms, {self.dashboards} dashboard, "
+            f"{self.custom_metrics} custom metrics, {self.log_bytes_per_invocation} bytes of "
+            "log per invocation",
+            "device-state writes per batch: the distinct devices expected in a batch drawn from "
+            "the devices of one shard",
+        ]
+
+    def compression_ratio(self, config: Config) -> float:
+        if config.archive.format == "parquet":
+            return self.parquet_compression_ratio
+        return self.gzip_compression_ratio
+
+
+# The estimate ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LineItem:
+    service: str
+    item: str
+    quantity: float
+    unit: str
+    unit_price: float
+    monthly_cost: float
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    choices: Choices
+    items: list[LineItem]
+
+    @property
+    def total(self) -> float:
+        return round(sum(item.monthly_cost for item in self.items), 2)
+
+    def by_service(self) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for item in self.items:
+            totals[item.service] = totals.get(item.service, 0.0) + item.monthly_cost
+        return {service: round(cost, 2) for service, cost in totals.items()}
+
+
+@dataclass(frozen=True)
+class Saving:
+    optimisation: str
+    optimised: Any
+    naive: Any
+    in_use: bool
+    monthly_saving: float
+    why: str
+
+
+@dataclass(frozen=True)
+class CostReport:
+    region: str
+    prices_taken: date
+    price_age_days: int
+    prices_stale: bool
+    volume: dict[str, int]
+    configured: Estimate
+    naive: Estimate
+    savings: list[Saving]
+    assumptions: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        def items(estimate: Estimate) -> list[dict[str, Any]]:
+            return [
+                {**asdict(item), "monthly_cost": round(item.monthly_cost, 4)}
+                for item in estimate.items
+            ]
+
+        return {
+            "region": self.region,
+            "currency": "USD",
+            "prices_taken": self.prices_taken.isoformat(),
+            "price_age_days": self.price_age_days,
+            "prices_stale": self.prices_stale,
+            "volume": self.volume,
+            "line_items": items(self.configured),
+            "naive_line_items": items(self.naive),
+            "savings": [asdict(saving) for saving in self.savings],
+            "totals": {
+                "configured": self.configured.total,
+                "naive": self.naive.total,
+                "saving": round(self.naive.total - self.configured.total, 2),
+            },
+            "assumptions": self.assumptions,
+        }
+
+
+def distinct_devices_per_batch(readings_per_batch: float, devices_per_shard: float) -> float:
+    """Expected distinct devices among n readings from d equally busy devices: d(1-(1-1/d)^n)."""
+    if devices_per_shard <= 1:
+        return min(readings_per_batch, 1.0)
+    expected = -devices_per_shard * math.expm1(
+        readings_per_batch * math.log1p(-1 / devices_per_shard)
+    )
+    return min(readings_per_batch, expected)
+
+
+def estimate(
+    config: Config, prices: Prices, choices: Choices, assumptions: Assumptions | None = None
+) -> Estimate:
+    """Price one month of `config`'s volume with the given design choices."""
+    a = assumptions or Assumptions()
+    p = prices
+    volume, sizing = config.volume, config.sizing
+    size = volume.bytes_per_reading
+    readings = volume.readings_per_day * DAYS_PER_MONTH
+    batches = sizing.expected_batches_per_day * DAYS_PER_MONTH
+    per_batch = volume.readings_per_day / sizing.expected_batches_per_day
+    raw_bytes_per_day = volume.readings_per_day * size
+    items: list[LineItem] = []
+
+    def add(service: str, item: str, qty: float, unit: str, price: float, per: float = 1, note=""):
+        items.append(LineItem(service, item, qty, unit, price, qty / per * price, note))
+
+    # IoT Core: messages, rules and actions are metered in 5 KB increments.
+    iot = "IoT Core"
+    metered = readings * math.ceil(size / p("iot_core", "message_bytes_increment"))
+    if choices.basic_ingest:
+        add(iot, "messaging (Basic Ingest)", metered, "messages", 0.0, 1, "no messaging charge")
+    else:
+        tiers = p("iot_core", "messages_per_million_tiers")
+        cost = tiered(metered, tiers, 1e6)
+        items.append(
+            LineItem(iot, "messaging", metered, "messages", tiers[0][1] / 1e6, cost, "tiered")
+        )
+    add(
+        iot,
+        "connectivity",
+        volume.devices * MINUTES_PER_MONTH,
+        "connection-minutes",
+        p("iot_core", "connection_minutes_per_million"),
+        1e6,
+    )
+    add(iot, "rules triggered", metered, "rules", p("iot_core", "rules_triggered_per_million"), 1e6)
+    add(
+        iot,
+        "rule actions (Kinesis)",
+        metered,
+        "actions",
+        p("iot_core", "actions_executed_per_million"),
+        1e6,
+    )
+
+    # Kinesis Data Streams.
+    kinesis = "Kinesis Data Streams"
+    if choices.stream_mode == "provisioned":
+        add(
+            kinesis,
+            f"shard-hours ({sizing.shards} shards)",
+            sizing.shards * HOURS_PER_MONTH,
+            "shard-hours",
+            p("kinesis", "shard_hour"),
+        )
+        add(
+            kinesis,
+            "PUT payload units (25 KB)",
+            readings * math.ceil(size / p("kinesis", "put_payload_unit_bytes")),
+            "units",
+            p("kinesis", "put_payload_units_per_million"),
+            1e6,
+        )
+    else:
+        add(
+            kinesis,
+            "on-demand stream-hours",
+            HOURS_PER_MONTH,
+            "stream-hours",
+            p("kinesis", "on_demand_stream_hour"),
+        )
+        gb = readings * round_up(size, p("kinesis", "on_demand_record_bytes_increment")) / GB
+        add(kinesis, "data ingested", gb, "GB", p("kinesis", "on_demand_ingested_per_gb"))
+        add(kinesis, "data retrieved", gb, "GB", p("kinesis", "on_demand_retrieved_per_gb"))
+
+    # Lambda: one invocation per batch; duration billed per millisecond.
+    ms = math.ceil(a.processor_ms_per_batch + a.processor_ms_per_reading * per_batch)
+    add("Lambda", "requests", batches, "requests", p("lambda", "requests_per_million"), 1e6)
+    add(
+        "Lambda",
+        f"compute ({choices.architecture}, {config.processor.memory_mb} MB, {ms} ms/batch)",
+        batches * ms / 1000 * config.processor.memory_mb / 1024,
+        "GB-seconds",
+        p("lambda", f"gb_second_{choices.architecture}"),
+    )
+
+    # DynamoDB: latest state per device.
+    ddb = "DynamoDB"
+    if choices.state_write_per_device:
+        per_shard = volume.devices / sizing.shards
+        writes = batches * distinct_devices_per_batch(per_batch, per_shard)
+        what = "state writes (one per device per batch)"
+    else:
+        writes, what = readings, "state writes (one per reading)"
+    item_bytes = size + p("dynamodb", "item_overhead_bytes")
+    add(
+        ddb,
+        what,
+        writes * math.ceil(item_bytes / p("dynamodb", "write_unit_bytes")),
+        "write request units",
+        p("dynamodb", "write_request_units_per_million"),
+        1e6,
+    )
+    add(
+        ddb,
+        "storage",
+        volume.devices * item_bytes / GB,
+        "GB-month",
+        p("dynamodb", "storage_gb_month"),
+    )
+
+    # Timestream (optional sink).
+    if config.timeseries.enabled:
+        ts, ts_cfg = "Timestream", config.timeseries
+        units = batches * chunked_units(
+            per_batch, size, TIMESTREAM_RECORDS_PER_WRITE, p("timestream", "write_unit_bytes")
+        )
+        add(
+            ts,
+            "writes (1 KB units, 100 records a request)",
+            units,
+            "writes",
+            p("timestream", "writes_per_million"),
+            1e6,
+        )
+        day_gb = raw_bytes_per_day / GB
+        add(
+            ts,
+            f"memory store ({ts_cfg.memory_retention_hours} h)",
+            day_gb * ts_cfg.memory_retention_hours / 24 * HOURS_PER_MONTH,
+            "GB-hours",
+            p("timestream", "memory_store_gb_hour"),
+        )
+        add(
+            ts,
+            "magnetic store (steady state)",
+            day_gb * min(STEADY_STATE_DAYS, ts_cfg.magnetic_retention_days),
+            "GB-month",
+            p("timestream", "magnetic_store_gb_month"),
+        )
+
+    # Firehose: every record is rounded up to 5 KB.
+    increment = p("firehose", "record_bytes_increment")
+    if choices.aggregated_archive_records:
+        per_record = max(1, FIREHOSE_MAX_RECORD_BYTES // size)
+        billed = batches * chunked_units(per_batch, size, per_record, increment) * increment
+        what = "data ingested (one record per batch)"
+    else:
+        billed = readings * round_up(size, increment)
+        what = "data ingested (one record per reading)"
+    add("Firehose", what, billed / GB, "GB", p("firehose", "ingested_per_gb"))
+    if config.archive.format == "parquet":
+        add(
+            "Firehose",
+            "format conversion",
+            billed / GB,
+            "GB",
+            p("firehose", "format_conversion_per_gb"),
+        )
+
+    # S3: the archive by lifecycle class, at steady state.
+    archive = config.archive
+    day_stored_gb = raw_bytes_per_day / a.compression_ratio(config) / GB
+    ia_from = min(archive.transition_to_ia_days, STEADY_STATE_DAYS)
+    glacier_from = min(archive.transition_to_glacier_days, STEADY_STATE_DAYS)
+    for cls_name, days, key in (
+        ("Standard", ia_from, "standard_gb_month"),
+        ("Standard-IA", glacier_from - ia_from, "standard_ia_gb_month"),
+        (
+            "Glacier Flexible Retrieval",
+            STEADY_STATE_DAYS - glacier_from,
+            "glacier_flexible_gb_month",
+        ),
+    ):
+        if days > 0:
+            add(
+                "S3",
+                f"archive in {cls_name} ({days} days)",
+                day_stored_gb * days,
+                "GB-month",
+                p("s3", key),
+            )
+    flushes_per_day = max(
+        SECONDS_PER_DAY / max(archive.buffer_seconds, 1),
+        raw_bytes_per_day / (archive.buffer_mb * MB),
+    )
+    objects = flushes_per_day * DAYS_PER_MONTH
+    add(
+        "S3",
+        "PUT requests (Firehose objects)",
+        objects,
+        "requests",
+        p("s3", "put_requests_per_thousand"),
+        1000,
+    )
+    if archive.transition_to_ia_days < STEADY_STATE_DAYS:
+        add(
+            "S3",
+            "lifecycle transitions to Standard-IA",
+            objects,
+            "requests",
+            p("s3", "transition_to_standard_ia_per_thousand"),
+            1000,
+        )
+    if archive.transition_to_glacier_days < STEADY_STATE_DAYS:
+        add(
+            "S3",
+            "lifecycle transitions to Glacier",
+            objects,
+            "requests",
+            p("s3", "transition_to_glacier_flexible_per_thousand"),
+            1000,
+        )
+
+    # Glue: crawler runs are billed per DPU-hour with a per-run minimum; the catalog holds two
+    # objects (database, table: partition projection adds no partitions), far inside its free tier.
+    run_hours = p("glue", "crawler_minimum_minutes") / 60
+    add(
+        "Glue",
+        f"crawler ({choices.crawler_runs_per_day:g} runs/day)",
+        choices.crawler_runs_per_day * DAYS_PER_MONTH * a.crawler_dpus * run_hours,
+        "DPU-hours",
+        p("glue", "crawler_dpu_hour"),
+    )
+    add("Glue", "Data Catalog (2 objects)", 2, "objects", 0.0, 1, "free below 1 million objects")
+
+    # Athena: each query scans a day of the archive, capped by the workgroup's cutoff.
+    scanned = min(day_stored_gb * GB, config.catalog.bytes_scanned_cutoff_mb * MB)
+    scanned = max(scanned, p("athena", "minimum_mb_per_query") * MB)
+    add(
+        "Athena",
+        f"data scanned ({a.athena_queries_per_day} queries/day)",
+        a.athena_queries_per_day * DAYS_PER_MONTH * scanned / TB,
+        "TB",
+        p("athena", "scanned_per_tb"),
+    )
+
+    # CloudWatch.
+    cw = "CloudWatch"
+    add(cw, "alarms", a.alarms, "alarm-months", p("cloudwatch", "standard_alarm_month"))
+    add(cw, "dashboard", a.dashboards, "dashboard-months", p("cloudwatch", "dashboard_month"))
+    add(
+        cw,
+        "custom metrics (processor)",
+        a.custom_metrics,
+        "metric-months",
+        p("cloudwatch", "custom_metric_month"),
+    )
+    add(
+        cw,
+        "log ingestion (processor)",
+        batches * a.log_bytes_per_invocation / GB,
+        "GB",
+        p("cloudwatch", "logs_ingested_per_gb"),
+    )
+
+    # Negligible: alerts are rare, and the dead-letter queue stays empty while the pipeline works.
+    add("SNS", "alert e-mails", 0, "notifications", 0.0, 1, "negligible")
+    add("SQS", "dead-letter queue", 0, "requests", 0.0, 1, "negligible")
+    return Estimate(choices, items)
+
+
+def cost_report(
+    config: Config, prices: Prices, today: date, assumptions: Assumptions | None = None
+) -> CostReport:
+    """The configured estimate, the naive one, and what each optimisation saves."""
+    a = assumptions or Assumptions()
+    chosen = Choices.of(config)
+    configured = estimate(config, prices, chosen, a)
+    savings = []
+    for opt in OPTIMISATIONS:
+        with_opt = estimate(config, prices, replace(chosen, **{opt.field: opt.optimised}), a)
+        without = estimate(config, prices, replace(chosen, **{opt.field: opt.naive}), a)
+        in_use = (
+            chosen.crawler_runs_per_day <= opt.optimised
+            if opt.field == "crawler_runs_per_day"
+            else getattr(chosen, opt.field) == opt.optimised
+        )
+        savings.append(
+            Saving(
+                optimisation=opt.name,
+                optimised=opt.optimised,
+                naive=opt.naive,
+                in_use=in_use,
+                monthly_saving=round(without.total - with_opt.total, 2),
+                why=opt.why,
+            )
+        )
+    return CostReport(
+        region=prices.region,
+        prices_taken=prices.taken,
+        price_age_days=prices.age_days(today),
+        prices_stale=prices.is_stale(today),
+        volume={
+            "readings_per_day": config.volume.readings_per_day,
+            "devices": config.volume.devices,
+            "bytes_per_reading": config.volume.bytes_per_reading,
+        },
+        configured=configured,
+        naive=estimate(config, prices, Choices.naive(), a),
+        savings=savings,
+        assumptions=a.notes(config),
+    )
+
+
+def monthly_total(config: Config) -> float:
+    """The configured pipeline's monthly estimate with the packaged prices (for `validate`)."""
+    return estimate(config, load_prices(), Choices.of(config)).total
+
+
+# Crawler schedule ------------------------------------------------------------------------------
+_DAY_NAMES = {
+    name: i for i, name in enumerate(["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"], 1)
+}
+
+
+def _count(expression: str, low: int, high: int) -> int:
+    """How many values a cron field selects in [low, high] (",", "-", "/" and "*")."""
+    total = 0
+    for part in expression.split(","):
+        base, _, step_text = part.partition("/")
+        step = int(step_text) if step_text else 1
+        if base in ("*", "?"):
+            start, end = low, high
+        elif "-" in base:
+            first, last = base.split("-", 1)
+            start, end = int(first), int(last)
+        else:
+            start = int(base)
+            end = high if step_text else start
+        if not (low <= start <= end <= high) or step < 1:
+            raise ValueError(part)
+        total += len(range(start, end + 1, step))
+    return total
+
+
+def crawler_runs_per_day(schedule: str) -> float:
+    """Average runs a day of an EventBridge cron(min hour day-of-month month day-of-week year)."""
+    fields = schedule.strip()[len("cron(") : -1].split()
+    try:
+        if len(fields) != 6:
+            raise ValueError(schedule)
+        minutes, hours, dom, month, dow, _year = fields
+        runs = _count(minutes, 0, 59) * _count(hours, 0, 23)
+        if dow not in ("*", "?"):
+            numeric = re.sub(r"[A-Z]{3}", lambda m: str(_DAY_NAMES[m.group()]), dow.upper())
+            fraction = 1 / 7 if ("#" in numeric or "L" in numeric) else _count(numeric, 1, 7) / 7
+        elif dom not in ("*", "?"):
+            fraction = (
+                1 / DAYS_PER_MONTH
+                if any(c in dom for c in "LW")
+                else (_count(dom, 1, 31) / DAYS_PER_MONTH)
+            )
+        else:
+            fraction = 1.0
+        if month != "*":
+            fraction *= _count(month, 1, 12) / 12
+    except (ValueError, KeyError):
+        raise ConfigError(
+            f"catalog.crawler_schedule: cannot read the cron expression {schedule!r}",
+            hint="use EventBridge's cron(minutes hours day-of-month month day-of-week year)",
+        ) from None
+    return runs * fraction
