@@ -219,3 +219,45 @@ def test_dependencies_order_the_plan(endpoint) -> None:
     for step in steps:
         for dep in step.resource.depends_on:
             assert position[dep] < position[step.resource.key]
+
+
+@pytest.mark.exhaustive
+def test_down_interrupted_at_any_mutating_call_then_rerun_removes_everything(
+    cli, faults, endpoint, emulator
+) -> None:
+    assert cli("up", "--yes").exit_code == 0
+    faults.calls.clear()
+    assert cli("down", "--yes", "--delete-data").exit_code == 0
+    total = len(faults.mutating_calls)
+    for k in _crash_points(total):
+        emulator.reset()
+        assert cli("up", "--yes").exit_code == 0
+        faults._mutating_seen = 0
+        faults.crash_at_mutating = k
+        crashed = cli("down", "--yes", "--delete-data")
+        faults.crash_at_mutating = None
+        assert crashed.exit_code == 1, f"crash at mutating call {k}: {crashed}"
+        assert cli("down", "--yes", "--delete-data").exit_code == 0, f"re-run after {k}"
+        leftovers = {key: state for key, state in snapshot(endpoint).items() if state}
+        assert leftovers == {}, f"left behind after a crash at call {k}"
+
+
+@pytest.mark.parametrize(
+    ("service", "operation", "code", "status"),
+    [
+        ("kinesis", "DescribeStreamSummary", "ResourceNotFoundException", 400),
+        ("dynamodb", "DescribeTable", "ResourceNotFoundException", 400),
+        ("sns", "GetTopicAttributes", "NotFound", 404),
+        ("s3", "HeadBucket", "404", 404),
+    ],
+)
+def test_not_found_right_after_create_is_waited_out(
+    cli, faults, endpoint, service, operation, code, status
+) -> None:
+    # The first answer is the plan's own observation; the next ones follow the create.
+    faults.fail(service, operation, code, "not yet", status=status, times=4)
+    result = cli("up", "--yes")
+    assert result.exit_code == 0, result
+    faults.calls.clear()
+    assert cli("up", "--yes").exit_code == 0
+    assert faults.mutating_calls == []
