@@ -1,34 +1,19 @@
-"""Kinesis Data Streams: the readings stream, and the safe stepping of shard-count changes."""
+"""Kinesis Data Streams: the readings stream; shard-count changes step through `resharding`."""
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from iotpipe.engine.model import Change, Resource
-from iotpipe.errors import UsageError
+from iotpipe.errors import AwsError
+from iotpipe.resharding import ReshardPlan, plan_for_stream
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
     from iotpipe.stack import StackContext
 
 KINESIS_KMS_KEY = "alias/aws/kinesis"
-
-
-def reshard_steps(current: int, target: int) -> list[int]:
-    """The shard counts UpdateShardCount must pass through to go from `current` to `target`.
-
-    AWS accepts one call only when the new count is at most double and at least half the open
-    shards, so larger changes are made in steps: 1->4 is 1->2->4, 8->1 is 8->4->2->1.
-    """
-    if current < 1 or target < 1:
-        raise UsageError("shard counts must be at least 1")
-    steps = []
-    count = current
-    while count != target:
-        count = min(target, count * 2) if target > count else max(target, math.ceil(count / 2))
-        steps.append(count)
-    return steps
 
 
 class ReadingsStream(Resource):
@@ -145,10 +130,20 @@ class ReadingsStream(Resource):
             )
             observed = self.wait_active(aws)
         if "shard_count" in want and observed["shard_count"] != want["shard_count"]:
-            self.reshard(aws, observed["shard_count"], want["shard_count"])
+            # The same planner and quota checks as `iotpipe reshard`: refused before any change.
+            plan = plan_for_stream(aws, self.name, observed["shard_count"], want["shard_count"])
+            self.apply_reshard(aws, plan)
 
-    def reshard(self, aws: Aws, current: int, target: int) -> None:
-        for count in reshard_steps(current, target):
+    def apply_reshard(
+        self, aws: Aws, plan: ReshardPlan, on_step: Callable[[int, str], None] | None = None
+    ) -> None:
+        """Run the plan's UpdateShardCount steps, waiting for ACTIVE after each one.
+
+        `on_step(count, event)` reports each step's "start" and "done". Nothing else changes.
+        """
+        notify = on_step or (lambda *_: None)
+        for count in plan.steps:
+            notify(count, "start")
             aws.call(
                 "kinesis",
                 "update_shard_count",
@@ -157,7 +152,15 @@ class ReadingsStream(Resource):
                 TargetShardCount=count,
                 ScalingType="UNIFORM_SCALING",
             )
-            self.wait_active(aws)
+            observed = self.wait_active(aws)
+            if observed["shard_count"] != count:
+                raise AwsError(
+                    f"expected {count} open shards after UpdateShardCount, found "
+                    f"{observed['shard_count']}",
+                    resource=self.label,
+                    hint="check the stream in the console; re-running continues from its state",
+                )
+            notify(count, "done")
 
     def delete(self, aws: Aws) -> None:
         aws.call(
