@@ -13,8 +13,8 @@ import pytest
 os.environ.update(
     {
         "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
+        "AWS_SECRET_ACCESS_KEY": "tEsT-sEcReT-kEy-never-printed",
+        "AWS_SESSION_TOKEN": "tEsT-sEsSiOn-ToKeN-never-printed",
         "AWS_DEFAULT_REGION": "us-east-1",
         "IOTPIPE_RETRY_SCALE": "0.002",
         "COLUMNS": "200",
@@ -26,6 +26,12 @@ for _var in ("AWS_PROFILE", "AWS_ENDPOINT_URL"):
 from iotpipe.cli import run  # noqa: E402
 from iotpipe.local.emulator import Emulator  # noqa: E402
 from tests.faults import Faults  # noqa: E402
+
+SECRETS = (
+    os.environ["AWS_SECRET_ACCESS_KEY"],
+    os.environ["AWS_SESSION_TOKEN"],
+    "PRIVATE KEY",
+)
 
 
 @pytest.fixture(scope="session")
@@ -82,6 +88,9 @@ def cli(capsys: pytest.CaptureFixture[str], endpoint: str, config_file: Path):
         capsys.readouterr()
         code = run(argv)
         captured = capsys.readouterr()
+        # No command may ever print a secret: credentials or key material.
+        for secret in SECRETS:
+            assert secret not in captured.out + captured.err, f"{secret!r} printed by {args}"
         return CliResult(code, captured.out, captured.err)
 
     return invoke
