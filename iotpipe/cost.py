@@ -235,6 +235,8 @@ class LineItem:
     unit_price: float
     monthly_cost: float
     note: str = ""
+    # unit_price is per this many units (1, 1,000 or 1,000,000), as AWS quotes it.
+    price_per: float = 1
 
 
 @dataclass(frozen=True)
@@ -326,7 +328,7 @@ def estimate(
     items: list[LineItem] = []
 
     def add(service: str, item: str, qty: float, unit: str, price: float, per: float = 1, note=""):
-        items.append(LineItem(service, item, qty, unit, price, qty / per * price, note))
+        items.append(LineItem(service, item, qty, unit, price, qty / per * price, note, per))
 
     # IoT Core: messages, rules and actions are metered in 5 KB increments.
     iot = "IoT Core"
@@ -337,7 +339,7 @@ def estimate(
         tiers = p("iot_core", "messages_per_million_tiers")
         cost = tiered(metered, tiers, 1e6)
         items.append(
-            LineItem(iot, "messaging", metered, "messages", tiers[0][1] / 1e6, cost, "tiered")
+            LineItem(iot, "messaging", metered, "messages", tiers[0][1], cost, "tiered", 1e6)
         )
     add(
         iot,
@@ -362,7 +364,7 @@ def estimate(
     if choices.stream_mode == "provisioned":
         add(
             kinesis,
-            f"shard-hours ({sizing.shards} shards)",
+            f"shard-hours ({sizing.shards} shard{'s' if sizing.shards != 1 else ''})",
             sizing.shards * HOURS_PER_MONTH,
             "shard-hours",
             p("kinesis", "shard_hour"),
@@ -626,6 +628,16 @@ def monthly_total(config: Config) -> float:
 _DAY_NAMES = {
     name: i for i, name in enumerate(["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"], 1)
 }
+_MONTH_NAMES = {
+    name: i
+    for i, name in enumerate(
+        ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"], 1
+    )
+}
+
+
+def _numeric(expression: str, names: dict[str, int]) -> str:
+    return re.sub(r"[A-Z]{3}", lambda m: str(names[m.group()]), expression.upper())
 
 
 def _count(expression: str, low: int, high: int) -> int:
@@ -657,8 +669,10 @@ def crawler_runs_per_day(schedule: str) -> float:
         minutes, hours, dom, month, dow, _year = fields
         runs = _count(minutes, 0, 59) * _count(hours, 0, 23)
         if dow not in ("*", "?"):
-            numeric = re.sub(r"[A-Z]{3}", lambda m: str(_DAY_NAMES[m.group()]), dow.upper())
-            fraction = 1 / 7 if ("#" in numeric or "L" in numeric) else _count(numeric, 1, 7) / 7
+            numeric = _numeric(dow, _DAY_NAMES)
+            # "2#1" (first Monday) and "6L" (last Friday) select one day a month.
+            monthly = "#" in numeric or "L" in numeric
+            fraction = 1 / DAYS_PER_MONTH if monthly else _count(numeric, 1, 7) / 7
         elif dom not in ("*", "?"):
             fraction = (
                 1 / DAYS_PER_MONTH
@@ -668,7 +682,7 @@ def crawler_runs_per_day(schedule: str) -> float:
         else:
             fraction = 1.0
         if month != "*":
-            fraction *= _count(month, 1, 12) / 12
+            fraction *= _count(_numeric(month, _MONTH_NAMES), 1, 12) / 12
     except (ValueError, KeyError):
         raise ConfigError(
             f"catalog.crawler_schedule: cannot read the cron expression {schedule!r}",

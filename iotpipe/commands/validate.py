@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from iotpipe.commands.common import get_app
+from iotpipe.cost import monthly_total
 
 
 def validate(ctx: typer.Context) -> None:
@@ -12,8 +13,16 @@ def validate(ctx: typer.Context) -> None:
     app = get_app(ctx)
     config = app.config
     sizing = config.sizing
+    monthly_cost = monthly_total(config)
     if app.out.json_mode:
-        app.out.data({"valid": True, "config": config.model_dump(), "sizing": sizing.model_dump()})
+        app.out.data(
+            {
+                "valid": True,
+                "config": config.model_dump(),
+                "sizing": sizing.model_dump(),
+                "monthly_cost_usd": monthly_cost,
+            }
+        )
         return
     app.out.success(f"{app.config_path} is valid (stack {config.stack.name!r})")
     app.out.key_values(
@@ -34,6 +43,7 @@ def validate(ctx: typer.Context) -> None:
             ),
             ("processor invocations per day", f"{sizing.expected_batches_per_day:,.0f}"),
             ("archive MB per day (raw)", sizing.archive_mb_per_day),
+            ("estimated monthly cost", f"${monthly_cost:,.2f} (`iotpipe cost` for the breakdown)"),
         ],
         title="Derived sizing",
     )
