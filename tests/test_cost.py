@@ -1,0 +1,229 @@
+"""`iotpipe cost`: the arithmetic pinned on worked examples, and the command's contract."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, timedelta
+from importlib import resources
+
+import pytest
+
+from iotpipe.config import Config
+from iotpipe.cost import (
+    Choices,
+    chunked_units,
+    cost_report,
+    crawler_runs_per_day,
+    distinct_devices_per_batch,
+    estimate,
+    load_prices,
+    tiered,
+)
+from iotpipe.errors import ConfigError
+
+PRICES = json.loads(
+    resources.files("iotpipe").joinpath("data", "prices-us-east-1.json").read_text()
+)["services"]
+TODAY = date(2025, 7, 1)
+
+
+def price(service: str, name: str) -> float:
+    return PRICES[service]["prices"][name]
+
+
+def config(**volume: int) -> Config:
+    return Config.model_validate({"volume": volume} if volume else {})
+
+
+def line(estimate_, service: str, starts: str):
+    return next(i for i in estimate_.items if i.service == service and i.item.startswith(starts))
+
+
+def test_default_500k_a_day_line_items_match_hand_arithmetic():
+    report = cost_report(config(), load_prices(), TODAY)
+    default, naive = report.configured, report.naive
+    readings_a_month = 500_000 * 30.4
+    # One provisioned shard covers a 58 readings/s peak: 730 shard-hours.
+    assert line(default, "Kinesis Data Streams", "shard-hours").monthly_cost == pytest.approx(
+        730 * price("kinesis", "shard_hour")
+    )
+    # 1,000 devices connected for 730 hours.
+    assert line(default, "IoT Core", "connectivity").monthly_cost == pytest.approx(
+        1_000 * 730 * 60 / 1e6 * price("iot_core", "connection_minutes_per_million")
+    )
+    assert line(default, "IoT Core", "messaging").monthly_cost == 0
+    assert line(naive, "IoT Core", "messaging").monthly_cost == pytest.approx(
+        readings_a_month / 1e6 * 1.00
+    )
+    # On-demand: stream-hours plus every 300-byte record counted as 1 KB, in and out.
+    on_demand_gb = readings_a_month * 1024 / 1024**3
+    assert sum(
+        i.monthly_cost for i in naive.items if i.service == "Kinesis Data Streams"
+    ) == pytest.approx(
+        730 * price("kinesis", "on_demand_stream_hour")
+        + on_demand_gb
+        * (
+            price("kinesis", "on_demand_ingested_per_gb")
+            + price("kinesis", "on_demand_retrieved_per_gb")
+        )
+    )
+    # Hourly crawler: 24 runs a day of 2 DPUs for the 10-minute minimum.
+    assert line(naive, "Glue", "crawler").monthly_cost == pytest.approx(
+        24 * 30.4 * 2 * 10 / 60 * price("glue", "crawler_dpu_hour")
+    )
+    # One Firehose record per reading is billed as 5 KB.
+    assert line(naive, "Firehose", "data ingested").monthly_cost == pytest.approx(
+        readings_a_month * 5120 / 1024**3 * price("firehose", "ingested_per_gb")
+    )
+    # 17,280 batches a day (a 5 s window on one shard); arm64 at 256 MB.
+    lam = line(default, "Lambda", "compute")
+    assert lam.quantity == pytest.approx(17_280 * 30.4 * 0.065 * 0.25)
+    assert lam.unit_price == price("lambda", "gb_second_arm64")
+
+
+def test_default_and_naive_totals_at_500k_a_day():
+    report = cost_report(config(), load_prices(), TODAY)
+    assert report.configured.total == 47.24
+    assert report.naive.total == 186.88
+    savings = {s.optimisation: s.monthly_saving for s in report.savings}
+    assert savings == {
+        "Basic Ingest": 15.2,
+        "provisioned shards": 19.78,
+        "aggregated Firehose records": 1.96,
+        "one state write per device per batch": 0.13,
+        "arm64 processor": 0.03,
+        "daily crawler": 102.55,
+    }
+    assert all(s.in_use for s in report.savings)
+
+
+def test_default_and_naive_totals_at_100x():
+    report = cost_report(config(readings_per_day=50_000_000, devices=100_000), load_prices(), TODAY)
+    assert report.configured.total == 2651.46
+    assert report.naive.total == 4476.07
+    # Past a billion messages a month IoT messaging drops to the second tier.
+    messages = 50_000_000 * 30.4
+    assert line(report.naive, "IoT Core", "messaging").monthly_cost == pytest.approx(
+        1e9 / 1e6 * 1.00 + (messages - 1e9) / 1e6 * 0.80
+    )
+    assert line(report.configured, "Kinesis Data Streams", "shard-hours").quantity == 8 * 730
+
+
+def test_state_writes_shrink_when_devices_repeat_within_a_batch():
+    few_devices = cost_report(
+        config(readings_per_day=50_000_000, devices=1_000), load_prices(), TODAY
+    )
+    saving = next(s for s in few_devices.savings if s.optimisation.startswith("one state write"))
+    assert saving.monthly_saving > 600
+    # 125 devices per shard, ~362 readings per batch: most devices appear, some twice.
+    assert distinct_devices_per_batch(361.7, 125) == pytest.approx(118.0, abs=0.5)
+    assert distinct_devices_per_batch(5, 1_000_000) == pytest.approx(5, abs=0.01)
+    assert distinct_devices_per_batch(0.5, 1) == 0.5
+
+
+def test_arithmetic_helpers():
+    assert tiered(1.5e9, [[1e9, 1.0], [4e9, 0.8], [None, 0.7]], 1e6) == pytest.approx(1400)
+    assert tiered(6e9, [[1e9, 1.0], [4e9, 0.8], [None, 0.7]], 1e6) == pytest.approx(4900)
+    # 250 readings of 300 bytes in requests of 100: two 30,000-byte requests and one 15,000.
+    assert chunked_units(250, 300, 100, 1024) == 30 + 30 + 15
+
+
+@pytest.mark.parametrize(
+    ("schedule", "runs"),
+    [
+        ("cron(0 3 * * ? *)", 1),
+        ("cron(0 * * * ? *)", 24),
+        ("cron(0/15 * * * ? *)", 96),
+        ("cron(0 8-17 * * ? *)", 10),
+        ("cron(0 3 ? * MON-FRI *)", 5 / 7),
+        ("cron(30 1,13 ? * SUN *)", 2 / 7),
+        ("cron(0 3 1 * ? *)", 1 / 30.4),
+    ],
+)
+def test_crawler_runs_per_day(schedule, runs):
+    assert crawler_runs_per_day(schedule) == pytest.approx(runs)
+
+
+def test_an_unreadable_crawler_schedule_names_the_field():
+    with pytest.raises(ConfigError, match=r"catalog\.crawler_schedule"):
+        crawler_runs_per_day("cron(every day)")
+
+
+def test_options_change_the_line_items():
+    prices = load_prices()
+    base = Config()
+    no_ts = base.model_copy(
+        update={"timeseries": base.timeseries.model_copy(update={"enabled": False})}
+    )
+    parquet = Config.model_validate({"archive": {"format": "parquet"}})
+    with_ts = estimate(base, prices, Choices.of(base))
+    without_ts = estimate(no_ts, prices, Choices.of(no_ts))
+    assert any(i.service == "Timestream" for i in with_ts.items)
+    assert not any(i.service == "Timestream" for i in without_ts.items)
+    assert without_ts.total == pytest.approx(
+        with_ts.total - with_ts.by_service()["Timestream"], abs=0.01
+    )
+    assert any(
+        i.item == "format conversion" for i in estimate(parquet, prices, Choices.of(parquet)).items
+    )
+    messaging = Config.model_validate({"iot": {"basic_ingest": False}})
+    report = cost_report(messaging, prices, TODAY)
+    assert not next(s for s in report.savings if s.optimisation == "Basic Ingest").in_use
+    assert line(report.configured, "IoT Core", "messaging").monthly_cost == pytest.approx(15.2)
+
+
+def test_prices_say_how_old_they_are():
+    prices = load_prices()
+    assert not prices.is_stale(prices.taken + timedelta(days=180))
+    assert prices.is_stale(prices.taken + timedelta(days=181))
+    assert all(source.startswith("https://aws.amazon.com/") for source in prices.sources.values())
+
+
+def test_cost_json_breakdown(cli):
+    result = cli("cost", "--output", "json")
+    assert result.exit_code == 0, result
+    data = result.json
+    assert data["totals"] == {"configured": 47.24, "naive": 186.88, "saving": 139.64}
+    assert data["price_age_days"] == (date.today() - load_prices().taken).days
+    for item in data["line_items"]:
+        assert set(item) >= {"service", "item", "quantity", "unit", "unit_price", "monthly_cost"}
+    assert sum(i["monthly_cost"] for i in data["line_items"]) == pytest.approx(47.24, abs=0.005)
+    assert {s["optimisation"] for s in data["savings"]} >= {"Basic Ingest", "daily crawler"}
+    if data["prices_stale"]:
+        assert "prices taken" in result.stderr
+
+
+def test_cost_overrides_and_table(cli):
+    result = cli("cost", "--readings-per-day", "50000000", "--devices", "100000")
+    assert result.exit_code == 0, result
+    assert "$2,651.46" in result.stdout
+    assert "$4,476.07" in result.stdout
+    assert "Basic Ingest" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["--readings-per-day", "0"], "--readings-per-day"),
+        (["--devices=-5"], "--devices"),
+        (["--bytes-per-reading", "0"], "--bytes-per-reading"),
+        (["--bytes-per-reading", "10"], "--bytes-per-reading"),
+        (["--devices", "20000000"], "--devices"),
+        (["--queries-per-day=-1"], "--queries-per-day"),
+    ],
+)
+def test_bad_overrides_exit_2_naming_the_option(cli, faults, args, option):
+    faults.calls.clear()
+    result = cli("cost", *args)
+    assert result.exit_code == 2, result
+    assert option in result.stderr
+    assert "Traceback" not in result.stderr
+    assert faults.calls == []
+
+
+def test_validate_shows_the_monthly_total(cli):
+    result = cli("validate", "--output", "json")
+    assert result.exit_code == 0, result
+    assert result.json["monthly_cost_usd"] == 47.24
+    table = cli("validate")
+    assert "$47.24" in table.stdout
