@@ -109,9 +109,9 @@ def root(
 
 
 def _register_commands() -> None:
-    from iotpipe.commands import cost, down, init, plan, reshard, status, up, validate
+    from iotpipe.commands import cost, devices, down, init, plan, reshard, status, up, validate
 
-    for module in (init, validate, plan, up, status, down, reshard, cost):
+    for module in (init, validate, plan, up, status, down, reshard, devices, cost):
         module.register(app)
 
 
