@@ -131,3 +131,19 @@ class Names:
 
     def role_arn(self, service: str) -> str:
         return self.arn("iam", f"role/{self.role(service)}", region=False)
+
+    @property
+    def dead_letter_queue_arn(self) -> str:
+        return self.arn("sqs", self.dead_letter_queue)
+
+    @property
+    def topic_rule_arn(self) -> str:
+        return self.arn("iot", f"rule/{self.topic_rule}")
+
+    @property
+    def processor_function_arn(self) -> str:
+        return self.arn("lambda", f"function:{self.processor_function}")
+
+    @property
+    def processor_log_group(self) -> str:
+        return f"/aws/lambda/{self.processor_function}"

@@ -37,7 +37,7 @@ class StackContext:
 
 def build_resources(ctx: StackContext) -> list[Resource]:
     """Every resource of the pipeline, in declaration order (the engine orders by dependency)."""
-    from iotpipe.resources import dynamodb, kinesis, s3, sns
+    from iotpipe.resources import dynamodb, iot, kinesis, lambda_, s3, sns, sqs
 
-    modules = [s3, kinesis, dynamodb, sns]
+    modules = [s3, kinesis, dynamodb, sns, sqs, iot, lambda_]
     return [resource for module in modules for resource in module.resources(ctx)]

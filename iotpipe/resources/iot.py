@@ -1,0 +1,406 @@
+"""IoT Core: the sensors' thing type, the device policy, and the topic rule feeding Kinesis.
+
+moto implements no IoT tagging, so ownership is recorded where `observe` can read it back on AWS
+and on the emulator alike: in the thing type's and the rule's descriptions, and in a statement id
+of the device policy. Tags are still passed on create, for AWS's cost reports.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+from iotpipe.aws import IAM_PROPAGATION
+from iotpipe.engine.model import STACK_TAG, Change, Resource
+from iotpipe.errors import AwsError
+from iotpipe.resources.iam import ServiceRole, allow, policy_document, trust_policy
+
+if TYPE_CHECKING:
+    from iotpipe.aws import Aws
+    from iotpipe.naming import Names
+    from iotpipe.stack import StackContext
+
+THING = "${iot:Connection.Thing.ThingName}"
+SQL_VERSION = "2016-03-23"
+# AWS keeps at most five versions of an IoT policy.
+MAX_POLICY_VERSIONS = 5
+# Statement ids allow only letters and digits; stack names are lowercase, so "X" stands for "-".
+OWNER_SID_PREFIX = "ConnectAsThingIotpipeStack"
+_OWNER_IN_TEXT = re.compile(re.escape(STACK_TAG) + r"=([a-z0-9-]+)")
+
+
+def _owner_marker(stack: str) -> str:
+    return f"{STACK_TAG}={stack}"
+
+
+def _owner_from_text(text: str | None) -> str | None:
+    match = _OWNER_IN_TEXT.search(text or "")
+    return match.group(1) if match else None
+
+
+def _tag_list(ctx: StackContext) -> list[dict[str, str]]:
+    return [{"Key": k, "Value": v} for k, v in ctx.tags.items()]
+
+
+def device_topic(names: Names, *, basic_ingest: bool) -> str:
+    """The one topic a device publishes readings to; with Basic Ingest, straight to the rule."""
+    topic = names.telemetry_topic(THING)
+    return f"$aws/rules/{names.topic_rule}/{topic}" if basic_ingest else topic
+
+
+def device_policy_document(names: Names, stack: str, *, basic_ingest: bool) -> dict[str, Any]:
+    """Connect only as itself, publish only its own readings, use only its own shadow."""
+    shadow = f"$aws/things/{THING}/shadow/*"
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": OWNER_SID_PREFIX + stack.replace("-", "X"),
+                "Effect": "Allow",
+                "Action": "iot:Connect",
+                "Resource": names.arn("iot", f"client/{THING}"),
+                # The certificate must belong to the thing whose name the client id claims.
+                "Condition": {"Bool": {"iot:Connection.Thing.IsAttached": "true"}},
+            },
+            {
+                "Sid": "PublishOwnTelemetry",
+                "Effect": "Allow",
+                "Action": "iot:Publish",
+                "Resource": names.arn(
+                    "iot", f"topic/{device_topic(names, basic_ingest=basic_ingest)}"
+                ),
+            },
+            {
+                "Sid": "OwnShadowTopics",
+                "Effect": "Allow",
+                "Action": ["iot:Publish", "iot:Receive"],
+                "Resource": names.arn("iot", f"topic/{shadow}"),
+            },
+            {
+                "Sid": "OwnShadowSubscriptions",
+                "Effect": "Allow",
+                "Action": "iot:Subscribe",
+                "Resource": names.arn("iot", f"topicfilter/{shadow}"),
+            },
+        ],
+    }
+
+
+def rule_sql(app: str) -> str:
+    return (
+        f"SELECT *, topic(3) AS device_id, timestamp() AS received_at FROM 'dt/{app}/+/telemetry'"
+    )
+
+
+class SensorThingType(Resource):
+    kind = "iot.thing-type"
+    # AWS cannot change a thing type's description; it can only deprecate and delete the type.
+    replace_on = frozenset({"description"})
+
+    def desired(self) -> dict[str, Any]:
+        return {
+            "description": f"Sensors of the iotpipe pipeline ({_owner_marker(self.ctx.stack)})",
+            "deprecated": False,
+        }
+
+    def owner(self, observed: dict[str, Any]) -> str | None:
+        return _owner_from_text(observed.get("description"))
+
+    def observe(self, aws: Aws) -> dict[str, Any] | None:
+        found = aws.call(
+            "iot",
+            "describe_thing_type",
+            resource=self.label,
+            missing=("ResourceNotFoundException",),
+            thingTypeName=self.name,
+        )
+        if found is None:
+            return None
+        return {
+            "description": found.get("thingTypeProperties", {}).get("thingTypeDescription"),
+            "deprecated": bool(found.get("thingTypeMetadata", {}).get("deprecated")),
+        }
+
+    def create(self, aws: Aws) -> None:
+        aws.call(
+            "iot",
+            "create_thing_type",
+            resource=self.label,
+            thingTypeName=self.name,
+            thingTypeProperties={"thingTypeDescription": self.desired()["description"]},
+            tags=_tag_list(self.ctx),
+        )
+
+    def update(self, aws: Aws, changes: list[Change]) -> None:
+        if any(c.field == "deprecated" for c in changes):
+            aws.call(
+                "iot",
+                "deprecate_thing_type",
+                resource=self.label,
+                thingTypeName=self.name,
+                undoDeprecate=True,
+            )
+
+    def delete(self, aws: Aws) -> None:
+        aws.call(
+            "iot",
+            "deprecate_thing_type",
+            resource=self.label,
+            missing=("ResourceNotFoundException",),
+            thingTypeName=self.name,
+            undoDeprecate=False,
+        )
+
+        # AWS deletes a thing type only five minutes after it was deprecated.
+        def deleted() -> bool | None:
+            try:
+                aws.call(
+                    "iot",
+                    "delete_thing_type",
+                    resource=self.label,
+                    missing=("ResourceNotFoundException",),
+                    thingTypeName=self.name,
+                )
+            except AwsError as exc:
+                if exc.code != "InvalidRequestException":
+                    raise
+                return None
+            return True
+
+        aws.wait_for(deleted, resource=self.label, what="for AWS to allow deleting the type")
+
+
+class DevicePolicy(Resource):
+    kind = "iot.policy"
+
+    def desired(self) -> dict[str, Any]:
+        names = self.ctx.names
+        basic_ingest = self.ctx.config.iot.basic_ingest
+        return {
+            "document": device_policy_document(names, self.ctx.stack, basic_ingest=basic_ingest)
+        }
+
+    def owner(self, observed: dict[str, Any]) -> str | None:
+        for statement in (observed.get("document") or {}).get("Statement", []):
+            sid = str(statement.get("Sid", ""))
+            if sid.startswith(OWNER_SID_PREFIX):
+                return sid.removeprefix(OWNER_SID_PREFIX).replace("X", "-")
+        return None
+
+    def observe(self, aws: Aws) -> dict[str, Any] | None:
+        found = aws.call(
+            "iot",
+            "get_policy",
+            resource=self.label,
+            missing=("ResourceNotFoundException",),
+            policyName=self.name,
+        )
+        if found is None:
+            return None
+        return {"document": json.loads(found["policyDocument"])}
+
+    def create(self, aws: Aws) -> None:
+        aws.call(
+            "iot",
+            "create_policy",
+            resource=self.label,
+            policyName=self.name,
+            policyDocument=json.dumps(self.desired()["document"]),
+            tags=_tag_list(self.ctx),
+        )
+
+    def update(self, aws: Aws, changes: list[Change]) -> None:
+        # IoT policies are versioned: the new document becomes a new default version, and the
+        # oldest non-default version makes room when AWS's limit is reached.
+        versions = aws.call(
+            "iot", "list_policy_versions", resource=self.label, policyName=self.name
+        )["policyVersions"]
+        if len(versions) >= MAX_POLICY_VERSIONS:
+            oldest = min(
+                (v for v in versions if not v["isDefaultVersion"]),
+                key=lambda v: int(v["versionId"]),
+            )
+            aws.call(
+                "iot",
+                "delete_policy_version",
+                resource=self.label,
+                policyName=self.name,
+                policyVersionId=oldest["versionId"],
+            )
+        aws.call(
+            "iot",
+            "create_policy_version",
+            resource=self.label,
+            policyName=self.name,
+            policyDocument=json.dumps(self.desired()["document"]),
+            setAsDefault=True,
+        )
+
+    def delete(self, aws: Aws) -> None:
+        label = self.label
+        # A policy still attached to device certificates cannot be deleted; the devices lose
+        # their permissions with the pipeline anyway.
+        for target in aws.paginate(
+            "iot", "list_targets_for_policy", resource=label, key="targets", policyName=self.name
+        ):
+            aws.call("iot", "detach_policy", resource=label, policyName=self.name, target=target)
+        versions = aws.call(
+            "iot",
+            "list_policy_versions",
+            resource=label,
+            missing=("ResourceNotFoundException",),
+            policyName=self.name,
+        )
+        for version in (versions or {}).get("policyVersions", []):
+            if not version["isDefaultVersion"]:
+                aws.call(
+                    "iot",
+                    "delete_policy_version",
+                    resource=label,
+                    policyName=self.name,
+                    policyVersionId=version["versionId"],
+                )
+        aws.call(
+            "iot",
+            "delete_policy",
+            resource=label,
+            missing=("ResourceNotFoundException",),
+            policyName=self.name,
+        )
+
+
+class TelemetryRule(Resource):
+    kind = "iot.topic-rule"
+
+    def desired(self) -> dict[str, Any]:
+        names = self.ctx.names
+        role_arn = names.role_arn("iot-rule")
+        return {
+            "description": f"Device telemetry into Kinesis ({_owner_marker(self.ctx.stack)})",
+            "sql": rule_sql(names.app),
+            "sql_version": SQL_VERSION,
+            "disabled": False,
+            # One device's readings share a partition key, so they stay in order on one shard.
+            "actions": [
+                {
+                    "kinesis": {
+                        "roleArn": role_arn,
+                        "streamName": names.readings_stream,
+                        "partitionKey": "${topic(3)}",
+                    }
+                }
+            ],
+            # A reading Kinesis refused is kept, one object per failed message.
+            "error_action": {
+                "s3": {
+                    "roleArn": role_arn,
+                    "bucketName": names.archive_bucket,
+                    "key": names.iot_errors_prefix
+                    + "${parse_time('yyyy-MM-dd', timestamp())}/${newuuid()}.json",
+                }
+            },
+        }
+
+    def owner(self, observed: dict[str, Any]) -> str | None:
+        return _owner_from_text(observed.get("description"))
+
+    def observe(self, aws: Aws) -> dict[str, Any] | None:
+        # AWS answers UnauthorizedException, not "not found", for a rule that does not exist.
+        found = aws.call(
+            "iot",
+            "get_topic_rule",
+            resource=self.label,
+            missing=("ResourceNotFoundException", "UnauthorizedException"),
+            ruleName=self.name,
+        )
+        if found is None:
+            return None
+        rule = found["rule"]
+        return {
+            "description": rule.get("description", ""),
+            "sql": rule.get("sql"),
+            "sql_version": rule.get("awsIotSqlVersion"),
+            "disabled": bool(rule.get("ruleDisabled")),
+            "actions": rule.get("actions", []),
+            "error_action": rule.get("errorAction"),
+        }
+
+    def _payload(self) -> dict[str, Any]:
+        want = self.desired()
+        return {
+            "sql": want["sql"],
+            "description": want["description"],
+            "awsIotSqlVersion": want["sql_version"],
+            "ruleDisabled": want["disabled"],
+            "actions": want["actions"],
+            "errorAction": want["error_action"],
+        }
+
+    def create(self, aws: Aws) -> None:
+        aws.call(
+            "iot",
+            "create_topic_rule",
+            resource=self.label,
+            retry_on=IAM_PROPAGATION,
+            ruleName=self.name,
+            topicRulePayload=self._payload(),
+            tags=urlencode(self.ctx.tags),
+        )
+
+    def update(self, aws: Aws, changes: list[Change]) -> None:
+        aws.call(
+            "iot",
+            "replace_topic_rule",
+            resource=self.label,
+            retry_on=IAM_PROPAGATION,
+            ruleName=self.name,
+            topicRulePayload=self._payload(),
+        )
+
+    def delete(self, aws: Aws) -> None:
+        aws.call(
+            "iot",
+            "delete_topic_rule",
+            resource=self.label,
+            missing=("ResourceNotFoundException", "UnauthorizedException"),
+            ruleName=self.name,
+        )
+
+
+def rule_role(ctx: StackContext) -> ServiceRole:
+    names = ctx.names
+    return ServiceRole(
+        ctx,
+        names.role("iot-rule"),
+        trust=trust_policy("iot.amazonaws.com", names.account, source_arn=names.topic_rule_arn),
+        policy=policy_document(
+            allow(["kinesis:PutRecord"], [names.readings_stream_arn], "WriteReadings"),
+            allow(
+                ["s3:PutObject"],
+                [f"{names.archive_bucket_arn}/{names.iot_errors_prefix}*"],
+                "KeepFailedMessages",
+            ),
+        ),
+        description="Lets the IoT telemetry rule write readings to Kinesis and failures to S3",
+    )
+
+
+def resources(ctx: StackContext) -> list[Resource]:
+    names = ctx.names
+    role = rule_role(ctx)
+    return [
+        SensorThingType(ctx, names.thing_type),
+        DevicePolicy(ctx, names.device_policy),
+        role,
+        TelemetryRule(
+            ctx,
+            names.topic_rule,
+            depends_on=(
+                role.key,
+                f"kinesis.stream/{names.readings_stream}",
+                f"s3.bucket/{names.archive_bucket}",
+            ),
+        ),
+    ]

@@ -1,0 +1,476 @@
+"""Lambda: the processor function, its role and log group, and its Kinesis event source mapping.
+
+The code is zipped reproducibly (iotpipe.packaging), so the function's CodeSha256 tells whether the
+source changed: unchanged source means no upload. Lambda applies every change asynchronously, so
+each step waits for the function to be Active with its last update Successful before the next.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from iotpipe.aws import IAM_PROPAGATION, UPDATE_IN_PROGRESS
+from iotpipe.engine.model import Change, Resource
+from iotpipe.errors import AwsError
+from iotpipe.packaging import CodeBundle, processor_bundle
+from iotpipe.resources.iam import ServiceRole, allow, policy_document, trust_policy
+from iotpipe.resources.logs import LogGroup
+
+if TYPE_CHECKING:
+    from iotpipe.aws import Aws
+    from iotpipe.stack import StackContext
+
+RUNTIME = "python3.11"
+HANDLER = "processor.handler.lambda_handler"
+# AWS publishes Powertools for AWS Lambda (Python) as a public layer from this account.
+POWERTOOLS_ACCOUNT = "017000801446"
+
+# Settings UpdateFunctionConfiguration changes, by our field name and Lambda's parameter name.
+_CONFIG_PARAMS = {
+    "runtime": "Runtime",
+    "handler": "Handler",
+    "role": "Role",
+    "memory_mb": "MemorySize",
+    "timeout_seconds": "Timeout",
+    "layers": "Layers",
+    "description": "Description",
+}
+
+
+def powertools_layer_arn(ctx: StackContext) -> str:
+    processor, names = ctx.config.processor, ctx.names
+    return (
+        f"arn:{names.partition}:lambda:{names.region}:{POWERTOOLS_ACCOUNT}:layer:"
+        f"AWSLambdaPowertoolsPythonV3-python311-{processor.architecture}:"
+        f"{processor.powertools_layer_version}"
+    )
+
+
+def processor_environment(ctx: StackContext) -> dict[str, str]:
+    """The sinks the processor writes to, as the contracts name them."""
+    config, names = ctx.config, ctx.names
+    timeseries = config.timeseries.enabled
+    return {
+        "STACK_NAME": ctx.stack,
+        "DEVICE_STATE_TABLE": names.device_state_table,
+        "DEVICE_STATE_TTL_DAYS": str(config.device_state.ttl_days),
+        "TIMESERIES_DATABASE": names.timeseries_database if timeseries else "",
+        "TIMESERIES_TABLE": names.timeseries_table if timeseries else "",
+        "TIMESERIES_MEMORY_RETENTION_HOURS": str(config.timeseries.memory_retention_hours),
+        "ARCHIVE_DELIVERY_STREAM": names.archive_delivery_stream,
+        "ARCHIVE_BUCKET": names.archive_bucket,
+        "QUARANTINE_PREFIX": names.quarantine_prefix,
+        "POWERTOOLS_SERVICE_NAME": "iotpipe-processor",
+        "POWERTOOLS_METRICS_NAMESPACE": "iotpipe",
+        "LOG_LEVEL": config.processor.log_level,
+    }
+
+
+def processor_role(ctx: StackContext) -> ServiceRole:
+    names, config = ctx.names, ctx.config
+    log_group_arn = names.arn("logs", f"log-group:{names.processor_log_group}")
+    statements = [
+        allow(
+            [
+                "kinesis:DescribeStream",
+                "kinesis:DescribeStreamSummary",
+                "kinesis:GetRecords",
+                "kinesis:GetShardIterator",
+                "kinesis:ListShards",
+            ],
+            [names.readings_stream_arn],
+            "ReadReadings",
+        ),
+        # kinesis:ListStreams has no resource-level permission: AWS accepts only "*".
+        allow(["kinesis:ListStreams"], ["*"], "ListStreams"),
+        allow(
+            [
+                "dynamodb:BatchWriteItem",
+                "dynamodb:PartiQLUpdate",
+                "dynamodb:PutItem",
+                "dynamodb:UpdateItem",
+            ],
+            [names.device_state_table_arn],
+            "WriteDeviceState",
+        ),
+        allow(
+            ["firehose:PutRecordBatch"],
+            [names.arn("firehose", f"deliverystream/{names.archive_delivery_stream}")],
+            "ArchiveReadings",
+        ),
+        allow(
+            ["s3:PutObject"],
+            [f"{names.archive_bucket_arn}/{names.quarantine_prefix}*"],
+            "QuarantineInvalidReadings",
+        ),
+        allow(["sqs:SendMessage"], [names.dead_letter_queue_arn], "DeadLetterFailedBatches"),
+        allow(
+            ["logs:CreateLogStream", "logs:PutLogEvents"],
+            [f"{log_group_arn}:*"],
+            "WriteOwnLogs",
+        ),
+    ]
+    if config.timeseries.enabled:
+        table = f"database/{names.timeseries_database}/table/{names.timeseries_table}"
+        statements += [
+            allow(["timestream:WriteRecords"], [names.arn("timestream", table)], "WriteTimeseries"),
+            # timestream:DescribeEndpoints has no resource-level permission: AWS accepts only "*".
+            allow(["timestream:DescribeEndpoints"], ["*"], "FindTimeseriesEndpoint"),
+        ]
+    return ServiceRole(
+        ctx,
+        names.role("processor"),
+        trust=trust_policy("lambda.amazonaws.com", names.account),
+        policy=policy_document(*statements),
+        description="Lets the processor read readings and write them to the pipeline's sinks",
+    )
+
+
+def _tags_for(ctx: StackContext) -> dict[str, str]:
+    return dict(ctx.tags)
+
+
+class ProcessorFunction(Resource):
+    kind = "lambda.function"
+
+    @cached_property
+    def bundle(self) -> CodeBundle:
+        return processor_bundle()
+
+    def desired(self) -> dict[str, Any]:
+        processor = self.ctx.config.processor
+        return {
+            "tags": _tags_for(self.ctx),
+            "description": f"iotpipe processor of stack {self.ctx.stack}",
+            "runtime": RUNTIME,
+            "handler": HANDLER,
+            "architecture": processor.architecture,
+            "memory_mb": processor.memory_mb,
+            "timeout_seconds": processor.timeout_seconds,
+            "role": self.ctx.names.role_arn("processor"),
+            "layers": [powertools_layer_arn(self.ctx)],
+            "environment": processor_environment(self.ctx),
+            "code_sha256": self.bundle.sha256,
+        }
+
+    def observe(self, aws: Aws) -> dict[str, Any] | None:
+        found = aws.call(
+            "lambda",
+            "get_function",
+            resource=self.label,
+            missing=("ResourceNotFoundException",),
+            FunctionName=self.name,
+        )
+        if found is None:
+            return None
+        conf = found["Configuration"]
+        return {
+            "tags": found.get("Tags", {}),
+            "description": conf.get("Description", ""),
+            "runtime": conf.get("Runtime"),
+            "handler": conf.get("Handler"),
+            "architecture": (conf.get("Architectures") or ["x86_64"])[0],
+            "memory_mb": conf.get("MemorySize"),
+            "timeout_seconds": conf.get("Timeout"),
+            "role": conf.get("Role"),
+            "layers": [layer["Arn"] for layer in conf.get("Layers", [])],
+            "environment": conf.get("Environment", {}).get("Variables", {}),
+            "code_sha256": conf.get("CodeSha256"),
+            "arn": conf.get("FunctionArn"),
+        }
+
+    def wait_ready(self, aws: Aws) -> None:
+        """Wait until the function is Active and its last update has finished."""
+
+        def ready() -> bool | None:
+            conf = aws.call(
+                "lambda", "get_function_configuration", resource=self.label, FunctionName=self.name
+            )
+            state, update = conf.get("State", "Active"), conf.get("LastUpdateStatus", "Successful")
+            if state == "Failed" or update == "Failed":
+                reason = conf.get("StateReason") or conf.get("LastUpdateStatusReason") or ""
+                raise AwsError(
+                    f"the function is {state}, last update {update}: {reason}",
+                    resource=self.label,
+                )
+            return (state == "Active" and update == "Successful") or None
+
+        aws.wait_for(ready, resource=self.label, what="for the function to be Active and settled")
+
+    def create(self, aws: Aws) -> None:
+        want = self.desired()
+        try:
+            aws.call(
+                "lambda",
+                "create_function",
+                resource=self.label,
+                # A role created seconds ago is not yet assumable by Lambda.
+                retry_on=IAM_PROPAGATION,
+                FunctionName=self.name,
+                Runtime=want["runtime"],
+                Handler=want["handler"],
+                Role=want["role"],
+                Code={"ZipFile": self.bundle.zip_bytes},
+                Description=want["description"],
+                Architectures=[want["architecture"]],
+                MemorySize=want["memory_mb"],
+                Timeout=want["timeout_seconds"],
+                Layers=want["layers"],
+                Environment={"Variables": want["environment"]},
+                Tags=want["tags"],
+                Publish=False,
+            )
+        except AwsError as exc:
+            raise _explain_layer_error(exc, want["layers"]) from exc
+        self.wait_ready(aws)
+
+    def update(self, aws: Aws, changes: list[Change]) -> None:
+        fields = {c.field for c in changes}
+        want = self.desired()
+        self.wait_ready(aws)
+        # Lambda changes the instruction set only together with the code.
+        if fields & {"code_sha256", "architecture"}:
+            aws.call(
+                "lambda",
+                "update_function_code",
+                resource=self.label,
+                retry_on=UPDATE_IN_PROGRESS,
+                FunctionName=self.name,
+                ZipFile=self.bundle.zip_bytes,
+                Architectures=[want["architecture"]],
+                Publish=False,
+            )
+            self.wait_ready(aws)
+        params = {param: want[field] for field, param in _CONFIG_PARAMS.items() if field in fields}
+        if "environment" in fields:
+            params["Environment"] = {"Variables": want["environment"]}
+        if params:
+            try:
+                aws.call(
+                    "lambda",
+                    "update_function_configuration",
+                    resource=self.label,
+                    # A new role may not be assumable yet; an earlier change may still be applying.
+                    retry_on=(*UPDATE_IN_PROGRESS, *IAM_PROPAGATION),
+                    FunctionName=self.name,
+                    **params,
+                )
+            except AwsError as exc:
+                raise _explain_layer_error(exc, want["layers"]) from exc
+            self.wait_ready(aws)
+        if "tags" in fields:
+            aws.call(
+                "lambda",
+                "tag_resource",
+                resource=self.label,
+                Resource=self.ctx.names.processor_function_arn,
+                Tags=want["tags"],
+            )
+
+    def delete(self, aws: Aws) -> None:
+        aws.call(
+            "lambda",
+            "delete_function",
+            resource=self.label,
+            missing=("ResourceNotFoundException",),
+            FunctionName=self.name,
+        )
+
+
+def _explain_layer_error(exc: AwsError, layers: list[str]) -> AwsError:
+    """Name the layer and the setting to fix when Lambda cannot find the Powertools layer."""
+    if exc.code != "ResourceNotFoundException" or "layer" not in str(exc).lower():
+        return exc
+    return AwsError(
+        f"{exc.message} (layer {', '.join(layers)})",
+        code=exc.code,
+        hint="check [processor] powertools_layer_version against the versions AWS publishes "
+        "for this region and architecture",
+    )
+
+
+class ReadingsTrigger(Resource):
+    """The event source mapping from the readings stream to the processor.
+
+    AWS identifies it by a generated UUID; iotpipe identifies it by (function, stream), of which
+    there is exactly one.
+    """
+
+    kind = "lambda.event-source-mapping"
+    # AWS cannot move an existing mapping's starting position.
+    replace_on = frozenset({"starting_position"})
+
+    # Our field name -> UpdateEventSourceMapping parameter.
+    _PARAMS = {
+        "batch_size": "BatchSize",
+        "batching_window_seconds": "MaximumBatchingWindowInSeconds",
+        "bisect_on_error": "BisectBatchOnFunctionError",
+        "maximum_retry_attempts": "MaximumRetryAttempts",
+        "maximum_record_age_seconds": "MaximumRecordAgeInSeconds",
+        "parallelization_factor": "ParallelizationFactor",
+        "function_response_types": "FunctionResponseTypes",
+        "on_failure_destination": "DestinationConfig",
+        "enabled": "Enabled",
+    }
+
+    @property
+    def function(self) -> str:
+        return self.ctx.names.processor_function
+
+    @property
+    def stream_arn(self) -> str:
+        return self.ctx.names.readings_stream_arn
+
+    def desired(self) -> dict[str, Any]:
+        processor = self.ctx.config.processor
+        return {
+            "tags": _tags_for(self.ctx),
+            "enabled": True,
+            "batch_size": processor.batch_size,
+            "batching_window_seconds": processor.batching_window_seconds,
+            "starting_position": processor.starting_position,
+            "bisect_on_error": processor.bisect_on_error,
+            "maximum_retry_attempts": processor.maximum_retry_attempts,
+            "maximum_record_age_seconds": processor.maximum_record_age_seconds,
+            "parallelization_factor": processor.parallelization_factor,
+            # The handler reports which records failed, so only those are retried.
+            "function_response_types": ["ReportBatchItemFailures"],
+            "on_failure_destination": self.ctx.names.dead_letter_queue_arn,
+        }
+
+    def _find(self, aws: Aws) -> dict[str, Any] | None:
+        mappings = aws.paginate(
+            "lambda",
+            "list_event_source_mappings",
+            resource=self.label,
+            key="EventSourceMappings",
+            FunctionName=self.function,
+            EventSourceArn=self.stream_arn,
+        )
+        return next((m for m in mappings if m.get("State") != "Deleting"), None)
+
+    def observe(self, aws: Aws) -> dict[str, Any] | None:
+        found = self._find(aws)
+        if found is None:
+            return None
+        tags = aws.call(
+            "lambda", "list_tags", resource=self.label, Resource=found["EventSourceMappingArn"]
+        )
+        return {
+            "tags": tags.get("Tags", {}),
+            "enabled": found.get("State") not in ("Disabled", "Disabling"),
+            "batch_size": found.get("BatchSize"),
+            "batching_window_seconds": found.get("MaximumBatchingWindowInSeconds", 0),
+            "starting_position": found.get("StartingPosition"),
+            "bisect_on_error": bool(found.get("BisectBatchOnFunctionError")),
+            "maximum_retry_attempts": found.get("MaximumRetryAttempts", -1),
+            "maximum_record_age_seconds": found.get("MaximumRecordAgeInSeconds", -1),
+            "parallelization_factor": found.get("ParallelizationFactor", 1),
+            "function_response_types": found.get("FunctionResponseTypes", []),
+            "on_failure_destination": found.get("DestinationConfig", {})
+            .get("OnFailure", {})
+            .get("Destination"),
+            "uuid": found["UUID"],
+            "arn": found["EventSourceMappingArn"],
+        }
+
+    def _value(self, field: str, value: Any) -> Any:
+        if field == "on_failure_destination":
+            return {"OnFailure": {"Destination": value}}
+        return value
+
+    def wait_settled(self, aws: Aws) -> dict[str, Any]:
+        """Wait until the mapping is no longer being created or updated."""
+
+        def settled() -> dict[str, Any] | None:
+            found = self._find(aws)
+            busy = ("Creating", "Updating", "Enabling", "Disabling")
+            return found if found is not None and found.get("State") not in busy else None
+
+        return aws.wait_for(settled, resource=self.label, what="for the mapping to settle")
+
+    def create(self, aws: Aws) -> None:
+        want = self.desired()
+        params = {param: self._value(field, want[field]) for field, param in self._PARAMS.items()}
+        aws.call(
+            "lambda",
+            "create_event_source_mapping",
+            resource=self.label,
+            # The function's role may not yet be usable to read the stream; the function itself
+            # may still be settling.
+            retry_on=(*IAM_PROPAGATION, *UPDATE_IN_PROGRESS),
+            FunctionName=self.function,
+            EventSourceArn=self.stream_arn,
+            StartingPosition=want["starting_position"],
+            Tags=want["tags"],
+            **params,
+        )
+        self.wait_settled(aws)
+
+    def update(self, aws: Aws, changes: list[Change]) -> None:
+        want = self.desired()
+        found = self.wait_settled(aws)
+        params = {
+            param: self._value(field, want[field])
+            for field, param in self._PARAMS.items()
+            if any(c.field == field for c in changes)
+        }
+        if params:
+            aws.call(
+                "lambda",
+                "update_event_source_mapping",
+                resource=self.label,
+                retry_on=UPDATE_IN_PROGRESS,
+                UUID=found["UUID"],
+                **params,
+            )
+            self.wait_settled(aws)
+        if any(c.field == "tags" for c in changes):
+            aws.call(
+                "lambda",
+                "tag_resource",
+                resource=self.label,
+                Resource=found["EventSourceMappingArn"],
+                Tags=want["tags"],
+            )
+
+    def delete(self, aws: Aws) -> None:
+        found = self._find(aws)
+        if found is None:
+            return
+        aws.call(
+            "lambda",
+            "delete_event_source_mapping",
+            resource=self.label,
+            retry_on=UPDATE_IN_PROGRESS,
+            missing=("ResourceNotFoundException",),
+            UUID=found["UUID"],
+        )
+        # AWS allows one mapping per (function, stream): a replacement waits for this one to go.
+        aws.wait_for(
+            lambda: self._find(aws) is None or None,
+            resource=self.label,
+            what="for the mapping to be deleted",
+        )
+
+
+def resources(ctx: StackContext) -> list[Resource]:
+    names = ctx.names
+    role = processor_role(ctx)
+    log_group = LogGroup(
+        ctx, names.processor_log_group, retention_days=ctx.config.processor.log_retention_days
+    )
+    function = ProcessorFunction(
+        ctx, names.processor_function, depends_on=(role.key, log_group.key)
+    )
+    trigger = ReadingsTrigger(
+        ctx,
+        f"{names.readings_stream}->{names.processor_function}",
+        depends_on=(
+            function.key,
+            f"kinesis.stream/{names.readings_stream}",
+            f"sqs.queue/{names.dead_letter_queue}",
+        ),
+    )
+    return [role, log_group, function, trigger]
