@@ -1,0 +1,134 @@
+"""The local SQL engine: Athena (Trino) SQL over the archive's GZIP JSON objects with DuckDB."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from iotpipe.aws import Aws
+from iotpipe.errors import UsageError
+from iotpipe.local.sql import duckdb_type, run_query, translate
+
+COLUMNS = [
+    ("device_id", "string"),
+    ("ts", "bigint"),
+    ("seq", "bigint"),
+    ("received_at", "bigint"),
+    ("metrics", "map<string,double>"),
+    ("extra", "string"),
+]
+
+
+@pytest.fixture
+def aws(endpoint: str) -> Aws:
+    aws = Aws(endpoint_url=endpoint, region="us-east-1")
+    aws.call("s3", "create_bucket", resource="b", Bucket="archive")
+    aws.call("glue", "create_database", resource="g", DatabaseInput={"Name": "demo"})
+    aws.call(
+        "glue",
+        "create_table",
+        resource="g",
+        DatabaseName="demo",
+        TableInput={
+            "Name": "readings",
+            "TableType": "EXTERNAL_TABLE",
+            "PartitionKeys": [{"Name": "dt", "Type": "string"}, {"Name": "hour", "Type": "string"}],
+            "Parameters": {
+                "projection.enabled": "true",
+                "storage.location.template": "s3://archive/readings/dt=${dt}/hour=${hour}/",
+            },
+            "StorageDescriptor": {
+                "Columns": [{"Name": n, "Type": t} for n, t in COLUMNS],
+                "Location": "s3://archive/readings/",
+                "SerdeInfo": {"SerializationLibrary": "org.openx.data.jsonserde.JsonSerDe"},
+            },
+        },
+    )
+    return aws
+
+
+def _archive(aws: Aws, key: str, lines: list[dict]) -> None:
+    body = gzip.compress("".join(json.dumps(line) + "\n" for line in lines).encode())
+    aws.call("s3", "put_object", resource="b", Bucket="archive", Key=key, Body=body)
+
+
+def _line(device: str, ts: int, temperature: float, extra: dict | None = None) -> dict:
+    return {
+        "device_id": device,
+        "ts": ts,
+        "seq": None,
+        "received_at": ts + 5,
+        "metrics": {"temperature": temperature, "battery": 3.9},
+        "extra": extra,
+    }
+
+
+def test_athena_sql_runs_over_the_partitioned_archive(aws: Aws) -> None:
+    _archive(
+        aws,
+        "readings/dt=2024-03-09/hour=07/demo-archive-1-2024-03-09-07-00-00-a.gz",
+        [_line("dev-1", 1, 20.0), _line("dev-2", 2, 22.0, {"fw": "1.2"})],
+    )
+    _archive(
+        aws,
+        "readings/dt=2024-03-09/hour=08/demo-archive-1-2024-03-09-08-00-00-b.gz",
+        [_line("dev-1", 3, 24.0)],
+    )
+    # Not under the table's root: never read.
+    _archive(aws, "quarantine/dt=2024-03-09/x.jsonl.gz", [_line("bad", 0, 0.0)])
+
+    result = run_query(
+        aws,
+        database="demo",
+        table="readings",
+        sql="SELECT device_id, count(*) AS readings, avg(element_at(metrics, 'temperature')) "
+        "AS avg_temperature, max(hour) AS last_hour FROM demo.readings "
+        "WHERE dt = '2024-03-09' GROUP BY device_id ORDER BY device_id",
+    )
+
+    assert result.columns == ["device_id", "readings", "avg_temperature", "last_hour"]
+    assert result.rows == [["dev-1", 2, 22.0, "08"], ["dev-2", 1, 22.0, "07"]]
+    assert result.objects_read == 2 and result.engine.startswith("local")
+
+
+def test_string_columns_hold_the_json_text_of_nested_values(aws: Aws) -> None:
+    _archive(
+        aws,
+        "readings/dt=2024-03-09/hour=07/o.gz",
+        [_line("dev-1", 1, 20.0, {"fw": "1.2"}), _line("dev-2", 1, 20.0)],
+    )
+    result = run_query(
+        aws,
+        database="demo",
+        table="readings",
+        sql="SELECT device_id, extra, metrics['battery'] AS battery FROM readings ORDER BY 1",
+    )
+    assert result.rows[0][0] == "dev-1" and json.loads(result.rows[0][1]) == {"fw": "1.2"}
+    assert result.rows[1][1] is None
+    assert result.rows[0][2] == 3.9
+
+
+def test_an_empty_archive_is_an_empty_table(aws: Aws) -> None:
+    result = run_query(
+        aws, database="demo", table="readings", sql="SELECT count(*) AS n FROM readings"
+    )
+    assert result.rows == [[0]]
+
+
+def test_bad_sql_is_a_usage_error_that_shows_the_translation(aws: Aws) -> None:
+    with pytest.raises(UsageError, match="rejected") as caught:
+        run_query(aws, database="demo", table="readings", sql="SELECT nope FROM readings")
+    assert "translated to DuckDB" in (caught.value.hint or "")
+
+
+def test_trino_is_translated_to_duckdb() -> None:
+    assert "TO_TIMESTAMP" in translate("SELECT from_unixtime(ts / 1000) FROM readings")
+
+
+def test_glue_types_map_to_duckdb_types() -> None:
+    assert duckdb_type("map<string,double>") == "MAP(VARCHAR, DOUBLE)"
+    assert duckdb_type("array<struct<a:int,b:string>>") == 'STRUCT("a" INTEGER, "b" VARCHAR)[]'
+    with pytest.raises(UsageError):
+        duckdb_type("uniontype<int,string>")
