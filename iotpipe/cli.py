@@ -109,9 +109,20 @@ def root(
 
 
 def _register_commands() -> None:
-    from iotpipe.commands import cost, devices, down, init, plan, reshard, status, up, validate
+    from iotpipe.commands import (
+        cost,
+        devices,
+        down,
+        init,
+        plan,
+        query,
+        reshard,
+        status,
+        up,
+        validate,
+    )
 
-    for module in (init, validate, plan, up, status, down, reshard, devices, cost):
+    for module in (init, validate, plan, up, status, down, reshard, query, devices, cost):
         module.register(app)
 
 

@@ -6,9 +6,10 @@ Core modules never print: they return values, and commands hand them to this mod
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -75,6 +76,13 @@ class Output:
     def data(self, value: Any) -> None:
         """Print a JSON document on stdout (json mode's only output)."""
         sys.stdout.write(json.dumps(_jsonable(value), indent=2, sort_keys=False) + "\n")
+        sys.stdout.flush()
+
+    def csv_rows(self, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Rows as CSV on stdout (header first; None as an empty field)."""
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([["" if v is None else v for v in row] for row in rows])
         sys.stdout.flush()
 
     def table(
@@ -161,6 +169,16 @@ class Output:
         with progress:
             task = progress.add_task(description, total=total, current="")
             yield ProgressHandle(self, progress, task)
+
+
+    @contextmanager
+    def waiting(self, text: str) -> Iterator[Callable[[str], None]]:
+        """A spinner on stderr while something runs; yields a function that updates its text."""
+        if not self.err.is_terminal:
+            yield lambda _: None
+            return
+        with self.err.status(escape(text)) as status:
+            yield lambda new: status.update(escape(new))
 
 
 class ProgressHandle:

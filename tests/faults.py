@@ -59,6 +59,12 @@ def error_response(protocol: str, url: str, code: str, message: str, status: int
     return AWSResponse(url, status, headers, _Raw(body))
 
 
+def success_response(url: str, body: dict[str, Any]) -> AWSResponse:
+    headers = HTTPHeaders()
+    headers["Content-Type"] = "application/x-amz-json-1.1"
+    return AWSResponse(url, 200, headers, _Raw(json.dumps(body).encode()))
+
+
 THROTTLE = {
     "json": ("ThrottlingException", 400),
     "rest-json": ("TooManyRequestsException", 429),
@@ -79,6 +85,8 @@ class Rule:
     times: int | None = None
     probability: float = 1.0
     hits: int = 0
+    # A crafted success body (JSON protocols) instead of an error: states the emulator never takes.
+    body: dict[str, Any] | None = None
 
 
 @dataclass
@@ -126,6 +134,8 @@ class Faults:
                         continue
                     rule.hits += 1
                     self.injected += 1
+                    if rule.body is not None:
+                        return success_response(request.url, rule.body)
                     code, status = rule.code, rule.status
                     if code is None:
                         code, status = THROTTLE.get(protocol, ("Throttling", 400))
@@ -156,6 +166,14 @@ class Faults:
             status=status,
             times=times,
         )
+        self.rules.append(rule)
+        return rule
+
+    def respond(
+        self, service: str, operation: str, body: dict[str, Any], *, times: int | None = 1
+    ) -> Rule:
+        """Answer matching calls (of a JSON-protocol service) with `body` as a 200 response."""
+        rule = Rule(match=lambda s, o: s == service and o == operation, body=body, times=times)
         self.rules.append(rule)
         return rule
 

@@ -1,0 +1,260 @@
+"""Running one Athena query to the end: start, poll with backoff, page through every result row.
+
+Athena bills $5 per TB scanned, rounded up to the megabyte with a 10 MB minimum per query
+(failed queries are free; cancelled ones pay for what they scanned). A query that outlives the
+caller (Ctrl-C, --timeout) is stopped in Athena so it stops scanning, and billing.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from iotpipe.errors import IotpipeError
+
+if TYPE_CHECKING:
+    from iotpipe.aws import Aws
+
+PRICE_PER_TB_USD = 5.0
+BYTES_PER_TB = 1024**4
+MIN_BILLED_BYTES = 10 * 1024**2
+PAGE_SIZE = 1000  # GetQueryResults' maximum
+POLL_FIRST_SECONDS = 0.2
+POLL_MAX_SECONDS = 2.0
+DONE_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+
+_INTEGER_TYPES = frozenset({"tinyint", "smallint", "integer", "int", "bigint"})
+_FLOAT_TYPES = frozenset({"float", "real", "double"})
+
+
+class QueryFailed(IotpipeError):
+    """Athena ran the query and it did not succeed (failed, cancelled, timed out)."""
+
+
+class QueryInterrupted(IotpipeError):
+    """Ctrl-C: the query was stopped in Athena."""
+
+    exit_code = 130
+
+
+def billed_bytes(scanned: int) -> int:
+    """What Athena bills for a query that scanned `scanned` bytes: whole MB, 10 MB minimum."""
+    megabytes = math.ceil(scanned / 1024**2)
+    return max(megabytes * 1024**2, MIN_BILLED_BYTES)
+
+
+def cost_usd(scanned: int) -> float:
+    return billed_bytes(scanned) / BYTES_PER_TB * PRICE_PER_TB_USD
+
+
+@dataclass
+class QueryResult:
+    query_id: str
+    columns: list[str]
+    types: list[str]
+    rows: list[list[str | None]] = field(default_factory=list)
+    bytes_scanned: int = 0
+    truncated: bool = False
+    pages: int = 0
+    seconds: float = 0.0
+
+    @property
+    def cost_usd(self) -> float:
+        return cost_usd(self.bytes_scanned)
+
+    def records(self) -> list[dict[str, Any]]:
+        """Rows as objects with values typed by their Athena column types (for JSON)."""
+        typed = list(zip(self.columns, self.types, strict=True))
+        return [
+            {name: _typed(value, kind) for (name, kind), value in zip(typed, row, strict=False)}
+            for row in self.rows
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "query_execution_id": self.query_id,
+            "columns": [
+                {"name": n, "type": t} for n, t in zip(self.columns, self.types, strict=True)
+            ],
+            "rows": self.records(),
+            "row_count": len(self.rows),
+            "truncated": self.truncated,
+            "data_scanned_bytes": self.bytes_scanned,
+            "billed_bytes": billed_bytes(self.bytes_scanned),
+            "cost_usd": round(self.cost_usd, 6),
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def _typed(value: str | None, kind: str) -> Any:
+    if value is None:
+        return None
+    try:
+        if kind in _INTEGER_TYPES:
+            return int(value)
+        if kind in _FLOAT_TYPES:
+            return float(value)
+    except ValueError:
+        return value
+    if kind == "boolean":
+        return value.lower() == "true"
+    return value
+
+
+class AthenaQuery:
+    """One query in one workgroup and database."""
+
+    def __init__(self, aws: Aws, *, workgroup: str, database: str) -> None:
+        self.aws = aws
+        self.workgroup = workgroup
+        self.database = database
+        self.label = f"athena.workgroup {workgroup}"
+        # Poll sleeps follow the retry policy's scale (tests shorten them).
+        self._scale = aws.policy.base_seconds / 0.5
+
+    def run(
+        self,
+        sql: str,
+        *,
+        timeout_seconds: float | None = None,
+        max_rows: int | None = None,
+        on_state: Callable[[str, float], None] | None = None,
+    ) -> QueryResult:
+        started = time.monotonic()
+        query_id = self.aws.call(
+            "athena",
+            "start_query_execution",
+            resource=self.label,
+            QueryString=sql,
+            WorkGroup=self.workgroup,
+            QueryExecutionContext={"Catalog": "AwsDataCatalog", "Database": self.database},
+        )["QueryExecutionId"]
+        try:
+            execution = self._wait(query_id, started, timeout_seconds, on_state)
+            result = self._check(execution)
+            self._fetch(result, execution, max_rows)
+        except KeyboardInterrupt:
+            self._stop(query_id)
+            raise QueryInterrupted(f"interrupted: query {query_id} was stopped in Athena") from None
+        result.seconds = time.monotonic() - started
+        return result
+
+    def _wait(
+        self,
+        query_id: str,
+        started: float,
+        timeout_seconds: float | None,
+        on_state: Callable[[str, float], None] | None,
+    ) -> dict[str, Any]:
+        attempt = 0
+        while True:
+            execution = self.aws.call(
+                "athena", "get_query_execution", resource=self.label, QueryExecutionId=query_id
+            )["QueryExecution"]
+            state = execution["Status"]["State"]
+            elapsed = time.monotonic() - started
+            if on_state:
+                on_state(state, elapsed)
+            if state in DONE_STATES:
+                return execution
+            if timeout_seconds is not None and elapsed >= timeout_seconds:
+                self._stop(query_id)
+                raise QueryFailed(
+                    f"query {query_id} still {state} after {timeout_seconds:g} s; "
+                    "stopped in Athena",
+                    hint="raise --timeout, or narrow the query with a partition filter "
+                    "(WHERE dt = 'YYYY-MM-DD')",
+                )
+            delay = min(POLL_FIRST_SECONDS * 1.5 ** min(attempt, 10), POLL_MAX_SECONDS)
+            self.aws.policy.sleep(delay * self._scale)
+            attempt += 1
+
+    def _stop(self, query_id: str) -> None:
+        self.aws.call(
+            "athena", "stop_query_execution", resource=self.label, QueryExecutionId=query_id
+        )
+
+    def _check(self, execution: dict[str, Any]) -> QueryResult:
+        query_id = execution["QueryExecutionId"]
+        status = execution["Status"]
+        scanned = int(execution.get("Statistics", {}).get("DataScannedInBytes", 0) or 0)
+        reason = status.get("StateChangeReason") or status.get("AthenaError", {}).get(
+            "ErrorMessage", "no reason given"
+        )
+        if status["State"] == "FAILED":
+            raise QueryFailed(f"query {query_id} failed: {reason}", hint=_failure_hint(reason))
+        if status["State"] == "CANCELLED":
+            if _is_cutoff(reason):
+                raise QueryFailed(
+                    f"query {query_id} was cancelled by workgroup {self.workgroup}'s per-query "
+                    f"data limit after scanning {_size(scanned)}: {reason}",
+                    hint="narrow the query with a partition filter (WHERE dt = 'YYYY-MM-DD'), "
+                    "or raise [catalog] bytes_scanned_cutoff_mb and run `iotpipe up`",
+                )
+            raise QueryFailed(f"query {query_id} was cancelled: {reason}")
+        return QueryResult(query_id=query_id, columns=[], types=[], bytes_scanned=scanned)
+
+    def _fetch(self, result: QueryResult, execution: dict[str, Any], max_rows: int | None) -> None:
+        # SELECT results start with a header row on the first page; DDL results have none.
+        skip_header = execution.get("StatementType", "DML") == "DML"
+        params: dict[str, Any] = {"QueryExecutionId": result.query_id, "MaxResults": PAGE_SIZE}
+        while True:
+            page = self.aws.call("athena", "get_query_results", resource=self.label, **params)
+            result.pages += 1
+            result_set = page.get("ResultSet", {})
+            if result.pages == 1:
+                info = result_set.get("ResultSetMetadata", {}).get("ColumnInfo", [])
+                result.columns = [c.get("Label") or c["Name"] for c in info]
+                result.types = [c.get("Type", "varchar").lower() for c in info]
+            rows = result_set.get("Rows", [])
+            if result.pages == 1 and skip_header and rows:
+                rows = rows[1:]
+            for row in rows:
+                if max_rows is not None and len(result.rows) >= max_rows:
+                    result.truncated = True
+                    return
+                result.rows.append([cell.get("VarCharValue") for cell in row.get("Data", [])])
+            token = page.get("NextToken")
+            if not token:
+                return
+            if max_rows is not None and len(result.rows) >= max_rows:
+                result.truncated = True
+                return
+            params["NextToken"] = token
+
+
+def _is_cutoff(reason: str) -> bool:
+    text = reason.lower()
+    return "bytes scanned" in text or "limit" in text
+
+
+def _failure_hint(reason: str) -> str | None:
+    text = reason.lower()
+    if "table" in text and ("not found" in text or "does not exist" in text):
+        return "the table appears once `iotpipe up` has created the Glue catalog"
+    if "syntax" in text or "mismatched input" in text:
+        return "check the SQL (Athena speaks Trino SQL)"
+    return None
+
+
+def _size(count: int) -> str:
+    for unit, size in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
+        if count >= size:
+            return f"{count / size:,.1f} {unit}"
+    return f"{count} bytes"
+
+
+def describe_scan(result: QueryResult) -> str:
+    """One line: data scanned and what Athena bills for it."""
+    note = (
+        " (Athena bills at least 10 MB per query)"
+        if result.bytes_scanned < MIN_BILLED_BYTES
+        else ""
+    )
+    return (
+        f"data scanned: {_size(result.bytes_scanned)}; cost ${result.cost_usd:.6f} "
+        f"at ${PRICE_PER_TB_USD:g} per TB{note}"
+    )
