@@ -27,6 +27,8 @@ STREAM_ARN = f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/test-readings"
 DLQ_ARN = f"arn:aws:sqs:{REGION}:{ACCOUNT}:test-processor-dlq"
 BUCKET = f"test-archive-{ACCOUNT}-{REGION}"
 OUR_SERVICES = ("iot", "lambda", "sqs")
+# Taken before any fixture points packaging at a test package.
+REAL_PROCESSOR_SOURCE = packaging.PROCESSOR_SOURCE
 
 
 @pytest.fixture(autouse=True)
@@ -564,3 +566,13 @@ def test_missing_source_is_a_clear_error(tmp_path) -> None:
 
     with pytest.raises(IotpipeError, match="no Python source"):
         packaging.build_zip(tmp_path / "processor")
+
+
+def test_the_real_processor_is_packaged_reproducibly() -> None:
+    first = packaging.build_zip(REAL_PROCESSOR_SOURCE)
+    assert packaging.build_zip(REAL_PROCESSOR_SOURCE).zip_bytes == first.zip_bytes
+    with zipfile.ZipFile(io.BytesIO(first.zip_bytes)) as archive:
+        names = archive.namelist()
+    assert "processor/handler.py" in names
+    assert names == sorted(names)
+    assert all(name.startswith("processor/") and name.endswith(".py") for name in names)

@@ -38,17 +38,21 @@ class DeadLetterQueue(Resource):
         url = self._url(aws)
         if url is None:
             return None
-        attributes = aws.call(
-            "sqs",
-            "get_queue_attributes",
-            resource=self.label,
-            missing=QUEUE_MISSING,
-            QueueUrl=url,
-            AttributeNames=["All"],
+        attributes, tags = aws.gather(
+            lambda: aws.call(
+                "sqs",
+                "get_queue_attributes",
+                resource=self.label,
+                missing=QUEUE_MISSING,
+                QueueUrl=url,
+                AttributeNames=["All"],
+            ),
+            lambda: aws.call(
+                "sqs", "list_queue_tags", resource=self.label, missing=QUEUE_MISSING, QueueUrl=url
+            ),
         )
-        if attributes is None:
+        if attributes is None or tags is None:
             return None
-        tags = aws.call("sqs", "list_queue_tags", resource=self.label, QueueUrl=url)
         have = attributes.get("Attributes", {})
         return {
             "tags": tags.get("Tags", {}),
