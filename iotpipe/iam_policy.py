@@ -1,0 +1,431 @@
+"""The least-privilege IAM policy a person or CI role needs to run up / down / plan / status.
+
+Every statement is scoped to the stack's own ARNs (from `Names`), mostly as "<stack>-*" patterns so
+that a resource added to the stack later under the same prefix stays covered. `Resource: "*"` is
+used only for the actions listed in `UNSCOPED_ACTIONS`, which AWS does not let a policy scope to a
+resource; iam:PassRole is granted only for the stack's four service roles, each to its service.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from iotpipe.engine.model import STACK_TAG
+from iotpipe.naming import Names
+from iotpipe.resources.iam import POLICY_VERSION
+
+# Actions that support no resource-level permission in IAM (Resource must be "*"), and why the
+# commands need them.
+UNSCOPED_ACTIONS: dict[str, str] = {
+    "sts:GetCallerIdentity": "the account id, which every ARN and the bucket name contain",
+    "timestream:DescribeEndpoints": "the Timestream SDK discovers its endpoint before each call",
+    "lambda:CreateEventSourceMapping": "scoped instead by the lambda:FunctionArn condition",
+    "lambda:ListEventSourceMappings": "finds the processor's Kinesis trigger",
+    "cloudwatch:GetMetricData": "status reads the pipeline's health metrics",
+    "kinesis:UpdateShardCount": "up converges the stream to the configured shard count",
+    "kinesis:UpdateStreamMode": "up switches between provisioned and on-demand",
+    "logs:DescribeLogGroups": "observes the stack's log groups (looked up by name prefix)",
+    "sns:Unsubscribe": "up removes alert e-mails dropped from the config",
+    "glue:CreateCrawler": "scoped instead by the aws:RequestTag condition on the stack tag",
+}
+# Unscoped actions that carry a condition of their own, in their own statements.
+_CONDITIONED = ("lambda:CreateEventSourceMapping", "glue:CreateCrawler")
+
+# The service each of the stack's roles is passed to (iam:PassedToService).
+ROLE_SERVICES: dict[str, str] = {
+    "iot-rule": "iot.amazonaws.com",
+    "processor": "lambda.amazonaws.com",
+    "firehose": "firehose.amazonaws.com",
+    "crawler": "glue.amazonaws.com",
+}
+
+# AWS's public Powertools for AWS Lambda (Python) layer, which the processor function uses.
+POWERTOOLS_LAYER_ACCOUNT = "017000801446"
+
+
+def _statement(
+    sid: str,
+    actions: list[str],
+    resources: list[str] | str,
+    condition: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    statement: dict[str, Any] = {
+        "Sid": sid,
+        "Effect": "Allow",
+        "Action": sorted(actions),
+        "Resource": resources,
+    }
+    if condition:
+        statement["Condition"] = condition
+    return statement
+
+
+def operator_policy(names: Names) -> dict[str, Any]:
+    """The policy document for `names`' stack, account and region."""
+    stack = names.stack
+    prefix = f"{stack}-*"
+    partition, region = names.partition, names.region
+    function_arn = names.arn("lambda", f"function:{prefix}")
+    glue = names.glue_database
+    statements = [
+        _statement(
+            "ArchiveBucket",
+            [
+                "s3:CreateBucket",
+                "s3:DeleteBucket",
+                "s3:ListBucket",
+                "s3:ListBucketVersions",
+                "s3:GetBucketTagging",
+                "s3:PutBucketTagging",
+                "s3:GetEncryptionConfiguration",
+                "s3:PutEncryptionConfiguration",
+                "s3:GetBucketPublicAccessBlock",
+                "s3:PutBucketPublicAccessBlock",
+                "s3:GetBucketOwnershipControls",
+                "s3:PutBucketOwnershipControls",
+                "s3:GetBucketPolicy",
+                "s3:PutBucketPolicy",
+                "s3:DeleteBucketPolicy",
+                "s3:GetLifecycleConfiguration",
+                "s3:PutLifecycleConfiguration",
+            ],
+            names.archive_bucket_arn,
+        ),
+        # `down --delete-data` removes objects. Whoever may set the bucket policy can grant
+        # themselves object access anyway, so reading and writing objects is stated openly.
+        _statement(
+            "ArchiveObjects",
+            ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion"],
+            f"{names.archive_bucket_arn}/*",
+        ),
+        _statement(
+            "ReadingsStream",
+            [
+                "kinesis:CreateStream",
+                "kinesis:DeleteStream",
+                "kinesis:DescribeStream",
+                "kinesis:DescribeStreamSummary",
+                "kinesis:ListShards",
+                "kinesis:ListTagsForStream",
+                "kinesis:AddTagsToStream",
+                "kinesis:RemoveTagsFromStream",
+                "kinesis:IncreaseStreamRetentionPeriod",
+                "kinesis:DecreaseStreamRetentionPeriod",
+            ],
+            names.arn("kinesis", f"stream/{prefix}"),
+        ),
+        # The stream is encrypted with the AWS managed key alias/aws/kinesis, whose key id is
+        # not known in advance.
+        _statement(
+            "ReadingsStreamEncryption",
+            ["kinesis:StartStreamEncryption"],
+            [names.arn("kinesis", f"stream/{prefix}"), names.arn("kms", "key/*")],
+        ),
+        _statement(
+            "DeviceStateTable",
+            [
+                "dynamodb:CreateTable",
+                "dynamodb:DeleteTable",
+                "dynamodb:DescribeTable",
+                "dynamodb:UpdateTable",
+                "dynamodb:DescribeTimeToLive",
+                "dynamodb:UpdateTimeToLive",
+                "dynamodb:DescribeContinuousBackups",
+                "dynamodb:UpdateContinuousBackups",
+                "dynamodb:ListTagsOfResource",
+                "dynamodb:TagResource",
+                "dynamodb:UntagResource",
+            ],
+            names.arn("dynamodb", f"table/{prefix}"),
+        ),
+        _statement(
+            "AlertsTopic",
+            [
+                "sns:CreateTopic",
+                "sns:DeleteTopic",
+                "sns:GetTopicAttributes",
+                "sns:SetTopicAttributes",
+                "sns:ListSubscriptionsByTopic",
+                "sns:Subscribe",
+                "sns:ListTagsForResource",
+                "sns:TagResource",
+                "sns:UntagResource",
+            ],
+            names.arn("sns", prefix),
+        ),
+        _statement(
+            "DeadLetterQueue",
+            [
+                "sqs:CreateQueue",
+                "sqs:DeleteQueue",
+                "sqs:GetQueueUrl",
+                "sqs:GetQueueAttributes",
+                "sqs:SetQueueAttributes",
+                "sqs:ListQueueTags",
+                "sqs:TagQueue",
+                "sqs:UntagQueue",
+            ],
+            names.arn("sqs", prefix),
+        ),
+        _statement(
+            "ProcessorFunction",
+            [
+                "lambda:CreateFunction",
+                "lambda:DeleteFunction",
+                "lambda:GetFunction",
+                "lambda:GetFunctionConfiguration",
+                "lambda:UpdateFunctionCode",
+                "lambda:UpdateFunctionConfiguration",
+                "lambda:ListTags",
+                "lambda:TagResource",
+                "lambda:UntagResource",
+            ],
+            function_arn,
+        ),
+        _statement(
+            "PowertoolsLayer",
+            ["lambda:GetLayerVersion"],
+            f"arn:{partition}:lambda:{region}:{POWERTOOLS_LAYER_ACCOUNT}:layer:"
+            "AWSLambdaPowertoolsPythonV3-*",
+        ),
+        # Event source mappings have ids, not names: scope them by the function they feed.
+        _statement(
+            "ProcessorTrigger",
+            [
+                "lambda:GetEventSourceMapping",
+                "lambda:UpdateEventSourceMapping",
+                "lambda:DeleteEventSourceMapping",
+            ],
+            names.arn("lambda", "event-source-mapping:*"),
+            {"ArnLike": {"lambda:FunctionArn": function_arn}},
+        ),
+        # Lambda's tagging actions know no function condition: a mapping's tags are tagging only.
+        _statement(
+            "ProcessorTriggerTags",
+            ["lambda:ListTags", "lambda:TagResource", "lambda:UntagResource"],
+            names.arn("lambda", "event-source-mapping:*"),
+        ),
+        _statement(
+            "CreateProcessorTrigger",
+            ["lambda:CreateEventSourceMapping"],
+            "*",
+            {"ArnLike": {"lambda:FunctionArn": function_arn}},
+        ),
+        _statement(
+            "ServiceRoles",
+            [
+                "iam:CreateRole",
+                "iam:DeleteRole",
+                "iam:GetRole",
+                "iam:UpdateRole",
+                "iam:UpdateAssumeRolePolicy",
+                "iam:TagRole",
+                "iam:UntagRole",
+                "iam:ListRoleTags",
+                "iam:PutRolePolicy",
+                "iam:GetRolePolicy",
+                "iam:DeleteRolePolicy",
+                "iam:ListRolePolicies",
+                "iam:ListAttachedRolePolicies",
+                "iam:DetachRolePolicy",
+            ],
+            names.arn("iam", f"role/{prefix}", region=False),
+        ),
+        *[
+            _statement(
+                f"Pass{''.join(part.title() for part in role.split('-'))}Role",
+                ["iam:PassRole"],
+                names.role_arn(role),
+                {"StringEquals": {"iam:PassedToService": service}},
+            )
+            for role, service in ROLE_SERVICES.items()
+        ],
+        _statement(
+            "IotRuleAndDevicePolicy",
+            [
+                "iot:CreateTopicRule",
+                "iot:ReplaceTopicRule",
+                "iot:GetTopicRule",
+                "iot:DeleteTopicRule",
+                "iot:CreatePolicy",
+                "iot:GetPolicy",
+                "iot:DeletePolicy",
+                "iot:CreatePolicyVersion",
+                "iot:DeletePolicyVersion",
+                "iot:ListPolicyVersions",
+                "iot:ListTargetsForPolicy",
+                "iot:CreateThingType",
+                "iot:DescribeThingType",
+                "iot:DeprecateThingType",
+                "iot:DeleteThingType",
+                "iot:ListTagsForResource",
+                "iot:TagResource",
+                "iot:UntagResource",
+            ],
+            [
+                names.arn("iot", f"rule/{names.snake}_*"),
+                names.arn("iot", f"policy/{prefix}"),
+                names.arn("iot", f"thingtype/{prefix}"),
+            ],
+        ),
+        # `down` detaches the device policy from the certificates it is attached to; certificate
+        # ids are random, so the account's certificates are the narrowest scope AWS offers.
+        _statement(
+            "DetachDevicePolicy",
+            ["iot:DetachPolicy"],
+            [names.arn("iot", "cert/*")],
+        ),
+        _statement(
+            "Timeseries",
+            [
+                "timestream:CreateDatabase",
+                "timestream:DescribeDatabase",
+                "timestream:UpdateDatabase",
+                "timestream:DeleteDatabase",
+                "timestream:CreateTable",
+                "timestream:DescribeTable",
+                "timestream:UpdateTable",
+                "timestream:DeleteTable",
+            ],
+            [
+                names.arn("timestream", f"database/{names.timeseries_database}"),
+                names.arn("timestream", f"database/{names.timeseries_database}/table/*"),
+            ],
+        ),
+        # IAM lists database, table and scheduled query as the resource types of Timestream's
+        # tagging actions; each is named for this stack only.
+        _statement(
+            "TimeseriesTags",
+            [
+                "timestream:ListTagsForResource",
+                "timestream:TagResource",
+                "timestream:UntagResource",
+            ],
+            [
+                names.arn("timestream", f"database/{names.timeseries_database}"),
+                names.arn("timestream", f"database/{names.timeseries_database}/table/*"),
+                names.arn("timestream", f"scheduled-query/{prefix}"),
+            ],
+        ),
+        _statement(
+            "ArchiveDeliveryStream",
+            [
+                "firehose:CreateDeliveryStream",
+                "firehose:DeleteDeliveryStream",
+                "firehose:DescribeDeliveryStream",
+                "firehose:UpdateDestination",
+                "firehose:StartDeliveryStreamEncryption",
+                "firehose:ListTagsForDeliveryStream",
+                "firehose:TagDeliveryStream",
+                "firehose:UntagDeliveryStream",
+            ],
+            names.arn("firehose", f"deliverystream/{prefix}"),
+        ),
+        _statement(
+            "Catalog",
+            [
+                "glue:CreateDatabase",
+                "glue:GetDatabase",
+                "glue:UpdateDatabase",
+                "glue:DeleteDatabase",
+                "glue:CreateTable",
+                "glue:GetTable",
+                "glue:UpdateTable",
+                "glue:DeleteTable",
+                "glue:GetTags",
+                "glue:TagResource",
+                "glue:UntagResource",
+            ],
+            [
+                names.arn("glue", "catalog"),
+                names.arn("glue", f"database/{glue}"),
+                names.arn("glue", f"table/{glue}/*"),
+                # Deleting the database deletes its functions too (there are none).
+                names.arn("glue", f"userDefinedFunction/{glue}/*"),
+            ],
+        ),
+        _statement(
+            "CreateArchiveCrawler",
+            ["glue:CreateCrawler"],
+            "*",
+            {"StringEquals": {f"aws:RequestTag/{STACK_TAG}": stack}},
+        ),
+        _statement(
+            "ArchiveCrawler",
+            [
+                "glue:GetCrawler",
+                "glue:UpdateCrawler",
+                "glue:StopCrawler",
+                "glue:DeleteCrawler",
+                "glue:GetTags",
+                "glue:TagResource",
+                "glue:UntagResource",
+            ],
+            names.arn("glue", f"crawler/{prefix}"),
+        ),
+        _statement(
+            "QueryWorkgroup",
+            [
+                "athena:CreateWorkGroup",
+                "athena:GetWorkGroup",
+                "athena:UpdateWorkGroup",
+                "athena:DeleteWorkGroup",
+            ],
+            names.arn("athena", f"workgroup/{names.workgroup}"),
+        ),
+        # IAM lists workgroup, data catalog and capacity reservation as the resource types of
+        # Athena's tagging actions; each is named for this stack only.
+        _statement(
+            "QueryWorkgroupTags",
+            ["athena:ListTagsForResource", "athena:TagResource", "athena:UntagResource"],
+            [
+                names.arn("athena", f"workgroup/{names.workgroup}"),
+                names.arn("athena", f"datacatalog/{names.workgroup}"),
+                names.arn("athena", f"capacity-reservation/{names.workgroup}"),
+            ],
+        ),
+        _statement(
+            "Alarms",
+            [
+                "cloudwatch:PutMetricAlarm",
+                "cloudwatch:DescribeAlarms",
+                "cloudwatch:DeleteAlarms",
+                "cloudwatch:ListTagsForResource",
+                "cloudwatch:TagResource",
+                "cloudwatch:UntagResource",
+            ],
+            names.arn("cloudwatch", f"alarm:{prefix}"),
+        ),
+        _statement(
+            "Dashboard",
+            ["cloudwatch:GetDashboard", "cloudwatch:PutDashboard", "cloudwatch:DeleteDashboards"],
+            names.arn("cloudwatch", f"dashboard/{names.dashboard}", region=False),
+        ),
+        _statement(
+            "LogGroups",
+            [
+                "logs:CreateLogGroup",
+                "logs:DeleteLogGroup",
+                "logs:PutRetentionPolicy",
+                "logs:ListTagsLogGroup",
+                "logs:TagLogGroup",
+                "logs:UntagLogGroup",
+                "logs:ListTagsForResource",
+                "logs:TagResource",
+                "logs:UntagResource",
+                "logs:CreateLogStream",
+                "logs:DeleteLogStream",
+                "logs:DescribeLogStreams",
+            ],
+            [
+                names.arn("logs", f"log-group:/aws/lambda/{prefix}"),
+                names.arn("logs", f"log-group:/aws/kinesisfirehose/{prefix}"),
+            ],
+        ),
+        _statement(
+            "Unscoped",
+            [action for action in UNSCOPED_ACTIONS if action not in _CONDITIONED],
+            "*",
+        ),
+    ]
+    return {"Version": POLICY_VERSION, "Statement": statements}
