@@ -113,6 +113,7 @@ def _register_commands() -> None:
         cost,
         devices,
         down,
+        iam_policy,
         init,
         plan,
         query,
@@ -122,7 +123,19 @@ def _register_commands() -> None:
         validate,
     )
 
-    for module in (init, validate, plan, up, status, down, reshard, query, devices, cost):
+    for module in (
+        init,
+        validate,
+        plan,
+        up,
+        status,
+        down,
+        reshard,
+        query,
+        devices,
+        cost,
+        iam_policy,
+    ):
         module.register(app)
 
 
