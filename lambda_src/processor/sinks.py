@@ -1,0 +1,346 @@
+"""The four sinks, each written in the fewest calls AWS allows, each retrying its own failures.
+
+Every sink turns readings into work items (one DynamoDB item per device, one Timestream record per
+device and timestamp, one Firehose record per ~1,000 KiB of lines, one quarantine object), sends
+them in calls as large as the API takes, and retries the part AWS did not accept. Each item knows
+the batch positions of the readings it carries, so what finally fails maps back to Kinesis records.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import botocore.exceptions
+
+from processor import clients
+from processor.retry import Budget, error_code, is_retryable
+from processor.settings import Settings
+from processor.validate import Reading
+
+DYNAMODB_BATCH_ITEMS = 25
+TIMESTREAM_BATCH_RECORDS = 100
+FIREHOSE_BATCH_RECORDS = 500
+FIREHOSE_BATCH_BYTES = 4 * 1024 * 1024
+FIREHOSE_RECORD_BYTES = 1000 * 1024
+MEASURE_NAME = "metrics"
+# Rejections Timestream may lift on its own; every other reason is a property of the record.
+RETRYABLE_REJECTION_WORDS = ("throttl", "internal", "try again", "temporar")
+
+
+@dataclass(slots=True)
+class Item:
+    """One unit of a sink's request, and the batch positions of the readings it carries."""
+
+    members: list[int]
+    payload: Any
+    key: Any = None
+    version: int = 0
+
+
+@dataclass
+class SinkReport:
+    sink: str
+    calls: int = 0
+    written: int = 0  # readings that landed (a superseded reading counts with its successor)
+    failed: set[int] = field(default_factory=set)  # positions to report to Lambda
+    rejected: dict[int, str] = field(default_factory=dict)  # positions to quarantine, with why
+    errors: Counter[str] = field(default_factory=Counter)
+
+
+def deliver(
+    items: list[Item],
+    chunks: Callable[[list[Item]], Iterator[list[Item]]],
+    send: Callable[[list[Item]], list[Item]],
+    budget: Budget,
+    report: SinkReport,
+) -> None:
+    """Send items chunk by chunk; retry what `send` hands back, and whole chunks on throttling.
+
+    What is still unsent when attempts or time run out, or fails for good, lands in
+    `report.failed`; nothing is dropped.
+    """
+    pending = items
+    attempt = 0
+    while pending:
+        again: list[Item] = []
+        for chunk in chunks(pending):
+            if not budget.has_time():
+                report.errors["TimeBudgetExhausted"] += 1
+                _fail(report, chunk)
+                continue
+            report.calls += 1
+            try:
+                again.extend(send(chunk))
+            except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+                report.errors[error_code(exc)] += 1
+                if is_retryable(exc):
+                    again.extend(chunk)
+                else:
+                    _fail(report, chunk)
+        if again and not budget.backoff(attempt):
+            _fail(report, again)
+            break
+        pending = again
+        attempt += 1
+    settled = report.failed | report.rejected.keys()
+    report.written = sum(
+        1 for item in items for position in item.members if position not in settled
+    )
+
+
+def _fail(report: SinkReport, items: Sequence[Item]) -> None:
+    for item in items:
+        report.failed.update(item.members)
+
+
+def fixed_chunks(size: int) -> Callable[[list[Item]], Iterator[list[Item]]]:
+    def chunks(items: list[Item]) -> Iterator[list[Item]]:
+        for start in range(0, len(items), size):
+            yield items[start : start + size]
+
+    return chunks
+
+
+def _latest_key(reading: Reading) -> tuple[int, int, int, int]:
+    # Newest by device time, then sequence, then arrival; position breaks exact ties.
+    seq = -1 if reading.seq is None else reading.seq
+    return (reading.ts, seq, reading.received_at, reading.index)
+
+
+# --- device state ---------------------------------------------------------------------------
+
+
+def write_device_state(
+    readings: list[Reading], settings: Settings, budget: Budget, now_ms: int
+) -> SinkReport:
+    """The newest reading of each device in the batch, 25 devices per BatchWriteItem.
+
+    BatchWriteItem takes no condition, so "an older reading never overwrites a newer one" rests on
+    two facts: within the batch only each device's newest reading is written, and across batches
+    a device's readings share one partition key, hence one shard, whose batches the event source
+    mapping hands over strictly in order, one at a time. See docs/PROCESSOR.md.
+    """
+    report = SinkReport("device_state")
+    newest: dict[str, Reading] = {}
+    members: dict[str, list[int]] = {}
+    for reading in readings:
+        members.setdefault(reading.device_id, []).append(reading.index)
+        current = newest.get(reading.device_id)
+        if current is None or _latest_key(reading) > _latest_key(current):
+            newest[reading.device_id] = reading
+    expiry_seconds = settings.device_state_ttl_days * 86_400
+    items = [
+        Item(
+            members=members[device_id],
+            payload={"PutRequest": {"Item": _state_item(reading, expiry_seconds, now_ms)}},
+            key=device_id,
+        )
+        for device_id, reading in newest.items()
+    ]
+    table = settings.device_state_table
+    dynamodb = clients.client("dynamodb")
+
+    def send(chunk: list[Item]) -> list[Item]:
+        by_device = {item.key: item for item in chunk}
+        response = dynamodb.batch_write_item(RequestItems={table: [item.payload for item in chunk]})
+        unprocessed = response.get("UnprocessedItems", {}).get(table, [])
+        if unprocessed:
+            report.errors["UnprocessedItems"] += len(unprocessed)
+        return [by_device[u["PutRequest"]["Item"]["device_id"]["S"]] for u in unprocessed]
+
+    deliver(items, fixed_chunks(DYNAMODB_BATCH_ITEMS), send, budget, report)
+    return report
+
+
+def _state_item(reading: Reading, expiry_seconds: int, now_ms: int) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "device_id": {"S": reading.device_id},
+        "ts": {"N": str(reading.ts)},
+        "received_at": {"N": str(reading.received_at)},
+        "metrics": {"M": {name: {"N": repr(v)} for name, v in reading.metrics.items()}},
+        "expires_at": {"N": str(reading.ts // 1000 + expiry_seconds)},
+        "updated_at": {"N": str(now_ms)},
+    }
+    if reading.seq is not None:
+        item["seq"] = {"N": str(reading.seq)}
+    return item
+
+
+# --- time series ----------------------------------------------------------------------------
+
+
+def write_time_series(readings: list[Reading], settings: Settings, budget: Budget) -> SinkReport:
+    """Multi-measure records, 100 per WriteRecords; Version = received_at makes redelivery an
+    idempotent upsert. Two readings of one device at one instant would be rejected as a conflict
+    within the request, so the later arrival is kept (the same upsert Timestream would apply)."""
+    report = SinkReport("time_series")
+    winners: dict[tuple[str, int], Reading] = {}
+    members: dict[tuple[str, int], list[int]] = {}
+    for reading in readings:
+        key = (reading.device_id, reading.ts)
+        members.setdefault(key, []).append(reading.index)
+        current = winners.get(key)
+        if current is None or (reading.received_at, reading.index) > (
+            current.received_at,
+            current.index,
+        ):
+            winners[key] = reading
+    items = [
+        Item(members=members[key], payload=_time_series_record(r), version=r.received_at)
+        for key, r in winners.items()
+    ]
+    timestream = clients.client("timestream-write")
+
+    def send(chunk: list[Item]) -> list[Item]:
+        try:
+            timestream.write_records(
+                DatabaseName=settings.timeseries_database,
+                TableName=settings.timeseries_table,
+                Records=[item.payload for item in chunk],
+            )
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) != "RejectedRecordsException":
+                raise
+            # The records not listed were ingested.
+            return _triage_rejections(chunk, exc.response.get("RejectedRecords", []), report)
+        return []
+
+    deliver(items, fixed_chunks(TIMESTREAM_BATCH_RECORDS), send, budget, report)
+    return report
+
+
+def _triage_rejections(
+    chunk: list[Item], rejections: list[dict[str, Any]], report: SinkReport
+) -> list[Item]:
+    again: list[Item] = []
+    for rejection in rejections:
+        item = chunk[int(rejection["RecordIndex"])]
+        reason = str(rejection.get("Reason", "rejected"))
+        existing = rejection.get("ExistingVersion")
+        if existing is not None and int(existing) >= item.version:
+            # This reading (or a newer version of the point) is already stored: a redelivery.
+            report.errors["AlreadyStored"] += 1
+            continue
+        if any(word in reason.lower() for word in RETRYABLE_REJECTION_WORDS):
+            report.errors["RetryableRejection"] += 1
+            again.append(item)
+            continue
+        report.errors["RejectedRecord"] += 1
+        for position in item.members:
+            report.rejected[position] = f"time-series store rejected the reading: {reason}"
+    return again
+
+
+def _time_series_record(reading: Reading) -> dict[str, Any]:
+    return {
+        "Dimensions": [{"Name": "device_id", "Value": reading.device_id}],
+        "MeasureName": MEASURE_NAME,
+        "MeasureValueType": "MULTI",
+        "MeasureValues": [
+            {"Name": name, "Value": repr(value), "Type": "DOUBLE"}
+            for name, value in reading.metrics.items()
+        ],
+        "Time": str(reading.ts),
+        "TimeUnit": "MILLISECONDS",
+        "Version": reading.received_at,
+    }
+
+
+# --- archive --------------------------------------------------------------------------------
+
+
+def write_archive(readings: list[Reading], settings: Settings, budget: Budget) -> SinkReport:
+    """Newline-delimited JSON lines packed into Firehose records of up to 1,000 KiB (Firehose
+    bills each record rounded up to 5 KB, so one line per record would cost ~30x more), at most
+    500 records and 4 MiB per PutRecordBatch."""
+    report = SinkReport("archive")
+    items: list[Item] = []
+    lines: list[bytes] = []
+    positions: list[int] = []
+    size = 0
+    for reading in readings:
+        line = archive_line(reading)
+        if size + len(line) > FIREHOSE_RECORD_BYTES and lines:
+            items.append(Item(members=positions, payload=b"".join(lines)))
+            lines, positions, size = [], [], 0
+        lines.append(line)
+        positions.append(reading.index)
+        size += len(line)
+    if lines:
+        items.append(Item(members=positions, payload=b"".join(lines)))
+    stream = settings.archive_delivery_stream
+    firehose = clients.client("firehose")
+
+    def send(chunk: list[Item]) -> list[Item]:
+        response = firehose.put_record_batch(
+            DeliveryStreamName=stream, Records=[{"Data": item.payload} for item in chunk]
+        )
+        if not response.get("FailedPutCount"):
+            return []
+        again = []
+        for item, result in zip(chunk, response["RequestResponses"], strict=True):
+            if result.get("ErrorCode"):
+                report.errors[str(result["ErrorCode"])] += 1
+                again.append(item)
+        return again
+
+    deliver(items, _firehose_chunks, send, budget, report)
+    return report
+
+
+def archive_line(reading: Reading) -> bytes:
+    """One reading as the archive keeps it: every field, unknown ones under "extra"."""
+    line = {
+        "device_id": reading.device_id,
+        "ts": reading.ts,
+        "seq": reading.seq,
+        "received_at": reading.received_at,
+        "metrics": reading.metrics,
+        "extra": reading.extra,
+    }
+    return (json.dumps(line, separators=(",", ":")) + "\n").encode()
+
+
+def _firehose_chunks(items: list[Item]) -> Iterator[list[Item]]:
+    chunk: list[Item] = []
+    size = 0
+    for item in items:
+        if chunk and (
+            len(chunk) == FIREHOSE_BATCH_RECORDS or size + len(item.payload) > FIREHOSE_BATCH_BYTES
+        ):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(item)
+        size += len(item.payload)
+    if chunk:
+        yield chunk
+
+
+# --- quarantine -----------------------------------------------------------------------------
+
+
+def write_quarantine(
+    lines: dict[int, bytes], key: str, settings: Settings, budget: Budget
+) -> SinkReport:
+    """All of the invocation's invalid readings in one S3 object (JSON lines)."""
+    report = SinkReport("quarantine")
+    if not lines:
+        return report
+    item = Item(members=list(lines), payload=b"".join(lines.values()))
+    s3 = clients.client("s3")
+
+    def send(chunk: list[Item]) -> list[Item]:
+        s3.put_object(
+            Bucket=settings.archive_bucket,
+            Key=key,
+            Body=chunk[0].payload,
+            ContentType="application/x-ndjson",
+        )
+        return []
+
+    deliver([item], fixed_chunks(1), send, budget, report)
+    return report

@@ -1,0 +1,232 @@
+"""Decode a Kinesis record into a Reading, or say precisely why it is invalid.
+
+A record's data is the device message plus `device_id` and `received_at`, added by the IoT rule
+(`SELECT *, topic(3) AS device_id, timestamp() AS received_at`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+# AWS IoT thing names; the rule takes the device id from the topic, so this is who published.
+DEVICE_ID = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
+METRIC_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,62}")
+# Names Timestream keeps for itself or for our dimension; a measure may not take them.
+RESERVED_METRIC_NAMES = frozenset({"device_id", "time", "measure_name", "measure_value"})
+RESERVED_METRIC_PREFIXES = ("ts_", "measure_value::")
+MAX_METRICS = 100
+# AWS IoT Core's maximum message size: anything larger did not come through the rule.
+MAX_RECORD_BYTES = 128 * 1024
+FUTURE_TOLERANCE_MS = 15 * 60 * 1000
+# DynamoDB numbers: magnitude within [1e-130, 1e126); other finite doubles would fail the write.
+DYNAMODB_MAX = 1e126
+DYNAMODB_MIN = 1e-130
+KNOWN_FIELDS = frozenset({"device_id", "ts", "seq", "received_at", "metrics"})
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+@dataclass(slots=True)
+class Reading:
+    index: int  # position in the Kinesis batch
+    device_id: str
+    ts: int  # epoch ms
+    seq: int | None
+    received_at: int  # epoch ms, from the IoT rule
+    metrics: dict[str, float]
+    extra: dict[str, Any] | None  # unknown top-level fields of the device message
+
+
+class Invalid(Exception):
+    """A reading that cannot be accepted; the message is the quarantine reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The timestamps the time-series store accepts now: its memory store, a little future."""
+
+    oldest_ms: int
+    newest_ms: int
+    retention_hours: int
+
+    @classmethod
+    def at(cls, now_ms: int, retention_hours: int) -> Window:
+        return cls(
+            oldest_ms=now_ms - retention_hours * 3_600_000,
+            newest_ms=now_ms + FUTURE_TOLERANCE_MS,
+            retention_hours=retention_hours,
+        )
+
+
+def decode(index: int, record: dict[str, Any], window: Window) -> Reading:
+    """The reading in a Lambda Kinesis event record; raises Invalid with the reason."""
+    kinesis = record.get("kinesis")
+    if not isinstance(kinesis, dict) or not isinstance(kinesis.get("data"), str):
+        raise Invalid("not a Kinesis event record (no kinesis.data)")
+    try:
+        data = base64.b64decode(kinesis["data"], validate=True)
+    except (binascii.Error, ValueError):
+        raise Invalid("data is not valid base64") from None
+    if len(data) > MAX_RECORD_BYTES:
+        raise Invalid(f"record is {len(data)} bytes, over the {MAX_RECORD_BYTES}-byte limit")
+    try:
+        message = json.loads(data, parse_constant=_no_constant, parse_float=_finite_float)
+    except UnicodeDecodeError:
+        raise Invalid("data is not UTF-8 text") from None
+    except ValueError as exc:
+        raise Invalid(f"data is not JSON ({exc})") from None
+    except RecursionError:
+        raise Invalid("data is JSON nested too deeply") from None
+    if not isinstance(message, dict):
+        raise Invalid(f"data is {_json_type(message)}, not a JSON object")
+    extra = {k: v for k, v in message.items() if k not in KNOWN_FIELDS}
+    return Reading(
+        index=index,
+        device_id=_device_id(message.get("device_id")),
+        ts=_timestamp(message.get("ts"), window),
+        seq=_seq(message.get("seq")),
+        received_at=_received_at(message.get("received_at")),
+        metrics=_metrics(message.get("metrics")),
+        extra=extra or None,
+    )
+
+
+def _no_constant(name: str) -> Any:
+    raise Invalid(f"data contains {name}, which JSON does not allow")
+
+
+def _finite_float(text: str) -> float:
+    # A literal such as 1e999 parses as infinity, which JSON (and the archive) cannot carry.
+    number = float(text)
+    if not math.isfinite(number):
+        raise Invalid(f"data contains the number {_show(text)}, beyond a double's range")
+    return number
+
+
+def _device_id(value: Any) -> str:
+    if not isinstance(value, str):
+        raise Invalid(f"device_id is {_missing_or_type(value)}, expected a thing name")
+    if not DEVICE_ID.fullmatch(value):
+        raise Invalid(f"device_id {_show(value)} does not match [a-zA-Z0-9:_-]{{1,128}}")
+    return value
+
+
+def _timestamp(value: Any, window: Window) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        ts = value
+    elif isinstance(value, str):
+        ts = _iso8601_ms(value)
+    else:
+        raise Invalid(
+            f"ts is {_missing_or_type(value)}, expected epoch milliseconds (integer) "
+            "or an ISO-8601 string"
+        )
+    if ts < window.oldest_ms:
+        hint = (
+            " (epoch seconds? ts must be milliseconds)"
+            if window.oldest_ms <= ts * 1000 <= window.newest_ms
+            else ""
+        )
+        raise Invalid(
+            f"ts {_iso(ts)} is older than the time-series store accepts "
+            f"({window.retention_hours} h){hint}"
+        )
+    if ts > window.newest_ms:
+        raise Invalid(f"ts {_iso(ts)} is more than 15 minutes in the future")
+    return ts
+
+
+def _iso8601_ms(text: str) -> int:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise Invalid(f"ts {_show(text)} is not an ISO-8601 timestamp") from None
+    if moment.tzinfo is None:
+        raise Invalid(f"ts {_show(text)} has no UTC offset (add 'Z' or '+00:00')")
+    return (moment - _EPOCH) // _MS
+
+
+def _seq(value: Any) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise Invalid(f"seq is {_show(value)}, expected an integer >= 0")
+    # DynamoDB numbers carry 38 digits.
+    if value >= 10**38:
+        raise Invalid("seq has more than 38 digits")
+    return value
+
+
+def _received_at(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise Invalid(
+            f"received_at is {_missing_or_type(value)}, expected epoch ms set by the IoT rule"
+        )
+    return value
+
+
+def _metrics(value: Any) -> dict[str, float]:
+    if not isinstance(value, dict):
+        raise Invalid(f"metrics is {_missing_or_type(value)}, expected an object")
+    if not value:
+        raise Invalid("metrics is empty")
+    if len(value) > MAX_METRICS:
+        raise Invalid(f"metrics has {len(value)} entries, more than {MAX_METRICS}")
+    metrics: dict[str, float] = {}
+    for name, raw in value.items():
+        if not METRIC_NAME.fullmatch(name):
+            raise Invalid(f"metric name {_show(name)} does not match {METRIC_NAME.pattern}")
+        lowered = name.lower()
+        if lowered in RESERVED_METRIC_NAMES or lowered.startswith(RESERVED_METRIC_PREFIXES):
+            raise Invalid(f"metric name {name!r} is reserved")
+        if isinstance(raw, bool) or not isinstance(raw, int | float):
+            raise Invalid(f"metric {name!r} is {_json_type(raw)}, expected a number")
+        try:
+            number = float(raw)
+        except OverflowError:
+            raise Invalid(f"metric {name!r} is out of range") from None
+        if not math.isfinite(number):
+            raise Invalid(f"metric {name!r} is not a finite number")
+        magnitude = abs(number)
+        if magnitude >= DYNAMODB_MAX or 0 < magnitude < DYNAMODB_MIN:
+            raise Invalid(f"metric {name!r} is out of range (1e-130 <= |x| < 1e126, or 0)")
+        metrics[name] = number
+    return metrics
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _missing_or_type(value: Any) -> str:
+    return "missing or null" if value is None else _json_type(value)
+
+
+def _show(value: Any) -> str:
+    """A short rendering of a bad value for a reason (the raw record is kept beside it)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _iso(ts_ms: int) -> str:
+    try:
+        return (_EPOCH + ts_ms * _MS).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    except OverflowError:
+        return str(ts_ms)
