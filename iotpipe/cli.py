@@ -111,13 +111,16 @@ def root(
 def _register_commands() -> None:
     from iotpipe.commands import (
         cost,
+        demo,
         devices,
         down,
         iam_policy,
         init,
+        local,
         plan,
         query,
         reshard,
+        simulate,
         status,
         up,
         validate,
@@ -135,6 +138,9 @@ def _register_commands() -> None:
         devices,
         cost,
         iam_policy,
+        simulate,
+        demo,
+        local,
     ):
         module.register(app)
 

@@ -3,7 +3,8 @@
 moto denies a request whenever a policy statement's condition does not match, so the archive
 bucket's TLS-only statement (`Deny ... Bool aws:SecureTransport=false`) would deny every object
 request. Clients of the emulator stand for clients of AWS, which always use TLS, so bucket policies
-are evaluated as AWS evaluates them for a TLS request.
+are evaluated as AWS evaluates them for a TLS request. moto also resolves Lambda layers only in the
+caller's own account, while every account may use the layers AWS publishes (Powertools).
 """
 
 from __future__ import annotations
@@ -47,7 +48,30 @@ def _patch_moto() -> None:
         )
 
     FakeBucket.get_permission = get_permission
+    _resolve_public_layers()
     _patched = True
+
+
+# AWS publishes the Powertools for AWS Lambda layers from this account, usable by every account.
+AWS_LAYER_PUBLISHER = "017000801446"
+
+
+def _resolve_public_layers() -> None:
+    # moto resolves a layer ARN in the caller's own account only; AWS lets every account use the
+    # layers AWS publishes, so accept those as AWS does.
+    from moto.awslambda.models import LambdaFunction
+
+    original = LambdaFunction._get_layers_data
+
+    def get_layers_data(function: LambdaFunction, arns: list[str]) -> list[dict[str, Any]]:
+        return [
+            {"Arn": arn, "CodeSize": 0}
+            if arn.split(":")[4] == AWS_LAYER_PUBLISHER
+            else original(function, [arn])[0]
+            for arn in arns
+        ]
+
+    LambdaFunction._get_layers_data = get_layers_data
 
 
 class Emulator:
@@ -80,3 +104,31 @@ class Emulator:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def provide_public_layer(layer_version_arn: str, account_id: str) -> None:
+    """Make one of AWS's public layers (e.g. Powertools, owned by an AWS account) resolvable for
+    functions created in `account_id`, as it is on AWS. Its content is not used: functions run
+    in-process, where the same library is installed."""
+    import base64
+    import io
+    import zipfile
+
+    from moto.awslambda.models import LayerVersion, lambda_backends
+
+    parts = layer_version_arn.split(":")
+    region, owner, name, version = parts[3], parts[4], parts[6], parts[7]
+    backend = lambda_backends[account_id][region]
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("python/README.txt", f"stand-in for {name}\n")
+    content = base64.b64encode(buffer.getvalue()).decode()
+    while backend.layers_versions_by_arn(layer_version_arn) is None:
+        layer = LayerVersion(
+            {"LayerName": name, "Content": {"ZipFile": content}, "CompatibleRuntimes": []},
+            account_id=owner,
+            region=region,
+        )
+        backend._layers.put_layer_version(layer)
+        if int(layer.version) >= int(version):
+            break

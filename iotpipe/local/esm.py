@@ -51,6 +51,30 @@ if TYPE_CHECKING:
 Handler = Callable[[dict[str, Any], Any], Any]
 GET_RECORDS_LIMIT = 10_000
 
+# (function ARN, stream ARN) of the mappings this module runs: the emulator's own trigger, which
+# would try to start a Docker container per record, stands down for them.
+_local_mappings: set[tuple[str, str]] = set()
+_patched = False
+
+
+def _patch_emulator_trigger() -> None:
+    global _patched
+    if _patched:
+        return
+    from moto.awslambda.models import LambdaBackend
+
+    original = LambdaBackend.send_kinesis_message
+
+    def send_kinesis_message(
+        backend: Any, function_name: str, kinesis_stream: str, **kw: Any
+    ) -> Any:
+        if (function_name, kinesis_stream) in _local_mappings:
+            return None
+        return original(backend, function_name=function_name, kinesis_stream=kinesis_stream, **kw)
+
+    LambdaBackend.send_kinesis_message = send_kinesis_message
+    _patched = True
+
 
 @dataclass(frozen=True)
 class MappingConfig:
@@ -336,6 +360,13 @@ class KinesisPoller:
             log=log,
         )
         return cls(aws, MappingConfig.from_description(found[0]), runtime, **kwargs)
+
+    def install(self) -> Callable[[], None]:
+        """Run this mapping instead of the emulator's own trigger; returns an uninstaller."""
+        _patch_emulator_trigger()
+        key = (self.mapping.function_arn, self.mapping.stream_arn)
+        _local_mappings.add(key)
+        return lambda: _local_mappings.discard(key)
 
     # Reading the stream -----------------------------------------------------------------------
     def _refresh_shards(self) -> None:
