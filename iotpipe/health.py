@@ -1,0 +1,247 @@
+"""Is the pipeline healthy? Alarms, stream lag, dead letters, archive freshness, alert delivery.
+
+Each check reads what AWS reports now and answers ok, warning, unhealthy or missing. A missing
+resource is unhealthy: a pipeline without its DLQ or alarms cannot say it is fine. Warnings (no
+data yet, alarms still gathering data) inform without failing the check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from iotpipe.aws import Aws
+    from iotpipe.config import Config
+    from iotpipe.naming import Names
+
+OK, WARNING, UNHEALTHY, MISSING = "ok", "warning", "unhealthy", "missing"
+ITERATOR_AGE_WINDOW = timedelta(minutes=15)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    state: str
+    detail: str
+    value: Any = None
+
+    @property
+    def healthy(self) -> bool:
+        return self.state in (OK, WARNING)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Health:
+    """The health checks of one stack."""
+
+    def __init__(
+        self, aws: Aws, names: Names, config: Config, *, now: datetime | None = None
+    ) -> None:
+        self.aws = aws
+        self.names = names
+        self.config = config
+        self.now = now or datetime.now(UTC)
+
+    def run(self) -> list[Check]:
+        checks: list[Callable[[], Check]] = [
+            self.alarms,
+            self.iterator_age,
+            self.dead_letters,
+            self.archive_delivery,
+            self.alert_subscriptions,
+        ]
+        with ThreadPoolExecutor(max_workers=len(checks)) as pool:
+            return list(pool.map(lambda check: check(), checks))
+
+    def alarms(self) -> Check:
+        prefix = f"{self.names.stack}-"
+        alarms = list(
+            self.aws.paginate(
+                "cloudwatch",
+                "describe_alarms",
+                resource=f"CloudWatch alarms {prefix}*",
+                key="MetricAlarms",
+                AlarmNamePrefix=prefix,
+            )
+        )
+        if not alarms:
+            return Check(
+                "alarms", MISSING, f"no CloudWatch alarm named {prefix}*: run `iotpipe up`"
+            )
+        by_state: dict[str, list[str]] = {}
+        for alarm in alarms:
+            by_state.setdefault(alarm["StateValue"], []).append(alarm["AlarmName"])
+        counts = {state: len(names) for state, names in by_state.items()}
+        if "ALARM" in by_state:
+            return Check(
+                "alarms", UNHEALTHY, "in ALARM: " + ", ".join(sorted(by_state["ALARM"])), counts
+            )
+        if "INSUFFICIENT_DATA" in by_state:
+            waiting = len(by_state["INSUFFICIENT_DATA"])
+            return Check(
+                "alarms",
+                WARNING,
+                f"{len(alarms)} alarm(s), none in ALARM; {waiting} without enough data yet",
+                counts,
+            )
+        return Check("alarms", OK, f"{len(alarms)} alarm(s), all OK", counts)
+
+    def iterator_age(self) -> Check:
+        stream = self.names.readings_stream
+        label = f"kinesis.stream {stream}"
+        summary = self.aws.call(
+            "kinesis",
+            "describe_stream_summary",
+            resource=label,
+            missing=("ResourceNotFoundException",),
+            StreamName=stream,
+        )
+        if summary is None:
+            return Check("iterator age", MISSING, f"stream {stream} does not exist")
+        stats = self.aws.call(
+            "cloudwatch",
+            "get_metric_statistics",
+            resource=f"CloudWatch metrics of {label}",
+            Namespace="AWS/Kinesis",
+            MetricName="GetRecords.IteratorAgeMilliseconds",
+            Dimensions=[{"Name": "StreamName", "Value": stream}],
+            StartTime=self.now - ITERATOR_AGE_WINDOW,
+            EndTime=self.now,
+            Period=60,
+            Statistics=["Maximum"],
+        )
+        points = stats.get("Datapoints", [])
+        if not points:
+            return Check(
+                "iterator age",
+                WARNING,
+                "no GetRecords in the last 15 min: is the processor reading?",
+            )
+        age = max(p["Maximum"] for p in points) / 1000
+        limit = self.config.alerts.iterator_age_seconds
+        state = UNHEALTHY if age > limit else OK
+        detail = f"max {age:,.0f} s over the last 15 min (limit {limit:,} s)"
+        return Check("iterator age", state, detail, round(age, 1))
+
+    def dead_letters(self) -> Check:
+        queue = self.names.dead_letter_queue
+        label = f"sqs.queue {queue}"
+        found = self.aws.call(
+            "sqs",
+            "get_queue_url",
+            resource=label,
+            missing=("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"),
+            QueueName=queue,
+        )
+        if found is None:
+            return Check("dead-letter queue", MISSING, f"queue {queue} does not exist")
+        attributes = self.aws.call(
+            "sqs",
+            "get_queue_attributes",
+            resource=label,
+            QueueUrl=found["QueueUrl"],
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        depth = int(attributes.get("ApproximateNumberOfMessages", 0)) + int(
+            attributes.get("ApproximateNumberOfMessagesNotVisible", 0)
+        )
+        if depth:
+            return Check(
+                "dead-letter queue",
+                UNHEALTHY,
+                f"{depth} failed batch(es) waiting in {queue}: each names the shard and sequence "
+                "numbers to replay",
+                depth,
+            )
+        return Check("dead-letter queue", OK, f"{queue} is empty", 0)
+
+    def archive_delivery(self) -> Check:
+        bucket = self.names.archive_bucket
+        label = f"s3.bucket {bucket}"
+        exists = self.aws.call(
+            "s3", "head_bucket", resource=label, missing=("404", "NoSuchBucket"), Bucket=bucket
+        )
+        if exists is None:
+            return Check("archive delivery", MISSING, f"bucket {bucket} does not exist")
+        # Keys are partitioned by day (UTC): the newest object is under today's or yesterday's.
+        newest: datetime | None = None
+        for day in (self.now, self.now - timedelta(days=1)):
+            prefix = f"{self.names.archive_prefix}dt={day:%Y-%m-%d}/"
+            params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+            while True:
+                page = self.aws.call("s3", "list_objects_v2", resource=label, **params)
+                for obj in page.get("Contents", []):
+                    if newest is None or obj["LastModified"] > newest:
+                        newest = obj["LastModified"]
+                if not page.get("IsTruncated"):
+                    break
+                params["ContinuationToken"] = page["NextContinuationToken"]
+            if newest is not None:
+                break
+        limit = self.config.alerts.archive_freshness_seconds
+        if newest is None:
+            return Check(
+                "archive delivery",
+                UNHEALTHY,
+                f"nothing delivered under {self.names.archive_prefix} since yesterday (UTC)",
+            )
+        age = (self.now - newest).total_seconds()
+        state = UNHEALTHY if age > limit else OK
+        detail = (
+            f"last delivery {_ago(age)} ago at {newest:%Y-%m-%d %H:%M} UTC (limit {_ago(limit)})"
+        )
+        return Check("archive delivery", state, detail, newest.isoformat())
+
+    def alert_subscriptions(self) -> Check:
+        topic = self.names.alerts_topic_arn
+        label = f"sns.topic {self.names.alerts_topic}"
+        exists = self.aws.call(
+            "sns",
+            "get_topic_attributes",
+            resource=label,
+            missing=("NotFound", "NotFoundException"),
+            TopicArn=topic,
+        )
+        if exists is None:
+            return Check(
+                "alert subscriptions", MISSING, f"topic {self.names.alerts_topic} does not exist"
+            )
+        subscriptions = list(
+            self.aws.paginate(
+                "sns",
+                "list_subscriptions_by_topic",
+                resource=label,
+                key="Subscriptions",
+                TopicArn=topic,
+            )
+        )
+        emails = [s for s in subscriptions if s.get("Protocol") == "email"]
+        pending = sorted(
+            s["Endpoint"] for s in emails if s["SubscriptionArn"] == "PendingConfirmation"
+        )
+        subscribed = {s["Endpoint"] for s in emails}
+        absent = sorted(set(self.config.alerts.emails) - subscribed)
+        if pending or absent:
+            parts = []
+            if pending:
+                parts.append(f"awaiting confirmation (check the inbox): {', '.join(pending)}")
+            if absent:
+                parts.append(f"not subscribed: {', '.join(absent)} (run `iotpipe up`)")
+            return Check("alert subscriptions", UNHEALTHY, "; ".join(parts), len(pending))
+        if not emails:
+            return Check("alert subscriptions", WARNING, "nobody receives alerts ([alerts] emails)")
+        return Check("alert subscriptions", OK, f"{len(emails)} confirmed email subscription(s)")
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
