@@ -15,7 +15,6 @@ import boto3
 import pytest
 
 from iotpipe import packaging
-from iotpipe.resources.lambda_ import POWERTOOLS_ACCOUNT
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
@@ -29,28 +28,6 @@ BUCKET = f"test-archive-{ACCOUNT}-{REGION}"
 OUR_SERVICES = ("iot", "lambda", "sqs")
 # Taken before any fixture points packaging at a test package.
 REAL_PROCESSOR_SOURCE = packaging.PROCESSOR_SOURCE
-
-
-@pytest.fixture(autouse=True)
-def aws_public_layers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Let the emulated account use AWS's public Powertools layer, as every AWS account can.
-
-    moto resolves a layer ARN by name and version in the caller's own account only, and answers
-    ResourceNotFoundException for AWS's published layers; the server runs in this process.
-    """
-    from moto.awslambda import models
-
-    original = models.LambdaFunction._get_layers_data
-
-    def get_layers_data(self, arns: list[str]) -> list[dict]:
-        return [
-            {"Arn": arn, "CodeSize": 0}
-            if arn.split(":")[4] == POWERTOOLS_ACCOUNT
-            else original(self, [arn])[0]
-            for arn in arns
-        ]
-
-    monkeypatch.setattr(models.LambdaFunction, "_get_layers_data", get_layers_data)
 
 
 @pytest.fixture(autouse=True)
