@@ -350,15 +350,20 @@ class Fleet:
         """Register every device with a bounded pool; one device's failure stops no other.
         Results come back in the order of `specs`."""
         self.check_prerequisites()
-        _make_private_dir(options.out_dir)
+        # A new output directory is private from the start; an existing one is the user's.
+        options.out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         results: dict[str, Registration] = {}
-        with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-            futures = {pool.submit(self.register, spec, options): spec for spec in specs}
+        pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
+        try:
+            futures = [pool.submit(self.register, spec, options) for spec in specs]
             for future in as_completed(futures):
                 result = future.result()
                 results[result.name] = result
                 if on_done is not None:
                     on_done(result)
+        finally:
+            # On Ctrl-C, devices in flight finish their current call; queued ones never start.
+            pool.shutdown(wait=True, cancel_futures=True)
         return [results[spec.name] for spec in specs]
 
     def register(self, spec: DeviceSpec, options: RegisterOptions) -> Registration:
@@ -486,9 +491,17 @@ class Fleet:
         self._detach_policies(name, cert)
 
     def _converge_thing(self, thing: dict[str, Any], spec: DeviceSpec) -> None:
+        thing_type = thing.get("thingTypeName")
+        if thing_type not in (None, self.names.thing_type):
+            raise AwsError(
+                f"thing {spec.name} exists with thing type {thing_type}, not this stack's "
+                f"{self.names.thing_type}",
+                resource=f"device {spec.name}",
+                hint="choose another name; a thing of another stack is never taken over",
+            )
         current = thing.get("attributes") or {}
         changed = {k: v for k, v in spec.attributes.items() if current.get(k) != v}
-        if thing.get("thingTypeName") == self.names.thing_type and not changed:
+        if thing_type == self.names.thing_type and not changed:
             return
         self._call(
             "update_thing",

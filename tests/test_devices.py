@@ -420,3 +420,18 @@ def test_shadow_prints_and_updates_desired_state(register, cli, iot_data):
     assert shown.json["shadow"]["state"]["desired"] == {"reporting_interval_s": 5}
     stored = json.loads(iot_data.get_thing_shadow(thingName="sh-1")["payload"].read())
     assert stored["state"]["desired"] == {"reporting_interval_s": 5}
+
+
+def test_existing_attributes_converge_and_foreign_things_are_not_taken_over(register, iot):
+    assert register("c-1", "-a", "site=a", "-a", "floor=1").exit_code == 0
+    assert register("c-1", "-a", "site=b").exit_code == 0
+    assert iot.describe_thing(thingName="c-1")["attributes"] == {"site": "b", "floor": "1"}
+
+    iot.create_thing_type(thingTypeName="other-sensor")
+    iot.create_thing(thingName="theirs", thingTypeName="other-sensor")
+    result = register("theirs", "c-2")
+
+    assert result.exit_code == 1
+    assert "thing theirs exists with thing type other-sensor" in result.stderr
+    assert iot.list_thing_principals(thingName="theirs")["principals"] == []
+    assert [c["status"] for c in certificates_of(iot, "c-2")] == ["ACTIVE"]
