@@ -28,8 +28,14 @@ _ACTION_STYLE = {
     Action.DELETE: ("-", "red"),
     Action.NOOP: ("=", "dim"),
     Action.KEEP: ("k", "cyan"),
+    Action.SKIP: ("!", "yellow"),
 }
-_STATE_STYLE = {"in sync": "green", "drifted": "yellow", "missing": "red"}
+_STATE_STYLE = {
+    "in sync": "green",
+    "drifted": "yellow",
+    "missing": "red",
+    "unavailable": "yellow",
+}
 
 
 def _jsonable(value: Any) -> Any:
@@ -106,7 +112,9 @@ class Output:
         rows = []
         for step in plan.steps:
             symbol, style = _ACTION_STYLE[step.action]
-            detail = "\n".join(str(c) for c in step.changes) or (step.note or "")
+            detail = "\n".join(
+                [*(str(c) for c in step.changes), *([step.note] if step.note else [])]
+            )
             rows.append(
                 (
                     f"[{style}]{symbol} {step.action}[/{style}]",
@@ -170,7 +178,6 @@ class Output:
             task = progress.add_task(description, total=total, current="")
             yield ProgressHandle(self, progress, task)
 
-
     @contextmanager
     def waiting(self, text: str) -> Iterator[Callable[[str], None]]:
         """A spinner on stderr while something runs; yields a function that updates its text."""
@@ -202,5 +209,7 @@ class ProgressHandle:
             self.current(label)
         elif event == "done":
             self.advance(f"done: {label}")
+        elif event == "skipped":
+            self.advance(f"skipped: {step.resource.kind} {step.resource.name}")
         else:
             self._output.detail(f"failed: {label}: {error}")

@@ -17,6 +17,9 @@ def up(ctx: typer.Context, yes: YesOption = False) -> None:
     seconds = show_confirm_execute(
         app, result, question=f"Apply these changes to stack {stack.stack!r}?", yes=yes
     )
+    # A skipped optional resource is not a failure: say why and how to stop seeing it.
+    for step in result.skipped:
+        app.out.warn(f"{step.resource.label} skipped: {step.note}")
     if app.out.json_mode:
         app.out.data(
             {**result.to_dict(), "applied": not result.is_empty, "seconds": round(seconds, 1)}

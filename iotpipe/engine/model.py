@@ -13,11 +13,23 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from iotpipe.errors import AwsError
+
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
     from iotpipe.stack import StackContext
 
 STACK_TAG = "iotpipe:stack"
+
+
+class Unavailable(AwsError):
+    """The service is not offered to this account or region; an optional resource is skipped."""
+
+    def __init__(
+        self, reason: str, *, resource: str, code: str | None = None, hint: str | None = None
+    ) -> None:
+        super().__init__(reason, resource=resource, code=code, hint=hint)
+        self.reason = reason
 
 
 class Action(StrEnum):
@@ -27,6 +39,7 @@ class Action(StrEnum):
     NOOP = "no-change"
     DELETE = "delete"
     KEEP = "keep"  # `down` leaves a data store, or a resource the stack does not own
+    SKIP = "skip"  # an optional resource whose service this account cannot use
 
 
 @dataclass(frozen=True)
@@ -57,6 +70,8 @@ class Resource(ABC):
     replace_on: ClassVar[frozenset[str]] = frozenset()
     # Dict fields where extra observed keys are fine (tags others added), only ours must match.
     subset_fields: ClassVar[frozenset[str]] = frozenset({"tags"})
+    # An optional resource that raises `Unavailable` is skipped with a warning, not a failure.
+    optional: ClassVar[bool] = False
 
     def __init__(self, ctx: StackContext, name: str, depends_on: tuple[str, ...] = ()) -> None:
         self.ctx = ctx
@@ -91,6 +106,10 @@ class Resource(ABC):
     @abstractmethod
     def delete(self, aws: Aws) -> None:
         """Delete the resource (and wait until it is gone where later steps depend on that)."""
+
+    def notes(self, observed: dict[str, Any]) -> list[str]:
+        """Facts about the observed state worth showing with the plan (none by default)."""
+        return []
 
     def owner(self, observed: dict[str, Any]) -> str | None:
         """The stack that owns the observed resource, or None when nothing records one."""
@@ -138,7 +157,11 @@ class Plan:
 
     @property
     def changes(self) -> list[Step]:
-        return [s for s in self.steps if s.action not in (Action.NOOP, Action.KEEP)]
+        return [s for s in self.steps if s.action not in (Action.NOOP, Action.KEEP, Action.SKIP)]
+
+    @property
+    def skipped(self) -> list[Step]:
+        return [s for s in self.steps if s.action is Action.SKIP]
 
     @property
     def is_empty(self) -> bool:

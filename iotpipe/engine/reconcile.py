@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from iotpipe.aws import NOT_YET_VISIBLE, Aws
-from iotpipe.engine.model import Action, Plan, Resource, Step
+from iotpipe.engine.model import Action, Plan, Resource, Step, Unavailable
 from iotpipe.errors import AwsError, IotpipeError
 
 MAX_WORKERS = 8
@@ -48,18 +48,48 @@ def order(resources: Iterable[Resource]) -> list[Resource]:
     return list(done.values())
 
 
-def observe_all(aws: Aws, resources: list[Resource]) -> dict[str, dict[str, Any] | None]:
+Observed = dict[str, Any] | None | Unavailable
+
+
+def _observe(aws: Aws, r: Resource) -> Observed:
+    try:
+        return r.observe(aws)
+    except Unavailable as exc:
+        if not r.optional:
+            raise
+        return exc
+
+
+def observe_all(aws: Aws, resources: list[Resource]) -> dict[str, Observed]:
+    """Each resource's state; an optional resource whose service is unavailable maps to why."""
     with ThreadPoolExecutor(max_workers=MAX_WORKERS) as pool:
-        futures = {r.key: pool.submit(r.observe, aws) for r in resources}
+        futures = {r.key: pool.submit(_observe, aws, r) for r in resources}
         return {key: f.result() for key, f in futures.items()}
+
+
+def _skip_reason(r: Resource, current: Observed, skipped: dict[str, str]) -> str | None:
+    """Why `r` is skipped: its service is unavailable, or a resource it needs was skipped."""
+    if isinstance(current, Unavailable):
+        return current.reason
+    for dep in r.depends_on:
+        if dep in skipped:
+            return f"skipped with {dep}"
+    return None
 
 
 def plan_up(aws: Aws, resources: list[Resource], stack: str) -> Plan:
     ordered = order(resources)
     observed = observe_all(aws, ordered)
     steps = []
+    skipped: dict[str, str] = {}
     for r in ordered:
         current = observed[r.key]
+        reason = _skip_reason(r, current, skipped)
+        if reason is not None:
+            skipped[r.key] = reason
+            steps.append(Step(Action.SKIP, r, note=reason))
+            continue
+        assert not isinstance(current, Unavailable)
         if current is None:
             steps.append(Step(Action.CREATE, r))
             continue
@@ -71,12 +101,13 @@ def plan_up(aws: Aws, resources: list[Resource], stack: str) -> Plan:
                 hint="choose another [stack] name, or remove the other stack first",
             )
         changes = r.diff(current)
+        note = "; ".join(r.notes(current)) or None
         if not changes:
-            steps.append(Step(Action.NOOP, r))
+            steps.append(Step(Action.NOOP, r, note=note))
         elif any(c.field in r.replace_on for c in changes):
             steps.append(Step(Action.REPLACE, r, changes, note="AWS cannot change this in place"))
         else:
-            steps.append(Step(Action.UPDATE, r, changes))
+            steps.append(Step(Action.UPDATE, r, changes, note=note))
     return Plan(steps)
 
 
@@ -86,7 +117,7 @@ def plan_down(aws: Aws, resources: list[Resource], stack: str, *, delete_data: b
     steps = []
     for r in reversed(ordered):
         current = observed[r.key]
-        if current is None:
+        if current is None or isinstance(current, Unavailable):
             continue
         owner = r.owner(current)
         if owner != stack:
@@ -101,7 +132,7 @@ def plan_down(aws: Aws, resources: list[Resource], stack: str, *, delete_data: b
 @dataclass
 class StatusLine:
     resource: Resource
-    state: str  # "in sync", "drifted", "missing"
+    state: str  # "in sync", "drifted", "missing", "unavailable"
     changes: list
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,7 +150,9 @@ def status(aws: Aws, resources: list[Resource]) -> list[StatusLine]:
     lines = []
     for r in ordered:
         current = observed[r.key]
-        if current is None:
+        if isinstance(current, Unavailable):
+            lines.append(StatusLine(r, "unavailable", []))
+        elif current is None:
             lines.append(StatusLine(r, "missing", []))
         else:
             changes = r.diff(current)
@@ -171,7 +204,11 @@ def execute(
     on_progress: ProgressCallback | None = None,
     reverse: bool = False,
 ) -> None:
-    """Run the plan's changing steps in dependency order (reverse order for deletions)."""
+    """Run the plan's changing steps in dependency order (reverse order for deletions).
+
+    An optional resource that turns out to be unavailable while applying becomes a SKIP step
+    (and so do the steps that wait for it) instead of failing the run.
+    """
     steps = {s.resource.key: s for s in plan.changes}
     if not steps:
         return
@@ -196,8 +233,18 @@ def execute(
                 for key in ready:
                     del pending[key]
                     step = steps[key]
+                    blocked = next(
+                        (d for d in waits_for[key] if steps[d].action is Action.SKIP), None
+                    )
+                    if blocked is not None:
+                        _skip(step, f"skipped with {blocked}")
+                        finished.add(key)
+                        notify(step, "skipped", None)
+                        continue
                     notify(step, "start", None)
                     running[pool.submit(apply_step, aws, step)] = step
+                if not running and pending and any(d <= finished for d in pending.values()):
+                    continue
             if not running:
                 break
             done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -207,6 +254,10 @@ def execute(
                 if error is None:
                     finished.add(step.resource.key)
                     notify(step, "done", None)
+                elif isinstance(error, Unavailable) and step.resource.optional:
+                    _skip(step, error.reason)
+                    finished.add(step.resource.key)
+                    notify(step, "skipped", error)
                 else:
                     notify(step, "failed", error)
                     failure = failure or (step, error)
@@ -215,3 +266,9 @@ def execute(
         if isinstance(error, IotpipeError):
             raise error
         raise AwsError(f"{step.action} failed: {error}", resource=step.resource.label) from error
+
+
+def _skip(step: Step, reason: str) -> None:
+    step.action = Action.SKIP
+    step.changes = []
+    step.note = reason
