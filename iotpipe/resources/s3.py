@@ -36,6 +36,68 @@ def tls_only_policy(bucket_arn: str) -> dict[str, Any]:
     }
 
 
+def lifecycle_rules(ctx: StackContext) -> list[dict[str, Any]]:
+    """Archive to cheaper storage as it ages; expire what is only kept for a while."""
+    names, archive = ctx.names, ctx.config.archive
+    expire = [
+        ("quarantine", names.quarantine_prefix, archive.quarantine_expire_days),
+        ("firehose-errors", names.archive_error_prefix, archive.quarantine_expire_days),
+        ("iot-errors", names.iot_errors_prefix, archive.quarantine_expire_days),
+        ("athena-results", names.athena_results_prefix, archive.athena_results_expire_days),
+    ]
+    return [
+        {
+            "id": "readings-tiering",
+            "prefix": names.archive_prefix,
+            # Big Firehose objects suit IA/Glacier IR (128 KiB minimum billed size per object).
+            "transitions": [
+                [archive.transition_to_ia_days, "STANDARD_IA"],
+                [archive.transition_to_glacier_days, "GLACIER_IR"],
+            ],
+        },
+        *(
+            {"id": f"{rule}-expiry", "prefix": prefix, "expire_days": days}
+            for rule, prefix, days in expire
+        ),
+        # Parts of uploads that never completed are billed but invisible.
+        {"id": "abort-incomplete-uploads", "prefix": "", "abort_incomplete_days": 7},
+    ]
+
+
+def _rule_input(rule: dict[str, Any]) -> dict[str, Any]:
+    """A lifecycle rule spec as the S3 API takes it."""
+    out: dict[str, Any] = {
+        "ID": rule["id"],
+        "Filter": {"Prefix": rule["prefix"]},
+        "Status": "Enabled",
+    }
+    if "transitions" in rule:
+        out["Transitions"] = [{"Days": d, "StorageClass": c} for d, c in rule["transitions"]]
+    if "expire_days" in rule:
+        out["Expiration"] = {"Days": rule["expire_days"]}
+    if "abort_incomplete_days" in rule:
+        out["AbortIncompleteMultipartUpload"] = {
+            "DaysAfterInitiation": rule["abort_incomplete_days"]
+        }
+    return out
+
+
+def _rule_spec(rule: dict[str, Any]) -> dict[str, Any]:
+    """An observed lifecycle rule in the shape of `lifecycle_rules` (disabled rules show so)."""
+    prefix = rule.get("Filter", {}).get("Prefix", rule.get("Prefix", ""))
+    spec: dict[str, Any] = {"id": rule.get("ID"), "prefix": prefix}
+    if rule.get("Status") != "Enabled":
+        spec["status"] = rule.get("Status")
+    if rule.get("Transitions"):
+        spec["transitions"] = [[t.get("Days"), t["StorageClass"]] for t in rule["Transitions"]]
+    if "Days" in rule.get("Expiration", {}):
+        spec["expire_days"] = rule["Expiration"]["Days"]
+    if rule.get("AbortIncompleteMultipartUpload"):
+        days = rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"]
+        spec["abort_incomplete_days"] = days
+    return spec
+
+
 class ArchiveBucket(Resource):
     kind = "s3.bucket"
     data_store = True
@@ -49,6 +111,7 @@ class ArchiveBucket(Resource):
             "public_access_block": PUBLIC_ACCESS_BLOCKED,
             "ownership": "BucketOwnerEnforced",
             "policy": tls_only_policy(names.archive_bucket_arn),
+            "lifecycle": lifecycle_rules(self.ctx),
         }
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
@@ -66,6 +129,13 @@ class ArchiveBucket(Resource):
             read("get_bucket_ownership_controls", "OwnershipControlsNotFoundError"),
             read("get_bucket_policy", "NoSuchBucketPolicy"),
         )
+        lifecycle = aws.call(
+            "s3",
+            "get_bucket_lifecycle_configuration",
+            resource=label,
+            missing=("NoSuchLifecycleConfiguration",),
+            Bucket=bucket,
+        )
         rules = (encryption or {}).get("ServerSideEncryptionConfiguration", {}).get("Rules", [])
         return {
             "tags": {t["Key"]: t["Value"] for t in (tagging or {}).get("TagSet", [])},
@@ -78,6 +148,7 @@ class ArchiveBucket(Resource):
             .get("Rules", [{}])[0]
             .get("ObjectOwnership"),
             "policy": json.loads(policy["Policy"]) if policy else None,
+            "lifecycle": [_rule_spec(r) for r in (lifecycle or {}).get("Rules", [])],
         }
 
     def create(self, aws: Aws) -> None:
@@ -137,6 +208,14 @@ class ArchiveBucket(Resource):
                     resource=self.label,
                     Bucket=self.name,
                     Policy=json.dumps(want[field]),
+                )
+            elif field == "lifecycle":
+                aws.call(
+                    "s3",
+                    "put_bucket_lifecycle_configuration",
+                    resource=self.label,
+                    Bucket=self.name,
+                    LifecycleConfiguration={"Rules": [_rule_input(r) for r in want[field]]},
                 )
 
     def delete(self, aws: Aws) -> None:
