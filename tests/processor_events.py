@@ -9,9 +9,11 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import random
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -342,9 +344,13 @@ def outcomes(
         if sequence in quarantined:
             fates["quarantined"] += 1
             continue
-        message = json.loads(base64.b64decode(record["kinesis"]["data"]))
-        ts = epoch_ms(message["ts"])
-        key = (message["device_id"], ts, message["received_at"])
+        try:
+            message = json.loads(base64.b64decode(record["kinesis"]["data"]))
+            ts = epoch_ms(message["ts"])
+            key = (message["device_id"], ts, message["received_at"])
+        except (ValueError, KeyError, TypeError):
+            fates["lost"] += 1  # neither reported nor quarantined, yet not a reading
+            continue
         state = sinks.state.get(message["device_id"])
         written = (
             key in archived
@@ -397,3 +403,120 @@ def emf_metrics(output: str) -> dict[str, float]:
     names = [m["Name"] for m in last["_aws"]["CloudWatchMetrics"][0]["Metrics"]]
     # Powertools writes each value as a list of the values added under that name.
     return {name: sum(last[name]) if isinstance(last[name], list) else last[name] for name in names}
+
+
+# --- An in-memory AWS for the processor's clients (property tests) ---------------------------
+
+
+@dataclass
+class MemoryAws:
+    """Answers the processor's four sink calls from memory, on the wire, with seeded faults.
+
+    Requests go through botocore (serialised, signed, parsed back) but never leave the process.
+    With `fault_rate` > 0 a call may be throttled, and each item of a batch may be left
+    unprocessed, fail (Firehose) or be rejected (Timestream, retryable or not) as AWS would.
+    """
+
+    rng: random.Random = field(default_factory=random.Random)
+    fault_rate: float = 0.0
+    state: dict[str, dict[str, Any]] = field(default_factory=dict)
+    points: list[dict[str, Any]] = field(default_factory=list)
+    archive: list[bytes] = field(default_factory=list)
+    objects: dict[str, bytes] = field(default_factory=dict)
+
+    def reset(self, seed: int, fault_rate: float) -> None:
+        self.rng = random.Random(seed)
+        self.fault_rate = fault_rate
+        self.state.clear()
+        self.points.clear()
+        self.archive.clear()
+        self.objects.clear()
+
+    def attach(self, service: str, client: Any) -> None:
+        def before_send(request: Any, event_name: str = "", **_: Any) -> AWSResponse:
+            operation = event_name.rsplit(".", 1)[-1]
+            if self._fails(0.3):
+                code = "SlowDown" if service == "s3" else "ThrottlingException"
+                return self._error(service, request.url, code)
+            if service == "s3":
+                return self._put_object(request)
+            answer = getattr(self, f"_{operation}")(request_params(request))
+            return json_response(request.url, answer)
+
+        client.meta.events.register("before-send", before_send)
+
+    def contents(self) -> SinkContents:
+        deserializer = TypeDeserializer()
+        state = {
+            device: {key: deserializer.deserialize(value) for key, value in item.items()}
+            for device, item in self.state.items()
+        }
+
+        def lines(blobs: list[bytes]) -> list[dict[str, Any]]:
+            return [json.loads(line) for blob in blobs for line in blob.splitlines() if line]
+
+        return SinkContents(
+            state=state,
+            points=list(self.points),
+            archive=lines(self.archive),
+            quarantine=lines(list(self.objects.values())),
+            quarantine_keys=list(self.objects),
+        )
+
+    def _fails(self, scale: float = 1.0) -> bool:
+        return self.fault_rate > 0 and self.rng.random() < self.fault_rate * scale
+
+    def _BatchWriteItem(self, params: dict[str, Any]) -> dict[str, Any]:
+        unprocessed: dict[str, list[Any]] = {}
+        for table, requests in params["RequestItems"].items():
+            for request in requests:
+                if self._fails():
+                    unprocessed.setdefault(table, []).append(request)
+                    continue
+                item = request["PutRequest"]["Item"]
+                self.state[item["device_id"]["S"]] = item
+        return {"UnprocessedItems": unprocessed}
+
+    def _WriteRecords(self, params: dict[str, Any]) -> dict[str, Any]:
+        rejected = []
+        for index, record in enumerate(params["Records"]):
+            if self._fails():
+                reason = self.rng.choice(
+                    ["Internal error, please try again.", "Measure value is out of range."]
+                )
+                rejected.append({"RecordIndex": index, "Reason": reason})
+            else:
+                self.points.append(record)
+        if rejected:
+            return {"__type": "RejectedRecordsException", "RejectedRecords": rejected}
+        total = len(params["Records"])
+        return {"RecordsIngested": {"Total": total, "MemoryStore": total, "MagneticStore": 0}}
+
+    def _PutRecordBatch(self, params: dict[str, Any]) -> dict[str, Any]:
+        responses = []
+        for record in params["Records"]:
+            if self._fails():
+                responses.append({"ErrorCode": "ServiceUnavailableException", "ErrorMessage": "x"})
+            else:
+                self.archive.append(base64.b64decode(record["Data"]))
+                responses.append({"RecordId": uuid.uuid4().hex})
+        failed = sum(1 for r in responses if "ErrorCode" in r)
+        return {"FailedPutCount": failed, "Encrypted": False, "RequestResponses": responses}
+
+    def _put_object(self, request: Any) -> AWSResponse:
+        body = request.body
+        if hasattr(body, "read"):
+            body = body.read()
+        key = urllib.parse.unquote(urllib.parse.urlsplit(request.url).path).split("/", 2)[2]
+        self.objects[key] = body if isinstance(body, bytes) else str(body).encode()
+        headers = HTTPHeaders()
+        headers["ETag"] = '"0"'
+        return AWSResponse(request.url, 200, headers, _Body(b""))
+
+    def _error(self, service: str, url: str, code: str) -> AWSResponse:
+        if service == "s3":
+            headers = HTTPHeaders()
+            headers["Content-Type"] = "application/xml"
+            body = f"<Error><Code>{code}</Code><Message>injected</Message></Error>".encode()
+            return AWSResponse(url, 503, headers, _Body(body))
+        return json_response(url, {"__type": code, "message": "injected"})
