@@ -116,11 +116,19 @@ class ArchiveSection(_Section):
     transition_to_glacier_days: int = Field(90, ge=31, le=36_500)
     quarantine_expire_days: int = Field(30, ge=1, le=36_500)
     athena_results_expire_days: int = Field(7, ge=1, le=36_500)
+    log_retention_days: Literal[1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365] = 14
 
     @model_validator(mode="after")
     def _glacier_after_ia(self) -> ArchiveSection:
         if self.transition_to_glacier_days <= self.transition_to_ia_days:
             raise ValueError("transition_to_glacier_days must be later than transition_to_ia_days")
+        return self
+
+    @model_validator(mode="after")
+    def _parquet_buffer(self) -> ArchiveSection:
+        # Firehose refuses a Parquet-converting stream with a buffer below 64 MiB.
+        if self.format == "parquet" and self.buffer_mb < 64:
+            raise ValueError('buffer_mb must be at least 64 when format = "parquet"')
         return self
 
 

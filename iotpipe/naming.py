@@ -147,3 +147,39 @@ class Names:
     @property
     def processor_log_group(self) -> str:
         return f"/aws/lambda/{self.processor_function}"
+
+    @property
+    def archive_delivery_stream_arn(self) -> str:
+        return self.arn("firehose", f"deliverystream/{self.archive_delivery_stream}")
+
+    @property
+    def archive_log_group(self) -> str:
+        return f"/aws/kinesisfirehose/{self.archive_delivery_stream}"
+
+    @property
+    def glue_catalog_arn(self) -> str:
+        return self.arn("glue", "catalog")
+
+    @property
+    def glue_database_arn(self) -> str:
+        return self.arn("glue", f"database/{self.glue_database}")
+
+    @property
+    def glue_table_arn(self) -> str:
+        return self.arn("glue", f"table/{self.glue_database}/{self.glue_table}")
+
+    @property
+    def crawler_arn(self) -> str:
+        return self.arn("glue", f"crawler/{self.crawler}")
+
+    @property
+    def workgroup_arn(self) -> str:
+        return self.arn("athena", f"workgroup/{self.workgroup}")
+
+    @property
+    def timeseries_database_arn(self) -> str:
+        return self.arn("timestream", f"database/{self.timeseries_database}")
+
+    @property
+    def timeseries_table_arn(self) -> str:
+        return f"{self.timeseries_database_arn}/table/{self.timeseries_table}"

@@ -37,7 +37,21 @@ class StackContext:
 
 def build_resources(ctx: StackContext) -> list[Resource]:
     """Every resource of the pipeline, in declaration order (the engine orders by dependency)."""
-    from iotpipe.resources import dynamodb, iot, kinesis, lambda_, s3, sns, sqs
+    from iotpipe.resources import (
+        athena,
+        cloudwatch,
+        dynamodb,
+        firehose,
+        glue,
+        iot,
+        kinesis,
+        lambda_,
+        s3,
+        sns,
+        sqs,
+        timestream,
+    )
 
     modules = [s3, kinesis, dynamodb, sns, sqs, iot, lambda_]
+    modules += [timestream, glue, firehose, athena, cloudwatch]
     return [resource for module in modules for resource in module.resources(ctx)]

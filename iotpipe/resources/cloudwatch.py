@@ -1,0 +1,463 @@
+"""CloudWatch: alarms on every stage of the pipeline, wired to the alerts topic, and one dashboard.
+
+Each alarm says both when it fires and when it recovers (OK actions). Missing data means "no
+traffic" for every metric here (AWS publishes them only while there is activity), so it never
+fires an alarm on an idle pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from iotpipe.engine.model import Change, Resource
+
+if TYPE_CHECKING:
+    from iotpipe.aws import Aws
+    from iotpipe.stack import StackContext
+
+MANAGED_BY = "Managed by iotpipe stack "
+OWNER_PATTERN = re.compile(re.escape(MANAGED_BY) + r"`([^`]+)`")
+
+
+@dataclass(frozen=True)
+class AlarmSpec:
+    suffix: str
+    description: str
+    namespace: str
+    metric: str
+    dimensions: dict[str, str]
+    statistic: str
+    threshold: float
+    period_seconds: int = 300
+    evaluation_periods: int = 1
+    datapoints_to_alarm: int = 1
+    comparison: str = "GreaterThanThreshold"
+    treat_missing_data: str = "notBreaching"
+
+
+def alarm_specs(ctx: StackContext) -> list[AlarmSpec]:
+    names, alerts = ctx.names, ctx.config.alerts
+    iterator_age_ms = alerts.iterator_age_seconds * 1000
+    stream = {"StreamName": names.readings_stream}
+    function = {"FunctionName": names.processor_function}
+    return [
+        AlarmSpec(
+            "readings-iterator-age",
+            "Readings wait in the stream longer than alerts.iterator_age_seconds: "
+            "the processor is falling behind.",
+            "AWS/Kinesis",
+            "GetRecords.IteratorAgeMilliseconds",
+            stream,
+            "Maximum",
+            iterator_age_ms,
+            period_seconds=60,
+            evaluation_periods=5,
+            datapoints_to_alarm=5,
+        ),
+        AlarmSpec(
+            "readings-write-throttled",
+            "Writes to the readings stream are throttled: add shards (iotpipe reshard).",
+            "AWS/Kinesis",
+            "WriteProvisionedThroughputExceeded",
+            stream,
+            "Sum",
+            0,
+        ),
+        AlarmSpec(
+            "processor-errors",
+            "The processor Lambda function fails invocations.",
+            "AWS/Lambda",
+            "Errors",
+            function,
+            "Sum",
+            0,
+        ),
+        AlarmSpec(
+            "processor-throttles",
+            "The processor Lambda function is throttled (account or reserved concurrency).",
+            "AWS/Lambda",
+            "Throttles",
+            function,
+            "Sum",
+            0,
+        ),
+        AlarmSpec(
+            "processor-iterator-age",
+            "The processor reads records older than alerts.iterator_age_seconds.",
+            "AWS/Lambda",
+            "IteratorAge",
+            function,
+            "Maximum",
+            iterator_age_ms,
+            period_seconds=60,
+            evaluation_periods=5,
+            datapoints_to_alarm=5,
+        ),
+        AlarmSpec(
+            "processor-dlq-not-empty",
+            "Batches the processor gave up on wait in the dead-letter queue.",
+            "AWS/SQS",
+            "ApproximateNumberOfMessagesVisible",
+            {"QueueName": names.dead_letter_queue},
+            "Maximum",
+            0,
+        ),
+        AlarmSpec(
+            "archive-freshness",
+            "The oldest reading not yet in S3 is older than alerts.archive_freshness_seconds.",
+            "AWS/Firehose",
+            "DeliveryToS3.DataFreshness",
+            {"DeliveryStreamName": names.archive_delivery_stream},
+            "Maximum",
+            alerts.archive_freshness_seconds,
+        ),
+        AlarmSpec(
+            "device-state-write-throttled",
+            "Writes to the device-state table are throttled.",
+            "AWS/DynamoDB",
+            "WriteThrottleEvents",
+            {"TableName": names.device_state_table},
+            "Sum",
+            0,
+        ),
+        AlarmSpec(
+            "device-state-throttled-requests",
+            "Batch writes to the device-state table are throttled.",
+            "AWS/DynamoDB",
+            "ThrottledRequests",
+            {"TableName": names.device_state_table, "Operation": "BatchWriteItem"},
+            "Sum",
+            0,
+        ),
+        AlarmSpec(
+            "iot-rule-failures",
+            "The IoT rule fails to deliver messages to the stream (they go to iot-errors/).",
+            "AWS/IoT",
+            "Failure",
+            {"RuleName": names.topic_rule},
+            "Sum",
+            0,
+        ),
+        AlarmSpec(
+            "iot-rule-throttled",
+            "The IoT rule is throttled: messages are dropped before any action.",
+            "AWS/IoT",
+            "RuleMessageThrottled",
+            {"RuleName": names.topic_rule},
+            "Sum",
+            0,
+        ),
+    ]
+
+
+class Alarm(Resource):
+    kind = "cloudwatch.alarm"
+
+    def __init__(self, ctx: StackContext, spec: AlarmSpec) -> None:
+        super().__init__(
+            ctx, f"{ctx.stack}-{spec.suffix}", depends_on=(f"sns.topic/{ctx.names.alerts_topic}",)
+        )
+        self.spec = spec
+
+    @property
+    def arn(self) -> str:
+        return self.ctx.names.arn("cloudwatch", f"alarm:{self.name}")
+
+    def desired(self) -> dict[str, Any]:
+        spec, topic = self.spec, self.ctx.names.alerts_topic_arn
+        return {
+            "tags": self.ctx.tags,
+            "description": spec.description,
+            "metric": f"{spec.namespace}/{spec.metric}",
+            "dimensions": spec.dimensions,
+            "statistic": spec.statistic,
+            "period_seconds": spec.period_seconds,
+            "evaluation_periods": spec.evaluation_periods,
+            "datapoints_to_alarm": spec.datapoints_to_alarm,
+            "threshold": float(spec.threshold),
+            "comparison": spec.comparison,
+            "treat_missing_data": spec.treat_missing_data,
+            "alarm_actions": [topic],
+            "ok_actions": [topic],
+        }
+
+    def observe(self, aws: Aws) -> dict[str, Any] | None:
+        found = aws.call(
+            "cloudwatch", "describe_alarms", resource=self.label, AlarmNames=[self.name]
+        )
+        alarms = found.get("MetricAlarms", [])
+        if not alarms:
+            return None
+        alarm = alarms[0]
+        tags = aws.call(
+            "cloudwatch",
+            "list_tags_for_resource",
+            resource=self.label,
+            ResourceARN=alarm["AlarmArn"],
+        )
+        return {
+            "tags": {t["Key"]: t["Value"] for t in tags.get("Tags", [])},
+            "description": alarm.get("AlarmDescription"),
+            "metric": f"{alarm.get('Namespace')}/{alarm.get('MetricName')}",
+            "dimensions": {d["Name"]: d["Value"] for d in alarm.get("Dimensions", [])},
+            "statistic": alarm.get("Statistic"),
+            "period_seconds": alarm.get("Period"),
+            "evaluation_periods": alarm.get("EvaluationPeriods"),
+            "datapoints_to_alarm": alarm.get("DatapointsToAlarm"),
+            "threshold": alarm.get("Threshold"),
+            "comparison": alarm.get("ComparisonOperator"),
+            "treat_missing_data": alarm.get("TreatMissingData"),
+            "alarm_actions": alarm.get("AlarmActions", []),
+            "ok_actions": alarm.get("OKActions", []),
+        }
+
+    def _put(self, aws: Aws) -> None:
+        spec, want = self.spec, self.desired()
+        # PutMetricAlarm creates or fully replaces the alarm; tags are only applied on create.
+        aws.call(
+            "cloudwatch",
+            "put_metric_alarm",
+            resource=self.label,
+            AlarmName=self.name,
+            AlarmDescription=spec.description,
+            Namespace=spec.namespace,
+            MetricName=spec.metric,
+            Dimensions=[{"Name": k, "Value": v} for k, v in spec.dimensions.items()],
+            Statistic=spec.statistic,
+            Period=spec.period_seconds,
+            EvaluationPeriods=spec.evaluation_periods,
+            DatapointsToAlarm=spec.datapoints_to_alarm,
+            Threshold=want["threshold"],
+            ComparisonOperator=spec.comparison,
+            TreatMissingData=spec.treat_missing_data,
+            ActionsEnabled=True,
+            AlarmActions=want["alarm_actions"],
+            OKActions=want["ok_actions"],
+            Tags=[{"Key": k, "Value": v} for k, v in self.ctx.tags.items()],
+        )
+
+    def create(self, aws: Aws) -> None:
+        self._put(aws)
+
+    def update(self, aws: Aws, changes: list[Change]) -> None:
+        fields = {c.field for c in changes}
+        if fields - {"tags"}:
+            self._put(aws)
+        if "tags" in fields:
+            aws.call(
+                "cloudwatch",
+                "tag_resource",
+                resource=self.label,
+                ResourceARN=self.arn,
+                Tags=[{"Key": k, "Value": v} for k, v in self.ctx.tags.items()],
+            )
+
+    def delete(self, aws: Aws) -> None:
+        aws.call("cloudwatch", "delete_alarms", resource=self.label, AlarmNames=[self.name])
+
+
+def _metric_widget(
+    title: str, metrics: list[list[Any]], region: str, x: int, y: int, stat: str = "Sum"
+) -> dict[str, Any]:
+    return {
+        "type": "metric",
+        "x": x,
+        "y": y,
+        "width": 8,
+        "height": 6,
+        "properties": {
+            "title": title,
+            "region": region,
+            "stat": stat,
+            "period": 300,
+            "view": "timeSeries",
+            "metrics": metrics,
+        },
+    }
+
+
+class Dashboard(Resource):
+    """One dashboard of the pipeline's key metrics; dashboards cannot be tagged, so the owning
+    stack is written in its first (text) widget."""
+
+    kind = "cloudwatch.dashboard"
+
+    def owner(self, observed: dict[str, Any]) -> str | None:
+        for widget in (observed.get("body") or {}).get("widgets", []):
+            text = widget.get("properties", {}).get("markdown", "")
+            found = OWNER_PATTERN.match(text) if widget.get("type") == "text" else None
+            if found:
+                return found.group(1)
+        return None
+
+    def desired(self) -> dict[str, Any]:
+        return {"body": self._body()}
+
+    def _body(self) -> dict[str, Any]:
+        names, region = self.ctx.names, self.ctx.names.region
+        stream = ["StreamName", names.readings_stream]
+        function = ["FunctionName", names.processor_function]
+        firehose = ["DeliveryStreamName", names.archive_delivery_stream]
+        table = ["TableName", names.device_state_table]
+        rule = ["RuleName", names.topic_rule]
+        alarms = [
+            self.ctx.names.arn("cloudwatch", f"alarm:{self.ctx.stack}-{spec.suffix}")
+            for spec in alarm_specs(self.ctx)
+        ]
+        return {
+            "widgets": [
+                {
+                    "type": "text",
+                    "x": 0,
+                    "y": 0,
+                    "width": 24,
+                    "height": 2,
+                    "properties": {
+                        "markdown": f"{MANAGED_BY}`{self.ctx.stack}`: device -> IoT Core -> "
+                        "Kinesis -> Lambda -> DynamoDB / Firehose -> S3 -> Athena"
+                    },
+                },
+                {
+                    "type": "alarm",
+                    "x": 0,
+                    "y": 2,
+                    "width": 24,
+                    "height": 4,
+                    "properties": {"title": "Alarms", "alarms": alarms},
+                },
+                _metric_widget(
+                    "IoT rule: messages matched / failed",
+                    [["AWS/IoT", "TopicMatch", *rule], ["AWS/IoT", "Failure", *rule]],
+                    region,
+                    0,
+                    6,
+                ),
+                _metric_widget(
+                    "Stream: records in / throttled",
+                    [
+                        ["AWS/Kinesis", "IncomingRecords", *stream],
+                        ["AWS/Kinesis", "WriteProvisionedThroughputExceeded", *stream],
+                    ],
+                    region,
+                    8,
+                    6,
+                ),
+                _metric_widget(
+                    "Stream: iterator age (ms)",
+                    [
+                        ["AWS/Kinesis", "GetRecords.IteratorAgeMilliseconds", *stream],
+                        ["AWS/Lambda", "IteratorAge", *function],
+                    ],
+                    region,
+                    16,
+                    6,
+                    stat="Maximum",
+                ),
+                _metric_widget(
+                    "Processor: invocations / errors / throttles",
+                    [
+                        ["AWS/Lambda", "Invocations", *function],
+                        ["AWS/Lambda", "Errors", *function],
+                        ["AWS/Lambda", "Throttles", *function],
+                    ],
+                    region,
+                    0,
+                    12,
+                ),
+                _metric_widget(
+                    "Processor: duration (ms)",
+                    [["AWS/Lambda", "Duration", *function]],
+                    region,
+                    8,
+                    12,
+                    stat="p95",
+                ),
+                _metric_widget(
+                    "Dead-letter queue: visible messages",
+                    [
+                        [
+                            "AWS/SQS",
+                            "ApproximateNumberOfMessagesVisible",
+                            "QueueName",
+                            names.dead_letter_queue,
+                        ]
+                    ],
+                    region,
+                    16,
+                    12,
+                    stat="Maximum",
+                ),
+                _metric_widget(
+                    "Archive: records in / delivered to S3",
+                    [
+                        ["AWS/Firehose", "IncomingRecords", *firehose],
+                        ["AWS/Firehose", "DeliveryToS3.Records", *firehose],
+                    ],
+                    region,
+                    0,
+                    18,
+                ),
+                _metric_widget(
+                    "Archive: data freshness (s)",
+                    [["AWS/Firehose", "DeliveryToS3.DataFreshness", *firehose]],
+                    region,
+                    8,
+                    18,
+                    stat="Maximum",
+                ),
+                _metric_widget(
+                    "Device state: writes / throttles",
+                    [
+                        ["AWS/DynamoDB", "ConsumedWriteCapacityUnits", *table],
+                        ["AWS/DynamoDB", "WriteThrottleEvents", *table],
+                    ],
+                    region,
+                    16,
+                    18,
+                ),
+            ]
+        }
+
+    def observe(self, aws: Aws) -> dict[str, Any] | None:
+        found = aws.call(
+            "cloudwatch",
+            "get_dashboard",
+            resource=self.label,
+            missing=("ResourceNotFound", "ResourceNotFoundException"),
+            DashboardName=self.name,
+        )
+        if found is None:
+            return None
+        return {"body": json.loads(found["DashboardBody"])}
+
+    def create(self, aws: Aws) -> None:
+        self._put(aws)
+
+    def update(self, aws: Aws, changes: list[Change]) -> None:
+        self._put(aws)
+
+    def _put(self, aws: Aws) -> None:
+        aws.call(
+            "cloudwatch",
+            "put_dashboard",
+            resource=self.label,
+            DashboardName=self.name,
+            DashboardBody=json.dumps(self._body()),
+        )
+
+    def delete(self, aws: Aws) -> None:
+        aws.call(
+            "cloudwatch",
+            "delete_dashboards",
+            resource=self.label,
+            missing=("ResourceNotFound", "ResourceNotFoundException"),
+            DashboardNames=[self.name],
+        )
+
+
+def resources(ctx: StackContext) -> list[Resource]:
+    alarms: list[Resource] = [Alarm(ctx, spec) for spec in alarm_specs(ctx)]
+    return [*alarms, Dashboard(ctx, ctx.names.dashboard)]

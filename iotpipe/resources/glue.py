@@ -1,0 +1,392 @@
+"""Glue Data Catalog: the archive's database and table, and a scheduled crawler.
+
+The table is declared with an explicit schema and partition projection, so Athena can query the
+archive before any crawl and never lists partitions. The crawler only keeps partitions listed for
+engines without projection: its policy logs schema changes instead of applying them, and new
+partitions inherit the table's schema, so it never fights the declared table.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from iotpipe.aws import IAM_PROPAGATION, Transient
+from iotpipe.engine.model import STACK_TAG, Change, Resource
+from iotpipe.resources.iam import ServiceRole, allow, policy_document, trust_policy
+
+if TYPE_CHECKING:
+    from iotpipe.aws import Aws
+    from iotpipe.stack import StackContext
+
+NOT_FOUND = ("EntityNotFoundException",)
+
+# The archive line written by the processor (see the message contract), in Hive types.
+COLUMNS = [
+    ("device_id", "string"),
+    ("ts", "bigint"),
+    ("seq", "bigint"),
+    ("received_at", "bigint"),
+    ("metrics", "map<string,double>"),
+    ("extra", "string"),
+]
+PARTITION_KEYS = [("dt", "string"), ("hour", "string")]
+
+JSON_FORMAT = {
+    "input_format": "org.apache.hadoop.mapred.TextInputFormat",
+    "output_format": "org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat",
+    "serde": "org.openx.data.jsonserde.JsonSerDe",
+    # Metric names are the device's own keys: keep their case.
+    "serde_parameters": {"case.insensitive": "false"},
+}
+PARQUET_FORMAT = {
+    "input_format": "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat",
+    "output_format": "org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat",
+    "serde": "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe",
+    "serde_parameters": {"serialization.format": "1"},
+}
+
+CRAWLER_LOG_GROUP = "/aws-glue/crawlers"
+# Keep the declared table: partitions take its schema, compatible files stay one table.
+CRAWLER_CONFIGURATION = {
+    "Version": 1.0,
+    "CrawlerOutput": {"Partitions": {"AddOrUpdateBehavior": "InheritFromTable"}},
+    "Grouping": {"TableGroupingPolicy": "CombineCompatibleSchemas"},
+}
+# Report schema drift in the crawler's log, never rewrite or drop the table.
+SCHEMA_CHANGE_POLICY = {"UpdateBehavior": "LOG", "DeleteBehavior": "LOG"}
+CRAWLER_RUNNING = (Transient("crawler-running", "CrawlerRunningException"),)
+
+
+def _tags(aws: Aws, arn: str, label: str) -> dict[str, str]:
+    found = aws.call("glue", "get_tags", resource=label, missing=NOT_FOUND, ResourceArn=arn)
+    return (found or {}).get("Tags", {})
+
+
+class CatalogDatabase(Resource):
+    kind = "glue.database"
+
+    def desired(self) -> dict[str, Any]:
+        return {"tags": self.ctx.tags, "description": self._description}
+
+    @property
+    def _description(self) -> str:
+        return f"iotpipe {self.ctx.stack}: archived sensor readings"
+
+    def observe(self, aws: Aws) -> dict[str, Any] | None:
+        found = aws.call(
+            "glue", "get_database", resource=self.label, missing=NOT_FOUND, Name=self.name
+        )
+        if found is None:
+            return None
+        return {
+            "tags": _tags(aws, self.ctx.names.glue_database_arn, self.label),
+            "description": found["Database"].get("Description", ""),
+        }
+
+    def create(self, aws: Aws) -> None:
+        aws.call(
+            "glue",
+            "create_database",
+            resource=self.label,
+            missing=("AlreadyExistsException",),
+            DatabaseInput={"Name": self.name, "Description": self._description},
+            Tags=self.ctx.tags,
+        )
+
+    def update(self, aws: Aws, changes: list[Change]) -> None:
+        for change in changes:
+            if change.field == "tags":
+                aws.call(
+                    "glue",
+                    "tag_resource",
+                    resource=self.label,
+                    ResourceArn=self.ctx.names.glue_database_arn,
+                    TagsToAdd=self.ctx.tags,
+                )
+            elif change.field == "description":
+                aws.call(
+                    "glue",
+                    "update_database",
+                    resource=self.label,
+                    Name=self.name,
+                    DatabaseInput={"Name": self.name, "Description": self._description},
+                )
+
+    def delete(self, aws: Aws) -> None:
+        aws.call("glue", "delete_database", resource=self.label, missing=NOT_FOUND, Name=self.name)
+
+
+class ArchiveTable(Resource):
+    kind = "glue.table"
+    # Others (a crawler, a person) may add table parameters; only ours must hold.
+    subset_fields = frozenset({"parameters"})
+
+    def __init__(self, ctx: StackContext, name: str, database: CatalogDatabase) -> None:
+        super().__init__(ctx, name, depends_on=(database.key,))
+        self.database = database.name
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}/{self.database}/{self.name}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.database}.{self.name}"
+
+    def owner(self, observed: dict[str, Any]) -> str | None:
+        # Glue tables cannot be tagged: ownership is a table parameter.
+        return (observed.get("parameters") or {}).get(STACK_TAG)
+
+    def desired(self) -> dict[str, Any]:
+        parquet = self.ctx.config.archive.format == "parquet"
+        names = self.ctx.names
+        location = f"s3://{names.archive_bucket}/{names.archive_prefix}"
+        return {
+            "table_type": "EXTERNAL_TABLE",
+            "columns": [list(c) for c in COLUMNS],
+            "partition_keys": [list(k) for k in PARTITION_KEYS],
+            "location": location,
+            **(PARQUET_FORMAT if parquet else JSON_FORMAT),
+            "parameters": {
+                STACK_TAG: self.ctx.stack,
+                "EXTERNAL": "TRUE",
+                "classification": "parquet" if parquet else "json",
+                "compressionType": "none" if parquet else "gzip",
+                # Partition projection: Athena computes partitions instead of listing them.
+                "projection.enabled": "true",
+                "projection.dt.type": "date",
+                "projection.dt.format": "yyyy-MM-dd",
+                "projection.dt.range": "NOW-3YEARS,NOW",
+                "projection.dt.interval": "1",
+                "projection.dt.interval.unit": "DAYS",
+                "projection.hour.type": "integer",
+                "projection.hour.range": "0,23",
+                "projection.hour.digits": "2",
+                "storage.location.template": location + "dt=${dt}/hour=${hour}/",
+            },
+        }
+
+    def observe(self, aws: Aws) -> dict[str, Any] | None:
+        found = aws.call(
+            "glue",
+            "get_table",
+            resource=self.label,
+            missing=NOT_FOUND,
+            DatabaseName=self.database,
+            Name=self.name,
+        )
+        if found is None:
+            return None
+        table = found["Table"]
+        storage = table.get("StorageDescriptor", {})
+        serde = storage.get("SerdeInfo", {})
+        return {
+            "table_type": table.get("TableType"),
+            "columns": [[c["Name"], c["Type"]] for c in storage.get("Columns", [])],
+            "partition_keys": [[k["Name"], k["Type"]] for k in table.get("PartitionKeys", [])],
+            "location": storage.get("Location"),
+            "input_format": storage.get("InputFormat"),
+            "output_format": storage.get("OutputFormat"),
+            "serde": serde.get("SerializationLibrary"),
+            "serde_parameters": serde.get("Parameters", {}),
+            "parameters": table.get("Parameters", {}),
+        }
+
+    def _table_input(self, keep_parameters: dict[str, str]) -> dict[str, Any]:
+        want = self.desired()
+        return {
+            "Name": self.name,
+            "Description": f"iotpipe {self.ctx.stack}: readings archived by Firehose",
+            "TableType": want["table_type"],
+            "Parameters": {**keep_parameters, **want["parameters"]},
+            "PartitionKeys": [{"Name": n, "Type": t} for n, t in want["partition_keys"]],
+            "StorageDescriptor": {
+                "Columns": [{"Name": n, "Type": t} for n, t in want["columns"]],
+                "Location": want["location"],
+                "InputFormat": want["input_format"],
+                "OutputFormat": want["output_format"],
+                "Compressed": self.ctx.config.archive.format != "parquet",
+                "SerdeInfo": {
+                    "SerializationLibrary": want["serde"],
+                    "Parameters": want["serde_parameters"],
+                },
+            },
+        }
+
+    def create(self, aws: Aws) -> None:
+        aws.call(
+            "glue",
+            "create_table",
+            resource=self.label,
+            missing=("AlreadyExistsException",),
+            DatabaseName=self.database,
+            TableInput=self._table_input({}),
+        )
+
+    def update(self, aws: Aws, changes: list[Change]) -> None:
+        # UpdateTable replaces the definition: keep parameters others added.
+        observed = self.observe(aws) or {}
+        aws.call(
+            "glue",
+            "update_table",
+            resource=self.label,
+            DatabaseName=self.database,
+            TableInput=self._table_input(observed.get("parameters") or {}),
+        )
+
+    def delete(self, aws: Aws) -> None:
+        aws.call(
+            "glue",
+            "delete_table",
+            resource=self.label,
+            missing=NOT_FOUND,
+            DatabaseName=self.database,
+            Name=self.name,
+        )
+
+
+def crawler_role(ctx: StackContext) -> ServiceRole:
+    names = ctx.names
+    bucket = names.archive_bucket_arn
+    list_readings = allow(["s3:ListBucket"], [bucket], sid="ListReadings")
+    list_readings["Condition"] = {"StringLike": {"s3:prefix": [f"{names.archive_prefix}*"]}}
+    policy = policy_document(
+        allow(
+            [
+                "glue:BatchCreatePartition",
+                "glue:BatchGetPartition",
+                "glue:BatchUpdatePartition",
+                "glue:CreatePartition",
+                "glue:GetDatabase",
+                "glue:GetPartition",
+                "glue:GetPartitions",
+                "glue:GetTable",
+                "glue:UpdatePartition",
+            ],
+            [names.glue_catalog_arn, names.glue_database_arn, names.glue_table_arn],
+            sid="CatalogTable",
+        ),
+        list_readings,
+        allow(["s3:GetObject"], [f"{bucket}/{names.archive_prefix}*"], sid="ReadReadings"),
+        allow(
+            ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
+            [names.arn("logs", f"log-group:{CRAWLER_LOG_GROUP}:*")],
+            sid="CrawlerLogs",
+        ),
+    )
+    return ServiceRole(
+        ctx,
+        names.role("crawler"),
+        trust=trust_policy("glue.amazonaws.com", names.account),
+        policy=policy,
+        description=f"iotpipe {ctx.stack}: Glue crawler of the archive",
+    )
+
+
+class ArchiveCrawler(Resource):
+    kind = "glue.crawler"
+
+    def desired(self) -> dict[str, Any]:
+        names = self.ctx.names
+        return {
+            "tags": self.ctx.tags,
+            "role": names.role_arn("crawler"),
+            "database": names.glue_database,
+            "targets": [f"s3://{names.archive_bucket}/{names.archive_prefix}"],
+            "schedule": self.ctx.config.catalog.crawler_schedule,
+            "schema_change_policy": SCHEMA_CHANGE_POLICY,
+            # Only folders added since the last crawl: cheap, and allowed with a LOG policy.
+            "recrawl": "CRAWL_NEW_FOLDERS_ONLY",
+            "configuration": CRAWLER_CONFIGURATION,
+        }
+
+    def observe(self, aws: Aws) -> dict[str, Any] | None:
+        found = aws.call(
+            "glue", "get_crawler", resource=self.label, missing=NOT_FOUND, Name=self.name
+        )
+        if found is None:
+            return None
+        crawler = found["Crawler"]
+        configuration = crawler.get("Configuration")
+        return {
+            "tags": _tags(aws, self.ctx.names.crawler_arn, self.label),
+            "role": crawler.get("Role"),
+            "database": crawler.get("DatabaseName"),
+            "targets": [t["Path"] for t in crawler.get("Targets", {}).get("S3Targets", [])],
+            "schedule": crawler.get("Schedule", {}).get("ScheduleExpression"),
+            "schema_change_policy": crawler.get("SchemaChangePolicy"),
+            "recrawl": crawler.get("RecrawlPolicy", {}).get("RecrawlBehavior"),
+            "configuration": json.loads(configuration) if configuration else None,
+        }
+
+    def _settings(self) -> dict[str, Any]:
+        want = self.desired()
+        return {
+            "Name": self.name,
+            "Role": want["role"],
+            "DatabaseName": want["database"],
+            "Description": f"iotpipe {self.ctx.stack}: keeps the archive's partitions listed",
+            "Targets": {"S3Targets": [{"Path": path} for path in want["targets"]]},
+            "Schedule": want["schedule"],
+            "SchemaChangePolicy": want["schema_change_policy"],
+            "RecrawlPolicy": {"RecrawlBehavior": want["recrawl"]},
+            "Configuration": json.dumps(want["configuration"]),
+        }
+
+    def create(self, aws: Aws) -> None:
+        aws.call(
+            "glue",
+            "create_crawler",
+            resource=self.label,
+            # A role created moments ago may not be assumable by Glue yet.
+            retry_on=IAM_PROPAGATION,
+            missing=("AlreadyExistsException",),
+            Tags=self.ctx.tags,
+            **self._settings(),
+        )
+
+    def update(self, aws: Aws, changes: list[Change]) -> None:
+        fields = {c.field for c in changes}
+        if "tags" in fields:
+            aws.call(
+                "glue",
+                "tag_resource",
+                resource=self.label,
+                ResourceArn=self.ctx.names.crawler_arn,
+                TagsToAdd=self.ctx.tags,
+            )
+        if fields - {"tags"}:
+            aws.call(
+                "glue",
+                "update_crawler",
+                resource=self.label,
+                retry_on=IAM_PROPAGATION + CRAWLER_RUNNING,
+                **self._settings(),
+            )
+
+    def delete(self, aws: Aws) -> None:
+        aws.call(
+            "glue",
+            "stop_crawler",
+            resource=self.label,
+            missing=(*NOT_FOUND, "CrawlerNotRunningException", "CrawlerStoppingException"),
+            Name=self.name,
+        )
+        aws.call(
+            "glue",
+            "delete_crawler",
+            resource=self.label,
+            retry_on=CRAWLER_RUNNING,
+            missing=NOT_FOUND,
+            Name=self.name,
+        )
+
+
+def resources(ctx: StackContext) -> list[Resource]:
+    names = ctx.names
+    database = CatalogDatabase(ctx, names.glue_database)
+    table = ArchiveTable(ctx, names.glue_table, database)
+    role = crawler_role(ctx)
+    crawler = ArchiveCrawler(ctx, names.crawler, depends_on=(role.key, table.key))
+    return [database, table, role, crawler]

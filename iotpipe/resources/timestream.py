@@ -1,0 +1,213 @@
+"""Timestream for LiveAnalytics: the optional time-series sink (database and readings table).
+
+AWS closed Timestream for LiveAnalytics to new customers on 2025-06-20. An account that cannot
+use it gets AccessDeniedException (or fails endpoint discovery) on every call, so both resources
+are optional: `up` skips them with a warning naming the fix and brings up everything else.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import botocore.exceptions
+
+from iotpipe.engine.model import Change, Resource, Unavailable
+from iotpipe.errors import AwsError
+
+if TYPE_CHECKING:
+    from iotpipe.aws import Aws
+    from iotpipe.stack import StackContext
+
+SERVICE = "timestream-write"
+NOT_FOUND = ("ResourceNotFoundException",)
+DISABLE_HINT = "set `[timeseries] enabled = false` in the config to stop using the time-series sink"
+
+
+def _closed_to_account(exc: AwsError) -> bool:
+    if exc.code == "AccessDeniedException" or "only existing timestream" in exc.message.lower():
+        return True
+    return isinstance(exc.__cause__, botocore.exceptions.EndpointDiscoveryException)
+
+
+def _call(aws: Aws, operation: str, *, resource: str, **params: Any) -> Any:
+    """A Timestream call; a refusal to serve this account becomes `Unavailable`."""
+    try:
+        return aws.call(SERVICE, operation, resource=resource, missing=NOT_FOUND, **params)
+    except AwsError as exc:
+        if not _closed_to_account(exc):
+            raise
+        raise Unavailable(
+            "Timestream for LiveAnalytics is not available to this account (AWS closed it to "
+            f"new customers on 2025-06-20; AWS said: {exc.message}). The rest of the pipeline "
+            f"is unaffected; to stop this warning, {DISABLE_HINT}.",
+            resource=resource,
+            code=exc.code,
+            hint=DISABLE_HINT,
+        ) from exc
+
+
+def _tags(aws: Aws, arn: str, label: str) -> dict[str, str]:
+    found = _call(aws, "list_tags_for_resource", resource=label, ResourceARN=arn)
+    return {t["Key"]: t["Value"] for t in (found or {}).get("Tags", [])}
+
+
+class TimeseriesDatabase(Resource):
+    kind = "timestream.database"
+    data_store = True
+    optional = True
+
+    @property
+    def arn(self) -> str:
+        return self.ctx.names.timeseries_database_arn
+
+    def desired(self) -> dict[str, Any]:
+        # Timestream always encrypts at rest (AWS managed key by default).
+        return {"tags": self.ctx.tags}
+
+    def observe(self, aws: Aws) -> dict[str, Any] | None:
+        found = _call(aws, "describe_database", resource=self.label, DatabaseName=self.name)
+        if found is None:
+            return None
+        return {"tags": _tags(aws, found["Database"]["Arn"], self.label)}
+
+    def create(self, aws: Aws) -> None:
+        _call(
+            aws,
+            "create_database",
+            resource=self.label,
+            DatabaseName=self.name,
+            Tags=[{"Key": k, "Value": v} for k, v in self.ctx.tags.items()],
+        )
+
+    def update(self, aws: Aws, changes: list[Change]) -> None:
+        for change in changes:
+            if change.field == "tags":
+                _call(
+                    aws,
+                    "tag_resource",
+                    resource=self.label,
+                    ResourceARN=self.arn,
+                    Tags=[{"Key": k, "Value": v} for k, v in self.ctx.tags.items()],
+                )
+
+    def delete(self, aws: Aws) -> None:
+        _call(aws, "delete_database", resource=self.label, DatabaseName=self.name)
+
+
+class TimeseriesTable(Resource):
+    kind = "timestream.table"
+    data_store = True
+    optional = True
+
+    def __init__(self, ctx: StackContext, name: str, database: TimeseriesDatabase) -> None:
+        super().__init__(ctx, name, depends_on=(database.key,))
+        self.database = database.name
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.database}/{self.name}"
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}/{self.database}/{self.name}"
+
+    @property
+    def arn(self) -> str:
+        return self.ctx.names.timeseries_table_arn
+
+    def desired(self) -> dict[str, Any]:
+        section = self.ctx.config.timeseries
+        return {
+            "tags": self.ctx.tags,
+            "memory_retention_hours": section.memory_retention_hours,
+            "magnetic_retention_days": section.magnetic_retention_days,
+            # Readings older than the memory window (a device back online after a day) would
+            # otherwise be rejected; magnetic-store writes accept them.
+            "magnetic_store_writes": True,
+        }
+
+    def observe(self, aws: Aws) -> dict[str, Any] | None:
+        found = _call(
+            aws,
+            "describe_table",
+            resource=self.label,
+            DatabaseName=self.database,
+            TableName=self.name,
+        )
+        if found is None or found["Table"].get("TableStatus") == "DELETING":
+            return None
+        table = found["Table"]
+        retention = table.get("RetentionProperties", {})
+        magnetic = table.get("MagneticStoreWriteProperties", {})
+        return {
+            "tags": _tags(aws, table["Arn"], self.label),
+            "memory_retention_hours": retention.get("MemoryStoreRetentionPeriodInHours"),
+            "magnetic_retention_days": retention.get("MagneticStoreRetentionPeriodInDays"),
+            "magnetic_store_writes": bool(magnetic.get("EnableMagneticStoreWrites")),
+        }
+
+    def _settings(self) -> dict[str, Any]:
+        want = self.desired()
+        return {
+            "RetentionProperties": {
+                "MemoryStoreRetentionPeriodInHours": want["memory_retention_hours"],
+                "MagneticStoreRetentionPeriodInDays": want["magnetic_retention_days"],
+            },
+            "MagneticStoreWriteProperties": {
+                "EnableMagneticStoreWrites": want["magnetic_store_writes"]
+            },
+        }
+
+    def create(self, aws: Aws) -> None:
+        _call(
+            aws,
+            "create_table",
+            resource=self.label,
+            DatabaseName=self.database,
+            TableName=self.name,
+            Tags=[{"Key": k, "Value": v} for k, v in self.ctx.tags.items()],
+            **self._settings(),
+        )
+
+    def update(self, aws: Aws, changes: list[Change]) -> None:
+        fields = {c.field for c in changes}
+        if "tags" in fields:
+            _call(
+                aws,
+                "tag_resource",
+                resource=self.label,
+                ResourceARN=self.arn,
+                Tags=[{"Key": k, "Value": v} for k, v in self.ctx.tags.items()],
+            )
+        if fields - {"tags"}:
+            _call(
+                aws,
+                "update_table",
+                resource=self.label,
+                DatabaseName=self.database,
+                TableName=self.name,
+                **self._settings(),
+            )
+
+    def delete(self, aws: Aws) -> None:
+        _call(
+            aws,
+            "delete_table",
+            resource=self.label,
+            DatabaseName=self.database,
+            TableName=self.name,
+        )
+        # The database refuses to go while a table is still being deleted.
+        aws.wait_for(
+            lambda: self.observe(aws) is None,
+            resource=self.label,
+            what="for the table to be deleted",
+        )
+
+
+def resources(ctx: StackContext) -> list[Resource]:
+    if not ctx.config.timeseries.enabled:
+        return []
+    names = ctx.names
+    database = TimeseriesDatabase(ctx, names.timeseries_database)
+    return [database, TimeseriesTable(ctx, names.timeseries_table, database)]
