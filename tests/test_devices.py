@@ -435,3 +435,17 @@ def test_existing_attributes_converge_and_foreign_things_are_not_taken_over(regi
     assert "thing theirs exists with thing type other-sensor" in result.stderr
     assert iot.list_thing_principals(thingName="theirs")["principals"] == []
     assert [c["status"] for c in certificates_of(iot, "c-2")] == ["ACTIVE"]
+
+
+def test_shadows_go_to_the_accounts_ats_endpoint_unless_one_endpoint_is_given(monkeypatch):
+    names = Names(STACK, "sensors", "us-east-1", ACCOUNT)
+    monkeypatch.setattr(Fleet, "ats_endpoint", property(lambda self: "abc123-ats.iot.example"))
+
+    direct = Fleet(Aws(region="us-east-1"), names, basic_ingest=False)
+    emulated = Fleet(
+        Aws(region="us-east-1", endpoint_url="http://127.0.0.1:1"), names, basic_ingest=False
+    )
+
+    assert direct.data.client("iot-data").meta.endpoint_url == "https://abc123-ats.iot.example"
+    assert emulated.data.client("iot-data").meta.endpoint_url == "http://127.0.0.1:1"
+    assert direct.topic("t-1") == "dt/sensors/t-1/telemetry"
