@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import boto3
 import pytest
+
+from iotpipe.aws import add_client_hook
 
 STACK = "test"
 STREAM = "test-readings"
@@ -158,3 +162,47 @@ def test_nothing_deployed_reports_every_check_missing(cli) -> None:
         "archive delivery": "missing",
         "alert subscriptions": "missing",
     }
+
+
+@pytest.fixture
+def unconfirmed_emails() -> Iterator[None]:
+    """Answer ListSubscriptionsByTopic as AWS does before the recipient confirms: moto confirms
+    every email subscription at once, AWS lists it as PendingConfirmation until the link is
+    followed."""
+
+    def pending(parsed: dict[str, Any], **_: Any) -> None:
+        for subscription in parsed.get("Subscriptions", []):
+            if subscription["Protocol"] == "email":
+                subscription["SubscriptionArn"] = "PendingConfirmation"
+
+    def attach(service: str, client: Any) -> None:
+        if service == "sns":
+            client.meta.events.register("after-call.sns.ListSubscriptionsByTopic", pending)
+
+    remove = add_client_hook(attach)
+    yield
+    remove()
+
+
+def test_alert_emails_pending_or_absent_are_unhealthy(
+    cli, endpoint: str, tmp_path, unconfirmed_emails
+) -> None:
+    config = tmp_path / "alerts.toml"
+    config.write_text('[stack]\nname = "test"\n[alerts]\nemails = ["ops@example.com"]\n')
+    assert cli("up", "--yes", config=config).exit_code == 0
+    sns = client(endpoint, "sns")
+    topic = f"arn:aws:sns:us-east-1:123456789012:{STACK}-alerts"
+    if not sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]:
+        sns.subscribe(TopicArn=topic, Protocol="email", Endpoint="ops@example.com")
+
+    result = cli("status", "--output", "json", config=config)
+
+    assert result.exit_code == 1
+    subscriptions = checks_of(result)["alert subscriptions"]
+    assert subscriptions["state"] == "unhealthy"
+    assert "awaiting confirmation (check the inbox): ops@example.com" in subscriptions["detail"]
+
+    for subscription in sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]:
+        sns.unsubscribe(SubscriptionArn=subscription["SubscriptionArn"])
+    absent = checks_of(cli("status", "--output", "json", config=config))["alert subscriptions"]
+    assert "not subscribed: ops@example.com" in absent["detail"]
