@@ -254,3 +254,34 @@ def test_recommend_from_cloudwatch_peak(cli, endpoint: str) -> None:
 
     table = cli("reshard", "--recommend", "--dry-run")
     assert "ceil(2,500.0 x 1.25 / 1,000 per shard) = 4" in table.stdout
+
+
+def test_up_is_held_to_the_same_quota(cli, endpoint: str, tmp_path) -> None:
+    assert cli("up", "--yes").exit_code == 0
+    kinesis = _kinesis(endpoint)
+    for count in [2, 4, 8, 16, 32, 16, 8, 4, 2]:
+        kinesis.update_shard_count(
+            StreamName=STREAM, TargetShardCount=count, ScalingType="UNIFORM_SCALING"
+        )
+    config = tmp_path / "eight.toml"
+    config.write_text('[stack]\nname = "test"\n[stream]\nshards = 8\n')
+
+    result = cli("up", "--yes", config=config)
+
+    assert result.exit_code == 1
+    assert "9 of AWS's 10 per rolling 24 hours" in result.stderr
+    assert _open_shards(endpoint) == 2
+
+
+def test_a_stream_on_demand_in_aws_is_refused(cli, endpoint: str) -> None:
+    assert cli("up", "--yes").exit_code == 0
+    kinesis = _kinesis(endpoint)
+    arn = kinesis.describe_stream_summary(StreamName=STREAM)["StreamDescriptionSummary"][
+        "StreamARN"
+    ]
+    kinesis.update_stream_mode(StreamARN=arn, StreamModeDetails={"StreamMode": "ON_DEMAND"})
+
+    result = cli("reshard", "--target", "2", "--yes")
+
+    assert result.exit_code == 1
+    assert "on-demand in AWS" in result.stderr
