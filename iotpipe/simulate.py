@@ -254,7 +254,13 @@ class MqttPublisher:
             outcome["reason"] = reason
             connected.set()
 
+        def on_disconnect(client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+            # The broker closed the connection before CONNACK (e.g. it refused the certificate).
+            outcome.setdefault("reason", reason)
+            connected.set()
+
         client.on_connect = on_connect
+        client.on_disconnect = on_disconnect
         try:
             client.connect(device.endpoint, device.port, keepalive=60)
         except (OSError, ssl.SSLError) as exc:
@@ -264,10 +270,11 @@ class MqttPublisher:
                 hint="check the endpoint in device.json and that the certificate is active",
             ) from None
         client.loop_start()
-        if not connected.wait(self.timeout) or outcome["reason"].is_failure:
+        reason = outcome.get("reason") if connected.wait(self.timeout) else None
+        if reason is None or reason.is_failure or not client.is_connected():
             client.loop_stop()
             raise AwsError(
-                f"MQTT connection refused: {outcome.get('reason', 'timed out')}",
+                f"MQTT connection refused: {reason or 'timed out'}",
                 resource=f"device {thing}",
                 hint="is the certificate active and attached to the device policy?",
             )
