@@ -228,8 +228,12 @@ class Aws:
             client = self._clients.get(service)
             if client is None:
                 kwargs: dict[str, Any] = {"config": self._boto_config}
-                if self.endpoint_url:
-                    kwargs["endpoint_url"] = self.endpoint_url
+                endpoint = self.endpoint_url
+                if endpoint is None and service.startswith("timestream"):
+                    # Timestream's endpoint discovery would replace AWS_ENDPOINT_URL with AWS's.
+                    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+                if endpoint:
+                    kwargs["endpoint_url"] = endpoint
                 client = self.session.client(service, **kwargs)
                 client.meta.events.register("before-call", self._count)
                 for hook in list(_client_hooks):

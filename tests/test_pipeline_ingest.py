@@ -249,12 +249,7 @@ def test_processor_role_is_least_privilege(cli, aws) -> None:
         ),
         "ListStreams": (["kinesis:ListStreams"], "*"),
         "WriteDeviceState": (
-            [
-                "dynamodb:BatchWriteItem",
-                "dynamodb:PartiQLUpdate",
-                "dynamodb:PutItem",
-                "dynamodb:UpdateItem",
-            ],
+            ["dynamodb:BatchWriteItem"],
             f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/test-device-state",
         ),
         "ArchiveReadings": (

@@ -84,16 +84,8 @@ def processor_role(ctx: StackContext) -> ServiceRole:
         ),
         # kinesis:ListStreams has no resource-level permission: AWS accepts only "*".
         allow(["kinesis:ListStreams"], ["*"], "ListStreams"),
-        allow(
-            [
-                "dynamodb:BatchWriteItem",
-                "dynamodb:PartiQLUpdate",
-                "dynamodb:PutItem",
-                "dynamodb:UpdateItem",
-            ],
-            [names.device_state_table_arn],
-            "WriteDeviceState",
-        ),
+        # The processor writes device state only with BatchWriteItem (see docs/PROCESSOR.md).
+        allow(["dynamodb:BatchWriteItem"], [names.device_state_table_arn], "WriteDeviceState"),
         allow(
             ["firehose:PutRecordBatch"],
             [names.arn("firehose", f"deliverystream/{names.archive_delivery_stream}")],
