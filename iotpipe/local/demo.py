@@ -159,10 +159,9 @@ def _run(workdir: Path, *, devices: int, readings: int, progress: Progress) -> D
     from iotpipe.aws import Aws
     from iotpipe.devices import Fleet, RegisterOptions, numbered_names, specs_from_names
     from iotpipe.engine.reconcile import execute, plan_up
-    from iotpipe.local.emulator import Emulator, provide_public_layer
+    from iotpipe.local.emulator import Emulator
     from iotpipe.local.plane import LocalDataPlane
     from iotpipe.local.sql import LocalSql
-    from iotpipe.resources.lambda_ import powertools_layer_arn
     from iotpipe.simulate import ReadingGenerator
     from iotpipe.stack import StackContext, build_resources
 
@@ -174,7 +173,6 @@ def _run(workdir: Path, *, devices: int, readings: int, progress: Progress) -> D
         aws = Aws(endpoint_url=emulator.endpoint_url, region=DEMO_REGION)
         ctx = StackContext(config, aws)
         names = ctx.names
-        provide_public_layer(powertools_layer_arn(ctx), aws.account_id)
 
         plan = plan_up(aws, build_resources(ctx), ctx.stack)
         progress(f"up: creating {len(plan.changes)} resources of stack {ctx.stack!r}")

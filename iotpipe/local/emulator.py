@@ -104,31 +104,3 @@ class Emulator:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def provide_public_layer(layer_version_arn: str, account_id: str) -> None:
-    """Make one of AWS's public layers (e.g. Powertools, owned by an AWS account) resolvable for
-    functions created in `account_id`, as it is on AWS. Its content is not used: functions run
-    in-process, where the same library is installed."""
-    import base64
-    import io
-    import zipfile
-
-    from moto.awslambda.models import LayerVersion, lambda_backends
-
-    parts = layer_version_arn.split(":")
-    region, owner, name, version = parts[3], parts[4], parts[6], parts[7]
-    backend = lambda_backends[account_id][region]
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("python/README.txt", f"stand-in for {name}\n")
-    content = base64.b64encode(buffer.getvalue()).decode()
-    while backend.layers_versions_by_arn(layer_version_arn) is None:
-        layer = LayerVersion(
-            {"LayerName": name, "Content": {"ZipFile": content}, "CompatibleRuntimes": []},
-            account_id=owner,
-            region=region,
-        )
-        backend._layers.put_layer_version(layer)
-        if int(layer.version) >= int(version):
-            break

@@ -41,17 +41,7 @@ class LocalServer:
 
         self._stack.enter_context(emulator_credentials())
         self._stack.enter_context(self.emulator)
-        self._provide_layer()
         return self
-
-    def _provide_layer(self) -> None:
-        from iotpipe.aws import Aws
-        from iotpipe.local.emulator import provide_public_layer
-        from iotpipe.resources.lambda_ import powertools_layer_arn
-        from iotpipe.stack import StackContext
-
-        aws = Aws(endpoint_url=self.endpoint_url, region=self.config.stack.region)
-        provide_public_layer(powertools_layer_arn(StackContext(self.config, aws)), aws.account_id)
 
     def __exit__(self, *exc: object) -> None:
         if self.plane is not None:
