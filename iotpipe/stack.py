@@ -30,6 +30,13 @@ class StackContext:
             partition=self.aws.partition,
         )
 
+    @cached_property
+    def timeseries_active(self) -> bool:
+        """Configured and available: the processor writes time series only then."""
+        from iotpipe.resources import timestream
+
+        return self.config.timeseries.enabled and timestream.available(self.aws)
+
     @property
     def tags(self) -> dict[str, str]:
         return {STACK_TAG: self.stack}

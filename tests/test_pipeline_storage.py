@@ -309,6 +309,13 @@ def test_unavailable_timestream_is_skipped_with_the_fix_named(cli, aws, faults) 
     assert delivery_stream(aws)["DeliveryStreamStatus"] == "ACTIVE"
     assert aws("glue").get_table(DatabaseName="test", Name="readings")
     assert aws("athena").get_work_group(WorkGroup="test")["WorkGroup"]["Name"] == "test"
+    # The processor is not pointed at a sink it cannot write to, nor allowed to.
+    function = aws("lambda").get_function_configuration(FunctionName="test-processor")
+    assert function["Environment"]["Variables"]["TIMESERIES_DATABASE"] == ""
+    role_policy = aws("iam").get_role_policy(
+        RoleName="test-processor", PolicyName="test-processor-policy"
+    )
+    assert "timestream" not in json.dumps(role_policy["PolicyDocument"])
     plan = cli("plan", "--output", "json").json
     skipped = {(s["kind"], s["name"]) for s in plan["steps"] if s["action"] == "skip"}
     assert skipped == {("timestream.database", "test"), ("timestream.table", "readings")}

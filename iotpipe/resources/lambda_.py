@@ -50,7 +50,7 @@ def powertools_layer_arn(ctx: StackContext) -> str:
 def processor_environment(ctx: StackContext) -> dict[str, str]:
     """The sinks the processor writes to, as the contracts name them."""
     config, names = ctx.config, ctx.names
-    timeseries = config.timeseries.enabled
+    timeseries = ctx.timeseries_active
     return {
         "STACK_NAME": ctx.stack,
         "DEVICE_STATE_TABLE": names.device_state_table,
@@ -68,7 +68,7 @@ def processor_environment(ctx: StackContext) -> dict[str, str]:
 
 
 def processor_role(ctx: StackContext) -> ServiceRole:
-    names, config = ctx.names, ctx.config
+    names = ctx.names
     log_group_arn = names.arn("logs", f"log-group:{names.processor_log_group}")
     statements = [
         allow(
@@ -103,7 +103,7 @@ def processor_role(ctx: StackContext) -> ServiceRole:
             "WriteOwnLogs",
         ),
     ]
-    if config.timeseries.enabled:
+    if ctx.timeseries_active:
         table = f"database/{names.timeseries_database}/table/{names.timeseries_table}"
         statements += [
             allow(["timestream:WriteRecords"], [names.arn("timestream", table)], "WriteTimeseries"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import botocore.exceptions
+from botocore.discovery import EndpointDiscoveryException
 
 from iotpipe.engine.model import Change, Resource, Unavailable
 from iotpipe.errors import AwsError
@@ -26,7 +26,7 @@ DISABLE_HINT = "set `[timeseries] enabled = false` in the config to stop using t
 def _closed_to_account(exc: AwsError) -> bool:
     if exc.code == "AccessDeniedException" or "only existing timestream" in exc.message.lower():
         return True
-    return isinstance(exc.__cause__, botocore.exceptions.EndpointDiscoveryException)
+    return isinstance(exc.__cause__, EndpointDiscoveryException)
 
 
 def _call(aws: Aws, operation: str, *, resource: str, **params: Any) -> Any:
@@ -44,6 +44,15 @@ def _call(aws: Aws, operation: str, *, resource: str, **params: Any) -> Any:
             code=exc.code,
             hint=DISABLE_HINT,
         ) from exc
+
+
+def available(aws: Aws) -> bool:
+    """Whether this account may use Timestream for LiveAnalytics at all."""
+    try:
+        _call(aws, "list_databases", resource="timestream", MaxResults=1)
+    except Unavailable:
+        return False
+    return True
 
 
 def _tags(aws: Aws, arn: str, label: str) -> dict[str, str]:
