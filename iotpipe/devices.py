@@ -14,6 +14,7 @@ another; a device with an active certificate is left alone unless `rotate` is as
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -449,13 +450,20 @@ class Fleet:
             "private_key_file": PRIVATE_KEY_FILE,
             "root_ca_url": ROOT_CA_URL,
         }
-        _make_private_dir(directory)
-        _write_private(directory / CERTIFICATE_FILE, reply["certificatePem"], replace=True)
-        _write_private(
-            directory / PRIVATE_KEY_FILE, reply["keyPair"]["PrivateKey"], replace=replace
-        )
-        # Written last: it names the certificate, so a re-run can resume from here.
-        _write_private(directory / DEVICE_FILE, json.dumps(info, indent=2) + "\n", replace=True)
+        try:
+            _make_private_dir(directory)
+            _write_private(directory / CERTIFICATE_FILE, reply["certificatePem"], replace=True)
+            _write_private(
+                directory / PRIVATE_KEY_FILE, reply["keyPair"]["PrivateKey"], replace=replace
+            )
+            # Written last: it names the certificate, so a re-run can resume from here.
+            _write_private(directory / DEVICE_FILE, json.dumps(info, indent=2) + "\n", replace=True)
+        except OSError:
+            # The key is gone with the failed write: delete the certificate nobody can use.
+            with contextlib.suppress(IotpipeError):
+                self._call("update_certificate", name, certificateId=cert.id, newStatus="INACTIVE")
+                self._call("delete_certificate", name, certificateId=cert.id)
+            raise
         return cert
 
     def _pending_certificate(self, name: str, directory: Path, attached: set[str]) -> _Cert | None:

@@ -449,3 +449,14 @@ def test_shadows_go_to_the_accounts_ats_endpoint_unless_one_endpoint_is_given(mo
     assert direct.data.client("iot-data").meta.endpoint_url == "https://abc123-ats.iot.example"
     assert emulated.data.client("iot-data").meta.endpoint_url == "http://127.0.0.1:1"
     assert direct.topic("t-1") == "dt/sensors/t-1/telemetry"
+
+
+def test_a_failed_credentials_write_leaves_no_usable_certificate(register, iot, out_dir):
+    (out_dir / "w-1" / "private.pem.key").mkdir(parents=True)  # cannot be replaced by a file
+
+    result = register("w-1", "--force")
+
+    assert result.exit_code == 1
+    assert "device w-1:" in result.stderr
+    assert all_certificates(iot) == {}
+    assert iot.list_thing_principals(thingName="w-1")["principals"] == []
