@@ -72,6 +72,8 @@ app = typer.Typer(
     "DynamoDB / Timestream / Firehose -> S3 -> Glue -> Athena.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Help texts quote config sections like `[stream] mode`: not rich markup.
+    rich_markup_mode=None,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
