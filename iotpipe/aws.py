@@ -211,6 +211,7 @@ class Aws:
         self.calls: Counter[str] = Counter()
         self.retries: Counter[str] = Counter()
         self._clients: dict[str, Any] = {}
+        self._service_endpoints: dict[str, str] = {}
         self._lock = threading.Lock()
         self._account_id: str | None = None
         # Separate from the engine's pool, so a resource's parallel reads never wait on it.
@@ -228,7 +229,7 @@ class Aws:
             client = self._clients.get(service)
             if client is None:
                 kwargs: dict[str, Any] = {"config": self._boto_config}
-                endpoint = self.endpoint_url
+                endpoint = self._service_endpoints.get(service, self.endpoint_url)
                 if endpoint is None and service.startswith("timestream"):
                     # Timestream's endpoint discovery would replace AWS_ENDPOINT_URL with AWS's.
                     endpoint = os.environ.get("AWS_ENDPOINT_URL")
@@ -240,6 +241,12 @@ class Aws:
                     hook(service, client)
                 self._clients[service] = client
             return client
+
+    def use_endpoint(self, service: str, endpoint_url: str) -> None:
+        """Send `service`'s calls to `endpoint_url` (e.g. the account's IoT data endpoint)."""
+        with self._lock:
+            self._service_endpoints[service] = endpoint_url
+            self._clients.pop(service, None)
 
     def _count(self, model: Any, **_: Any) -> None:
         with self._lock:

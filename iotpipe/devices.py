@@ -297,17 +297,9 @@ class Fleet:
         """The IoT data plane (shadows): the account's ATS endpoint, unless every call is sent
         to one endpoint (--endpoint-url or boto3's AWS_ENDPOINT_URL variables)."""
         if self._data is None:
-            if self.aws.endpoint_url or _endpoint_from_environment():
-                self._data = self.aws
-            else:
-                data = Aws(
-                    region=self.aws.region,
-                    endpoint_url=f"https://{self.ats_endpoint}",
-                    policy=self.aws.policy,
-                )
-                # Same credentials and profile as the control plane.
-                data.session = self.aws.session
-                self._data = data
+            if not (self.aws.endpoint_url or _endpoint_from_environment()):
+                self.aws.use_endpoint("iot-data", f"https://{self.ats_endpoint}")
+            self._data = self.aws
         return self._data
 
     def check_prerequisites(self) -> None:
