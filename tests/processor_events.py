@@ -410,10 +410,10 @@ def emf_metrics(output: str) -> dict[str, float]:
 
 @dataclass
 class MemoryAws:
-    """Answers the processor's four sink calls from memory, on the wire, with seeded faults.
+    """Answers the processor's sink calls from memory, on the wire, with seeded faults.
 
     Requests go through botocore (serialised, signed, parsed back) but never leave the process.
-    With `fault_rate` > 0 a call may be throttled, and each item of a batch may be left
+    With `fault_rate` > 0 a call may be throttled, and each key or item of a batch may be left
     unprocessed, fail (Firehose) or be rejected (Timestream, retryable or not) as AWS would.
     """
 
@@ -465,6 +465,21 @@ class MemoryAws:
 
     def _fails(self, scale: float = 1.0) -> bool:
         return self.fault_rate > 0 and self.rng.random() < self.fault_rate * scale
+
+    def _BatchGetItem(self, params: dict[str, Any]) -> dict[str, Any]:
+        found: dict[str, list[Any]] = {}
+        unprocessed: dict[str, dict[str, Any]] = {}
+        for table, request in params["RequestItems"].items():
+            projected = [name.strip() for name in request["ProjectionExpression"].split(",")]
+            for key in request["Keys"]:
+                if self._fails():
+                    unprocessed.setdefault(table, {**request, "Keys": []})["Keys"].append(key)
+                    continue
+                item = self.state.get(key["device_id"]["S"])
+                if item is not None:
+                    answer = {name: item[name] for name in projected if name in item}
+                    found.setdefault(table, []).append(answer)
+        return {"Responses": found, "UnprocessedKeys": unprocessed}
 
     def _BatchWriteItem(self, params: dict[str, Any]) -> dict[str, Any]:
         unprocessed: dict[str, list[Any]] = {}

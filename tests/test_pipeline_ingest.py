@@ -248,8 +248,8 @@ def test_processor_role_is_least_privilege(cli, aws) -> None:
             STREAM_ARN,
         ),
         "ListStreams": (["kinesis:ListStreams"], "*"),
-        "WriteDeviceState": (
-            ["dynamodb:BatchWriteItem"],
+        "ReadWriteDeviceState": (
+            ["dynamodb:BatchGetItem", "dynamodb:BatchWriteItem"],
             f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/test-device-state",
         ),
         "ArchiveReadings": (

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 from tests.processor_events import (  # noqa: F401  (fixtures: sinks, intercept)
     BUCKET,
+    TABLE,
     LambdaContext,
     calls,
     emf_metrics,
@@ -79,7 +80,8 @@ def test_valid_readings_reach_every_sink(intercept, faults, sinks, capsys) -> No
     }
     assert next(line for line in found.archive if line["device_id"] == "meter_3")["extra"] is None
     assert found.quarantine_keys == []
-    # The fewest calls: one per sink for this batch, no quarantine object.
+    # The fewest calls: one per sink for this batch (plus the state read), no quarantine object.
+    assert calls(faults, "BatchGetItem") == 1
     assert calls(faults, "BatchWriteItem") == 1
     assert calls(faults, "WriteRecords") == 1
     assert calls(faults, "PutRecordBatch") == 1
@@ -89,6 +91,7 @@ def test_valid_readings_reach_every_sink(intercept, faults, sinks, capsys) -> No
     assert metrics["ReadingsValid"] == 4
     assert metrics["ReadingsQuarantined"] == 0
     assert metrics["DeviceStateWritten"] == 4
+    assert metrics["DeviceStateSkippedOlder"] == 0
     assert metrics["TimeSeriesWritten"] == 4
     assert metrics["ArchiveWritten"] == 4
     assert metrics["BatchAgeMs"] >= 0
@@ -184,7 +187,7 @@ def test_no_payload_in_info_logs(intercept, sinks, monkeypatch) -> None:
 
 
 def test_device_state_keeps_the_newest_reading_per_device(intercept, faults, sinks) -> None:
-    """BatchWriteItem has no condition: the batch writes only each device's newest reading."""
+    """Within a batch only each device's newest reading is written (by ts, then seq)."""
     now = now_ms()
     devices = [f"dev-{i:02d}" for i in range(30)]
     readings = []
@@ -203,8 +206,66 @@ def test_device_state_keeps_the_newest_reading_per_device(intercept, faults, sin
     assert all(state[d]["ts"] == now - 1_000 for d in devices)
     assert float(state["dev-00"]["metrics"]["v"]) == 9
     assert float(state["dev-01"]["metrics"]["v"]) == 1_000
-    # 30 devices: two BatchWriteItem calls (25 + 5), not 92 writes.
+    # 30 devices: one BatchGetItem and two BatchWriteItem calls (25 + 5), not 92 writes.
+    assert calls(faults, "BatchGetItem") == 1
     assert calls(faults, "BatchWriteItem") == 2
+
+
+def test_an_older_reading_in_a_later_batch_leaves_the_newer_state(
+    intercept, faults, sinks, capsys
+) -> None:
+    """A store-and-forward device flushes its backlog after newer readings were stored."""
+    now = now_ms()
+    devices = [f"dev-{i:03d}" for i in range(150)]
+    first = kinesis_event(*[message(d, ts=now - 5_000, seq=5, metrics={"v": 5}) for d in devices])
+    assert handler.lambda_handler(first, LambdaContext()) == {"batchItemFailures": []}
+    # 150 devices: two reads (100 + 50) and six writes (25 each).
+    assert (calls(faults, "BatchGetItem"), calls(faults, "BatchWriteItem")) == (2, 6)
+    before = read_sinks(sinks).state
+    faults.calls.clear()
+    capsys.readouterr()
+
+    # dev-000 replays two older readings; dev-001 sends a newer one; dev-002 repeats its ts.
+    backlog = [
+        message("dev-000", ts=now - 9_000, seq=1, metrics={"v": 1}),
+        message("dev-000", ts=now - 8_000, seq=2, metrics={"v": 2}),
+        message("dev-001", ts=now - 1_000, seq=6, metrics={"v": 6}),
+        message("dev-002", ts=now - 5_000, seq=5, metrics={"v": 5}),
+    ]
+    second = kinesis_event(*backlog)
+    written: list[str] = []
+
+    def record_devices(params, forward):
+        written.extend(
+            r["PutRequest"]["Item"]["device_id"]["S"] for r in params["RequestItems"][TABLE]
+        )
+        return forward(params)
+
+    intercept.answer("dynamodb", "BatchWriteItem", record_devices)
+    response = handler.lambda_handler(second, LambdaContext())
+
+    assert response == {"batchItemFailures": []}
+    found = read_sinks(sinks)
+    assert found.state["dev-000"] == before["dev-000"], "the older backlog did not overwrite"
+    assert found.state["dev-001"]["ts"] == now - 1_000
+    assert float(found.state["dev-001"]["metrics"]["v"]) == 6
+    assert found.state["dev-002"]["ts"] == now - 5_000
+    # Ties are rewritten (an identical item but for updated_at); older readings are not sent.
+    assert calls(faults, "BatchGetItem") == 1
+    assert calls(faults, "BatchWriteItem") == 1
+    assert sorted(written) == ["dev-001", "dev-002"]
+    # The skipped readings still reach the time series and the archive: nothing is lost.
+    assert outcomes(second, response, found) == {
+        "failed": 0,
+        "quarantined": 0,
+        "written": 4,
+        "lost": 0,
+    }
+    archived = {(a["device_id"], a["ts"]) for a in found.archive}
+    assert {("dev-000", now - 9_000), ("dev-000", now - 8_000)} <= archived
+    metrics = emf_metrics(capsys.readouterr().out)
+    assert metrics["DeviceStateWritten"] == 4
+    assert metrics["DeviceStateSkippedOlder"] == 2
 
 
 def test_redelivery_creates_no_duplicate_state_or_point(intercept, faults, sinks) -> None:
@@ -215,6 +276,8 @@ def test_redelivery_creates_no_duplicate_state_or_point(intercept, faults, sinks
     handler.lambda_handler(event, LambdaContext())  # Lambda retries the same batch
 
     second = read_sinks(sinks)
+    # The stored state is as new as the redelivered readings: rewritten identically.
+    assert calls(faults, "BatchWriteItem") == 2
     drop = "updated_at"
     assert {d: {k: v for k, v in i.items() if k != drop} for d, i in second.state.items()} == {
         d: {k: v for k, v in i.items() if k != drop} for d, i in first.state.items()

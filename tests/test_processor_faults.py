@@ -20,6 +20,7 @@ from tests.processor_events import (  # noqa: F401  (fixtures: sinks, intercept)
     intercept_fixture,
     kinesis_event,
     message,
+    now_ms,
     outcomes,
     read_sinks,
     sinks_fixture,
@@ -98,6 +99,87 @@ def test_a_hard_device_state_error_fails_fast(intercept, faults, sinks) -> None:
 
     assert calls(faults, "BatchWriteItem") == 1, "not retried"
     assert outcomes(event, response, read_sinks(sinks)) == fates(failed=4, quarantined=1)
+
+
+def test_device_state_read_throttling_is_retried(intercept, faults, sinks, capsys) -> None:
+    faults.fail("dynamodb", "BatchGetItem", "ProvisionedThroughputExceededException", times=2)
+    event = kinesis_event(*[message(f"d{i}") for i in range(10)])
+
+    response = handler_call(event)
+
+    assert response == {"batchItemFailures": []}
+    assert calls(faults, "BatchGetItem") == 3
+    assert calls(faults, "BatchWriteItem") == 1
+    assert outcomes(event, response, read_sinks(sinks)) == fates(written=10)
+    assert emf_metrics(capsys.readouterr().out)["Retries"] == 2
+
+
+def test_unprocessed_keys_are_read_again_and_the_newer_state_kept(intercept, faults, sinks) -> None:
+    now = now_ms()
+    # Stored states newer than anything the batch carries, for every device.
+    handler_call(kinesis_event(*[message(f"d{i:02d}", ts=now - 1_000) for i in range(30)]))
+    faults.calls.clear()
+    event = kinesis_event(*[message(f"d{i:02d}", ts=now - 9_000) for i in range(30)])
+
+    def answer_ten(params, forward):
+        request = params["RequestItems"][TABLE]
+        keys = request["Keys"]
+        answer = forward({"RequestItems": {TABLE: {**request, "Keys": keys[:10]}}})
+        return {**answer, "UnprocessedKeys": {TABLE: {**request, "Keys": keys[10:]}}}
+
+    intercept.answer("dynamodb", "BatchGetItem", answer_ten)
+
+    response = handler_call(event)
+
+    assert response == {"batchItemFailures": []}
+    assert calls(faults, "BatchGetItem") == 2, "30 keys in one call, then the 20 unprocessed"
+    assert calls(faults, "BatchWriteItem") == 0, "no device was written back in time"
+    found = read_sinks(sinks)
+    assert all(item["ts"] == now - 1_000 for item in found.state.values())
+    assert outcomes(event, response, found) == fates(written=30)
+
+
+def test_a_device_whose_state_cannot_be_read_is_reported_not_written(
+    intercept, faults, sinks
+) -> None:
+    now = now_ms()
+    handler_call(kinesis_event(message("d3", ts=now - 1_000, metrics={"v": 1})))
+    faults.calls.clear()
+    event = kinesis_event(
+        *[message(f"d{i}", ts=now - 9_000, seq=n) for n in range(2) for i in range(5)]
+    )
+
+    def never_d3(params, forward):
+        request = params["RequestItems"][TABLE]
+        stuck = [k for k in request["Keys"] if k["device_id"]["S"] == "d3"]
+        rest = [k for k in request["Keys"] if k not in stuck]
+        answer = forward({"RequestItems": {TABLE: {**request, "Keys": rest}}}) if rest else {}
+        unprocessed = {TABLE: {**request, "Keys": stuck}} if stuck else {}
+        return {"Responses": answer.get("Responses", {}), "UnprocessedKeys": unprocessed}
+
+    intercept.answer("dynamodb", "BatchGetItem", never_d3, times=100)
+
+    response = handler_call(event)
+
+    assert calls(faults, "BatchGetItem") == retry.MAX_ATTEMPTS
+    assert failed_sequence_numbers(response) == sequences_of(event, "d3")
+    found = read_sinks(sinks)
+    assert found.state["d3"]["ts"] == now - 1_000, "not overwritten blindly"
+    assert float(found.state["d3"]["metrics"]["v"]) == 1
+    assert outcomes(event, response, found) == fates(failed=2, written=8)
+
+
+def test_a_hard_device_state_read_error_fails_fast(intercept, faults, sinks) -> None:
+    faults.fail("dynamodb", "BatchGetItem", "AccessDeniedException", times=None)
+    event = kinesis_event(*[message(f"d{i}") for i in range(4)], b"junk")
+
+    response = handler_call(event)
+
+    assert calls(faults, "BatchGetItem") == 1, "not retried"
+    assert calls(faults, "BatchWriteItem") == 0
+    found = read_sinks(sinks)
+    assert found.state == {}
+    assert outcomes(event, response, found) == fates(failed=4, quarantined=1)
 
 
 # --- Timestream -----------------------------------------------------------------------------

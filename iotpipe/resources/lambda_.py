@@ -84,8 +84,13 @@ def processor_role(ctx: StackContext) -> ServiceRole:
         ),
         # kinesis:ListStreams has no resource-level permission: AWS accepts only "*".
         allow(["kinesis:ListStreams"], ["*"], "ListStreams"),
-        # The processor writes device state only with BatchWriteItem (see docs/PROCESSOR.md).
-        allow(["dynamodb:BatchWriteItem"], [names.device_state_table_arn], "WriteDeviceState"),
+        # The processor reads each device's stored ts, then writes only newer readings: BatchGetItem
+        # and BatchWriteItem, nothing else (see docs/PROCESSOR.md).
+        allow(
+            ["dynamodb:BatchGetItem", "dynamodb:BatchWriteItem"],
+            [names.device_state_table_arn],
+            "ReadWriteDeviceState",
+        ),
         allow(
             ["firehose:PutRecordBatch"],
             [names.arn("firehose", f"deliverystream/{names.archive_delivery_stream}")],

@@ -1,8 +1,9 @@
 """Lambda entry point: decode -> validate -> route -> write in batches -> partial batch response.
 
 Powertools' BatchProcessor calls a handler once per record; our sinks are written in batches
-across records (25 devices per BatchWriteItem, 100 records per WriteRecords, many readings per
-Firehose record), so the handler builds the same `batchItemFailures` response itself.
+across records (100 devices per BatchGetItem and 25 per BatchWriteItem, 100 records per
+WriteRecords, many readings per Firehose record), so the handler builds the same
+`batchItemFailures` response itself.
 """
 
 from __future__ import annotations
@@ -157,6 +158,11 @@ def _record_metrics(
     for report in reports:
         if report.sink in SINK_METRICS:
             metrics.add_metric(name=SINK_METRICS[report.sink], unit=count, value=report.written)
+        if report.sink == "device_state":
+            # Part of DeviceStateWritten: readings whose device already holds a newer state.
+            metrics.add_metric(
+                name="DeviceStateSkippedOlder", unit=count, value=report.skipped_older
+            )
     metrics.add_metric(name="Retries", unit=count, value=budget.retries)
     arrivals = [a for a in map(_arrival_seconds, records) if a is not None]
     if arrivals:
@@ -180,6 +186,7 @@ def _log_summary(
         "retries": budget.retries,
         "calls": {report.sink: report.calls for report in reports},
         "errors": {report.sink: dict(report.errors) for report in reports if report.errors},
+        "device_state_skipped_older": sum(report.skipped_older for report in reports),
     }
     if failed:
         first = _sequence_number(records[min(failed)])

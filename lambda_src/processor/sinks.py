@@ -22,6 +22,7 @@ from processor.settings import Settings
 from processor.validate import Reading
 
 DYNAMODB_BATCH_ITEMS = 25
+DYNAMODB_BATCH_GET_KEYS = 100
 TIMESTREAM_BATCH_RECORDS = 100
 FIREHOSE_BATCH_RECORDS = 500
 FIREHOSE_BATCH_BYTES = 4 * 1024 * 1024
@@ -46,6 +47,8 @@ class SinkReport:
     sink: str
     calls: int = 0
     written: int = 0  # readings that landed (a superseded reading counts with its successor)
+    # Device state only: readings not written because the stored state is newer (in `written`).
+    skipped_older: int = 0
     failed: set[int] = field(default_factory=set)  # positions to report to Lambda
     rejected: dict[int, str] = field(default_factory=dict)  # positions to quarantine, with why
     errors: Counter[str] = field(default_factory=Counter)
@@ -117,12 +120,13 @@ def _latest_key(reading: Reading) -> tuple[int, int, int, int]:
 def write_device_state(
     readings: list[Reading], settings: Settings, budget: Budget, now_ms: int
 ) -> SinkReport:
-    """The newest reading of each device in the batch, 25 devices per BatchWriteItem.
+    """Each device's newest reading of the batch, unless the stored state is newer.
 
-    BatchWriteItem takes no condition, so "an older reading never overwrites a newer one" rests on
-    two facts: within the batch only each device's newest reading is written, and across batches
-    a device's readings share one partition key, hence one shard, whose batches the event source
-    mapping hands over strictly in order, one at a time. See docs/PROCESSOR.md.
+    Read-then-write: one strongly consistent BatchGetItem per 100 devices fetches the stored `ts`,
+    then BatchWriteItem (25 per call) writes only the devices whose newest reading is at least as
+    new. No condition is needed because each device has a single writer: its readings share one
+    partition key, hence one shard, whose batches Lambda processes one at a time and in order, so
+    nothing writes the item between our read and our write. See docs/PROCESSOR.md.
     """
     report = SinkReport("device_state")
     newest: dict[str, Reading] = {}
@@ -132,17 +136,28 @@ def write_device_state(
         current = newest.get(reading.device_id)
         if current is None or _latest_key(reading) > _latest_key(current):
             newest[reading.device_id] = reading
-    expiry_seconds = settings.device_state_ttl_days * 86_400
-    items = [
-        Item(
-            members=members[device_id],
-            payload={"PutRequest": {"Item": _state_item(reading, expiry_seconds, now_ms)}},
-            key=device_id,
-        )
-        for device_id, reading in newest.items()
-    ]
     table = settings.device_state_table
     dynamodb = clients.client("dynamodb")
+
+    stored_ts = _read_stored_ts(dynamodb, table, members, budget, report)
+    expiry_seconds = settings.device_state_ttl_days * 86_400
+    items = []
+    for device_id, reading in newest.items():
+        if not report.failed.isdisjoint(members[device_id]):
+            continue  # its stored state could not be read: reported, not written blindly
+        stored = stored_ts.get(device_id)
+        # Ties are written: a redelivered reading is rewritten as the same item (only
+        # `updated_at` changes).
+        if stored is not None and reading.ts < stored:
+            report.skipped_older += len(members[device_id])
+            continue
+        items.append(
+            Item(
+                members=members[device_id],
+                payload={"PutRequest": {"Item": _state_item(reading, expiry_seconds, now_ms)}},
+                key=device_id,
+            )
+        )
 
     def send(chunk: list[Item]) -> list[Item]:
         by_device = {item.key: item for item in chunk}
@@ -153,7 +168,52 @@ def write_device_state(
         return [by_device[u["PutRequest"]["Item"]["device_id"]["S"]] for u in unprocessed]
 
     deliver(items, fixed_chunks(DYNAMODB_BATCH_ITEMS), send, budget, report)
+    # Every reading of a device whose read and (needed) write succeeded is covered by the state,
+    # including the ones skipped because the stored state is newer.
+    report.written = sum(
+        len(positions) for positions in members.values() if report.failed.isdisjoint(positions)
+    )
     return report
+
+
+def _read_stored_ts(
+    dynamodb: Any,
+    table: str,
+    members: dict[str, list[int]],
+    budget: Budget,
+    report: SinkReport,
+) -> dict[str, int]:
+    """The stored `ts` of each device that has a state item; devices not read end in `failed`.
+
+    Strongly consistent: an eventually consistent read could miss the previous batch's write and
+    let an older reading overwrite it."""
+    stored: dict[str, int] = {}
+    keys = [
+        Item(members=positions, payload={"device_id": {"S": device_id}}, key=device_id)
+        for device_id, positions in members.items()
+    ]
+
+    def send(chunk: list[Item]) -> list[Item]:
+        by_device = {item.key: item for item in chunk}
+        response = dynamodb.batch_get_item(
+            RequestItems={
+                table: {
+                    "Keys": [item.payload for item in chunk],
+                    "ConsistentRead": True,
+                    "ProjectionExpression": "device_id, ts",
+                }
+            }
+        )
+        for found in response.get("Responses", {}).get(table, []):
+            if "ts" in found:
+                stored[found["device_id"]["S"]] = int(found["ts"]["N"])
+        unprocessed = response.get("UnprocessedKeys", {}).get(table, {}).get("Keys", [])
+        if unprocessed:
+            report.errors["UnprocessedKeys"] += len(unprocessed)
+        return [by_device[key["device_id"]["S"]] for key in unprocessed]
+
+    deliver(keys, fixed_chunks(DYNAMODB_BATCH_GET_KEYS), send, budget, report)
+    return stored
 
 
 def _state_item(reading: Reading, expiry_seconds: int, now_ms: int) -> dict[str, Any]:
