@@ -546,6 +546,13 @@ EXPECTED_ALARMS = {
         "Sum",
         0.0,
     ),
+    "test-device-state-read-throttled": (
+        "AWS/DynamoDB",
+        "ThrottledRequests",
+        {"TableName": "test-device-state", "Operation": "BatchGetItem"},
+        "Sum",
+        0.0,
+    ),
     "test-iot-rule-failures": (
         "AWS/IoT",
         "Failure",

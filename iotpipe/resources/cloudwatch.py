@@ -133,6 +133,15 @@ def alarm_specs(ctx: StackContext) -> list[AlarmSpec]:
             0,
         ),
         AlarmSpec(
+            "device-state-read-throttled",
+            "The processor's reads of stored device state (BatchGetItem) are throttled.",
+            "AWS/DynamoDB",
+            "ThrottledRequests",
+            {"TableName": names.device_state_table, "Operation": "BatchGetItem"},
+            "Sum",
+            0,
+        ),
+        AlarmSpec(
             "iot-rule-failures",
             "The IoT rule fails to deliver messages to the stream (they go to iot-errors/).",
             "AWS/IoT",
