@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import gzip
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from iotpipe.errors import AwsError, UsageError
+from iotpipe.local.environ import scoped_environ
 
 DEMO_STACK = "demo"
 DEMO_REGION = "us-east-1"
@@ -54,19 +54,9 @@ def emulator_credentials() -> Iterator[None]:
     """Point the AWS SDK at the emulator's credentials for the duration, whatever the user has."""
     # The emulator's HTTP server logs every request; the demo shows its own progress instead.
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    keys = [*EMULATOR_CREDENTIALS, "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION"]
-    saved = {key: os.environ.get(key) for key in keys}
-    for key in ("AWS_PROFILE", "AWS_ENDPOINT_URL"):
-        os.environ.pop(key, None)
-    os.environ.update({**EMULATOR_CREDENTIALS, "AWS_DEFAULT_REGION": DEMO_REGION})
-    try:
+    values = {**EMULATOR_CREDENTIALS, "AWS_DEFAULT_REGION": DEMO_REGION}
+    with scoped_environ(values, unset=("AWS_PROFILE", "AWS_ENDPOINT_URL")):
         yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def demo_config() -> Any:

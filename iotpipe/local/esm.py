@@ -31,7 +31,6 @@ import contextlib
 import importlib
 import io
 import json
-import os
 import sys
 import threading
 import time
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from iotpipe.errors import AwsError, UsageError
+from iotpipe.local.environ import scoped_environ
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
@@ -196,17 +196,12 @@ class FunctionRuntime:
 
     @contextlib.contextmanager
     def _inside(self) -> Iterator[None]:
-        saved = {key: os.environ.get(key) for key in self.environment}
-        os.environ.update(self.environment)
-        try:
-            with contextlib.redirect_stdout(self.log), contextlib.redirect_stderr(self.log):
-                yield
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+        with (
+            scoped_environ(self.environment),
+            contextlib.redirect_stdout(self.log),
+            contextlib.redirect_stderr(self.log),
+        ):
+            yield
 
     def _load(self) -> Handler:
         module_name, _, attribute = self.function.handler.rpartition(".")
