@@ -19,6 +19,7 @@ from iotpipe.resources.iam import POLICY_VERSION
 UNSCOPED_ACTIONS: dict[str, str] = {
     "sts:GetCallerIdentity": "the account id, which every ARN and the bucket name contain",
     "timestream:DescribeEndpoints": "the Timestream SDK discovers its endpoint before each call",
+    "timestream:ListDatabases": "up checks whether the account may use Timestream at all",
     "lambda:CreateEventSourceMapping": "scoped instead by the lambda:FunctionArn condition",
     "lambda:ListEventSourceMappings": "finds the processor's Kinesis trigger",
     "cloudwatch:GetMetricData": "status reads the pipeline's health metrics",

@@ -97,41 +97,44 @@ def test_valid_readings_reach_every_sink(intercept, faults, sinks, capsys) -> No
     assert metrics["BatchAgeMs"] >= 0
 
 
-INVALID = [
-    (b"not json at all", "data is not JSON"),
-    (b"\xff\xfe\x00", "not UTF-8"),
-    (b"[1, 2, 3]", "data is an array, not a JSON object"),
-    (b'{"ts": NaN, "metrics": {}}', "NaN"),
-    (b'{"device_id": "d", "ts": 1, "metrics": {"x": 1e999}}', "beyond a double's range"),
-    ({"ts": 1, "metrics": {"x": 1}, "received_at": 1}, "device_id is missing"),
-    (message("bad/device"), "device_id 'bad/device' does not match"),
-    (message("d" * 129), "does not match"),
-    (message("d1", ts=1.5), "ts is a number, expected epoch milliseconds (integer)"),
-    (message("d1", ts=True), "ts is a boolean"),
-    (message("d1", ts="yesterday"), "is not an ISO-8601 timestamp"),
-    (message("d1", ts="2026-01-01T00:00:00"), "has no UTC offset"),
-    (message("d1", ts=now_ms() - 25 * 3_600_000), "older than the time-series store accepts"),
-    (message("d1", ts=now_ms() // 1000), "(epoch seconds? ts must be milliseconds)"),
-    (message("d1", ts=now_ms() + 16 * 60_000), "more than 15 minutes in the future"),
-    (message("d1", seq=-1), "seq is -1, expected an integer >= 0"),
-    (message("d1", metrics={}), "metrics is empty"),
-    (message("d1", metrics=[1]), "metrics is an array, expected an object"),
-    (message("d1", metrics={"ok": True}), "metric 'ok' is a boolean, expected a number"),
-    (message("d1", metrics={"ok": "1"}), "metric 'ok' is a string"),
-    (message("d1", metrics={"1st": 1}), "metric name '1st' does not match"),
-    (message("d1", metrics={"time": 1}), "metric name 'time' is reserved"),
-    (message("d1", metrics={"ts_x": 1}), "metric name 'ts_x' is reserved"),
-    (message("d1", metrics={"big": 1e200}), "metric 'big' is out of range"),
-    (message("d1", metrics={f"m{i}": i for i in range(101)}), "101 entries, more than 100"),
-    (message("d1", padding="x" * 140_000), "over the 131072-byte limit"),
-]
+def invalid_cases() -> list[tuple[bytes | dict, str]]:
+    """Built when the test runs: the time-window cases are relative to now."""
+    return [
+        (b"not json at all", "data is not JSON"),
+        (b"\xff\xfe\x00", "not UTF-8"),
+        (b"[1, 2, 3]", "data is an array, not a JSON object"),
+        (b'{"ts": NaN, "metrics": {}}', "NaN"),
+        (b'{"device_id": "d", "ts": 1, "metrics": {"x": 1e999}}', "beyond a double's range"),
+        ({"ts": 1, "metrics": {"x": 1}, "received_at": 1}, "device_id is missing"),
+        (message("bad/device"), "device_id 'bad/device' does not match"),
+        (message("d" * 129), "does not match"),
+        (message("d1", ts=1.5), "ts is a number, expected epoch milliseconds (integer)"),
+        (message("d1", ts=True), "ts is a boolean"),
+        (message("d1", ts="yesterday"), "is not an ISO-8601 timestamp"),
+        (message("d1", ts="2026-01-01T00:00:00"), "has no UTC offset"),
+        (message("d1", ts=now_ms() - 25 * 3_600_000), "older than the time-series store accepts"),
+        (message("d1", ts=now_ms() // 1000), "(epoch seconds? ts must be milliseconds)"),
+        (message("d1", ts=now_ms() + 16 * 60_000), "more than 15 minutes in the future"),
+        (message("d1", seq=-1), "seq is -1, expected an integer >= 0"),
+        (message("d1", metrics={}), "metrics is empty"),
+        (message("d1", metrics=[1]), "metrics is an array, expected an object"),
+        (message("d1", metrics={"ok": True}), "metric 'ok' is a boolean, expected a number"),
+        (message("d1", metrics={"ok": "1"}), "metric 'ok' is a string"),
+        (message("d1", metrics={"1st": 1}), "metric name '1st' does not match"),
+        (message("d1", metrics={"time": 1}), "metric name 'time' is reserved"),
+        (message("d1", metrics={"ts_x": 1}), "metric name 'ts_x' is reserved"),
+        (message("d1", metrics={"big": 1e200}), "metric 'big' is out of range"),
+        (message("d1", metrics={f"m{i}": i for i in range(101)}), "101 entries, more than 100"),
+        (message("d1", padding="x" * 140_000), "over the 131072-byte limit"),
+    ]
 
 
 def test_invalid_readings_are_quarantined_with_a_precise_reason(
     intercept, faults, sinks, capsys
 ) -> None:
+    cases = invalid_cases()
     good = message("good-1")
-    event = {"Records": [kinesis_record(data) for data, _ in INVALID] + [kinesis_record(good)]}
+    event = {"Records": [kinesis_record(data) for data, _ in cases] + [kinesis_record(good)]}
     # Lambda can hand a record whose data is not base64 only in a hand-made event; covered too.
     broken = kinesis_record(b"{}")
     broken["kinesis"]["data"] = "%%%not-base64%%%"
@@ -146,8 +149,8 @@ def test_invalid_readings_are_quarantined_with_a_precise_reason(
     today = datetime.now(UTC).strftime("%Y-%m-%d")
     assert re.fullmatch(rf"quarantine/dt={today}/\d+-req-1\.jsonl", key)
     by_sequence = {line["sequence_number"]: line for line in found.quarantine}
-    expected = [reason for _, reason in INVALID] + ["data is not valid base64"]
-    records = [*event["Records"][: len(INVALID)], broken]
+    expected = [reason for _, reason in cases] + ["data is not valid base64"]
+    records = [*event["Records"][: len(cases)], broken]
     assert len(by_sequence) == len(expected)
     for record, reason in zip(records, expected, strict=True):
         line = by_sequence[record["kinesis"]["sequenceNumber"]]
