@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import logging
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -52,8 +51,6 @@ def require_local_extra() -> None:
 @contextlib.contextmanager
 def emulator_credentials() -> Iterator[None]:
     """Point the AWS SDK at the emulator's credentials for the duration, whatever the user has."""
-    # The emulator's HTTP server logs every request; the demo shows its own progress instead.
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
     values = {**EMULATOR_CREDENTIALS, "AWS_DEFAULT_REGION": DEMO_REGION}
     with scoped_environ(values, unset=("AWS_PROFILE", "AWS_ENDPOINT_URL")):
         yield

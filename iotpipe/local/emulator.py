@@ -10,6 +10,7 @@ caller's own account, while every account may use the layers AWS publishes (Powe
 from __future__ import annotations
 
 import json
+import logging
 import urllib.request
 from typing import Any
 
@@ -81,6 +82,8 @@ class Emulator:
         from moto.server import ThreadedMotoServer
 
         _patch_moto()
+        # The HTTP server would log every request; callers report their own progress.
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         self.endpoint_url = ""
 
