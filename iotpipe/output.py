@@ -163,7 +163,7 @@ class Output:
 
     @contextmanager
     def progress(self, description: str, total: int) -> Iterator[ProgressHandle]:
-        """A progress bar on stderr (plain and silent when stderr is not a terminal)."""
+        """A progress bar on stderr; without a terminal, one plain line per finished item."""
         progress = Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
@@ -199,7 +199,10 @@ class ProgressHandle:
 
     def advance(self, text: str | None = None) -> None:
         self._progress.update(self._task, advance=1)
-        if text:
+        if text and self._progress.disable:
+            # No bar to watch (CI logs, pipes): say what finished, as it finishes.
+            self._output.err.print(escape(text), highlight=False)
+        elif text:
             self._output.detail(text)
 
     def step_event(self, step: Step, event: str, error: BaseException | None) -> None:
