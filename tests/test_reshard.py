@@ -206,6 +206,10 @@ def test_up_after_a_config_change_reshards_in_steps(cli, endpoint: str, faults, 
     assert cli("up", "--yes").exit_code == 0
     config = tmp_path / "four.toml"
     config.write_text('[stack]\nname = "test"\n[stream]\nshards = 4\n')
+    plan = cli("plan", "-o", "json", config=config).json
+    (stream,) = [s for s in plan["steps"] if s["kind"] == "kinesis.stream"]
+    assert stream["changes"] == [{"field": "shard_count", "old": 1, "new": 4}]
+    assert "1 -> 2 -> 4" in stream["note"]
     faults.calls.clear()
 
     result = cli("up", "--yes", config=config)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from iotpipe.engine.model import Change, Resource
 from iotpipe.errors import AwsError
-from iotpipe.resharding import ReshardPlan, plan_for_stream
+from iotpipe.resharding import ReshardPlan, plan_for_stream, reshard_steps
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
@@ -31,6 +31,14 @@ class ReadingsStream(Resource):
         if not on_demand:
             spec["shard_count"] = config.sizing.shards
         return spec
+
+    def notes(self, observed: dict[str, Any]) -> list[str]:
+        want = self.desired().get("shard_count")
+        have = observed.get("shard_count")
+        if want is None or have is None or want == have:
+            return []
+        path = " -> ".join(str(n) for n in [have, *reshard_steps(have, want)])
+        return [f"reshards in UpdateShardCount steps AWS accepts: {path}"]
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
         summary = aws.call(
