@@ -10,7 +10,6 @@ import random
 from collections import defaultdict
 from pathlib import Path
 
-import boto3
 import pytest
 
 from tests.faults import Rule
@@ -24,15 +23,12 @@ from tests.processor_events import (
     read_sinks,
     sinks_fixture,  # noqa: F401 (fixture)
 )
+from tests.support import client
 from tests.test_query import athena, aws_pages, seed_results  # noqa: F401 (fixtures)
 
 from processor import handler  # isort: skip
 
 STORM = 0.3
-
-
-def client(endpoint: str, service: str):
-    return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1")
 
 
 @pytest.fixture

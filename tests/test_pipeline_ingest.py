@@ -11,10 +11,10 @@ import os
 import zipfile
 from pathlib import Path
 
-import boto3
 import pytest
 
 from iotpipe import packaging
+from tests.support import client, write_config
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
@@ -43,19 +43,7 @@ def processor_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def aws(endpoint: str):
-    def client(service: str):
-        return boto3.client(service, endpoint_url=endpoint, region_name=REGION)
-
-    return client
-
-
-def write_config(path: Path, **sections: dict) -> Path:
-    lines = [f'[stack]\nname = "{STACK}"\n']
-    for section, values in sections.items():
-        lines.append(f"[{section}]")
-        lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return lambda service: client(endpoint, service)
 
 
 def our_mutating_calls(faults) -> list[tuple[str, str]]:

@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from parliament import analyze_policy_string
 
@@ -20,6 +19,7 @@ from iotpipe.engine.model import Action, Change, Plan, Resource, Step, Unavailab
 from iotpipe.engine.reconcile import execute, plan_up
 from iotpipe.resources.firehose import ARCHIVE_PREFIX, ERROR_PREFIX
 from tests.faults import Rule
+from tests.support import client, write_config
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
@@ -89,19 +89,7 @@ def updatable_crawlers_and_workgroups(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def aws(endpoint: str):
-    def client(service: str) -> Any:
-        return boto3.client(service, endpoint_url=endpoint, region_name=REGION)
-
-    return client
-
-
-def write_config(path: Path, **sections: dict) -> Path:
-    lines = [f'[stack]\nname = "{STACK}"\n']
-    for section, values in sections.items():
-        lines.append(f"[{section}]")
-        lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return lambda service: client(endpoint, service)
 
 
 def up_ok(cli, config: Path | None = None) -> Any:

@@ -7,20 +7,16 @@ import os
 import random
 from pathlib import Path
 
-import boto3
 import pytest
 
 from iotpipe.aws import Aws
 from iotpipe.config import parse_config
 from iotpipe.engine.reconcile import order, plan_up
 from iotpipe.stack import StackContext, build_resources
+from tests.support import client
 
 ACCOUNT = "123456789012"
 BUCKET = f"test-archive-{ACCOUNT}-us-east-1"
-
-
-def client(endpoint: str, service: str):
-    return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1")
 
 
 def snapshot(endpoint: str, config_text: str = '[stack]\nname = "test"\n') -> dict:
