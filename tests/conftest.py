@@ -16,7 +16,7 @@ os.environ.update(
         "AWS_SECRET_ACCESS_KEY": "tEsT-sEcReT-kEy-never-printed",
         "AWS_SESSION_TOKEN": "tEsT-sEsSiOn-ToKeN-never-printed",
         "AWS_DEFAULT_REGION": "us-east-1",
-        "IOTPIPE_RETRY_SCALE": "0.002",
+        "IOTPIPE_RETRY_SCALE": "0.01",
         "COLUMNS": "200",
     }
 )
