@@ -17,6 +17,8 @@ from iotpipe.engine.model import Action, Plan, Resource, Step, Unavailable
 from iotpipe.errors import AwsError, IotpipeError
 
 MAX_WORKERS = 8
+# Observing is read-only and latency-bound: more of it runs side by side (throttling is retried).
+OBSERVE_WORKERS = 16
 
 # (step, event, error) with event one of "start", "done", "failed".
 ProgressCallback = Callable[[Step, str, BaseException | None], None]
@@ -62,7 +64,7 @@ def _observe(aws: Aws, r: Resource) -> Observed:
 
 def observe_all(aws: Aws, resources: list[Resource]) -> dict[str, Observed]:
     """Each resource's state; an optional resource whose service is unavailable maps to why."""
-    with ThreadPoolExecutor(max_workers=MAX_WORKERS) as pool:
+    with ThreadPoolExecutor(max_workers=OBSERVE_WORKERS) as pool:
         futures = {r.key: pool.submit(_observe, aws, r) for r in resources}
         return {key: f.result() for key, f in futures.items()}
 

@@ -95,14 +95,16 @@ class ServiceRole(Resource):
         if found is None:
             return None
         role = found["Role"]
-        tags = aws.call("iam", "list_role_tags", resource=self.label, RoleName=self.name)
-        inline = aws.call(
-            "iam",
-            "get_role_policy",
-            resource=self.label,
-            missing=("NoSuchEntity",),
-            RoleName=self.name,
-            PolicyName=self.policy_name,
+        tags, inline = aws.gather(
+            lambda: aws.call("iam", "list_role_tags", resource=self.label, RoleName=self.name),
+            lambda: aws.call(
+                "iam",
+                "get_role_policy",
+                resource=self.label,
+                missing=("NoSuchEntity",),
+                RoleName=self.name,
+                PolicyName=self.policy_name,
+            ),
         )
         return {
             "tags": {t["Key"]: t["Value"] for t in tags.get("Tags", [])},
