@@ -62,3 +62,11 @@ def build_resources(ctx: StackContext) -> list[Resource]:
     modules = [s3, kinesis, dynamodb, sns, sqs, iot, lambda_]
     modules += [timestream, glue, firehose, athena, cloudwatch]
     return [resource for module in modules for resource in module.resources(ctx)]
+
+
+def build_teardown_resources(ctx: StackContext) -> list[Resource]:
+    """Everything the stack may own, including optional parts the config has since switched off."""
+    everything = ctx.config.model_copy(
+        update={"timeseries": ctx.config.timeseries.model_copy(update={"enabled": True})}
+    )
+    return build_resources(StackContext(everything, ctx.aws))

@@ -889,3 +889,15 @@ def test_plan_skips_an_optional_resource_whose_service_is_unavailable() -> None:
         (Action.SKIP, "skipped with fake/closed"),
     ]
     assert plan.is_empty
+
+
+def test_down_removes_a_time_series_sink_the_config_has_since_switched_off(
+    cli, aws, tmp_path
+) -> None:
+    up_ok(cli)
+    off = write_config(tmp_path / "off.toml", timeseries={"enabled": False})
+    kept = cli("down", "--yes", "-o", "json", config=off)
+    assert kept.exit_code == 0, kept
+    assert ("timestream.database", "keep") in {(s["kind"], s["action"]) for s in kept.json["steps"]}
+    assert cli("down", "--yes", "--delete-data", config=off).exit_code == 0
+    assert aws("timestream-write").list_databases()["Databases"] == []

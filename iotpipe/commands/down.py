@@ -8,7 +8,7 @@ import typer
 
 from iotpipe.commands.common import YesOption, get_app, show_confirm_execute
 from iotpipe.engine.reconcile import plan_down
-from iotpipe.stack import build_resources
+from iotpipe.stack import build_teardown_resources
 
 
 def down(
@@ -22,7 +22,8 @@ def down(
     """Delete every resource the stack owns, in reverse dependency order."""
     app = get_app(ctx)
     stack = app.stack
-    result = plan_down(app.aws, build_resources(stack), stack.stack, delete_data=delete_data)
+    resources = build_teardown_resources(stack)
+    result = plan_down(app.aws, resources, stack.stack, delete_data=delete_data)
     question = f"Delete these resources of stack {stack.stack!r}?"
     if delete_data:
         question = f"Delete these resources of stack {stack.stack!r}, DATA INCLUDED?"
