@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from iotpipe import __version__
 from iotpipe.config import DEFAULT_CONFIG_PATH, Config, load_config
 from iotpipe.errors import IotpipeError
 from iotpipe.output import Output
@@ -79,6 +80,12 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"iotpipe {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def root(
     ctx: typer.Context,
@@ -98,6 +105,12 @@ def root(
         typer.Option("--output", "-o", help="table, json, or csv (for query results)."),
     ] = OutputFormat.table,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More detail.")] = 0,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     global _app
     ctx.obj = _app = App(

@@ -51,3 +51,11 @@ def test_aws_failure_names_the_resource_and_exits_1(cli, faults) -> None:
     assert "kinesis.stream test-readings" in result.stderr
     assert "AccessDeniedException" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_version(capsys) -> None:
+    from iotpipe import __version__
+    from iotpipe.cli import run
+
+    assert run(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"iotpipe {__version__}"
