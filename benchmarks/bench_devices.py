@@ -19,26 +19,20 @@ import contextlib
 import io
 import itertools
 import json
-import logging
-import multiprocessing
 import os
 import sys
 import tempfile
 import threading
 import time
 import types
-import urllib.request
 from collections import Counter
-from multiprocessing.queues import Queue
-from multiprocessing.synchronize import Event
 from pathlib import Path
 
 import boto3
-from _common import Faults
+from _common import Faults, emulator_process, reset
 
 from iotpipe.cli import run
 from iotpipe.devices import DEFAULT_CONCURRENCY
-from iotpipe.local.emulator import Emulator
 
 LATENCY_SECONDS = 0.05
 STACK = "bench"
@@ -62,22 +56,9 @@ def pool_emulator_keys(size: int = 16) -> None:
     )
 
 
-def serve(emulator_keygen: bool, endpoint: Queue, stop: Event) -> None:
-    """The child process: an embedded emulator until told to stop."""
-    # Quiet its access log and the tracebacks of the races described above.
-    logging.getLogger("werkzeug").setLevel(logging.CRITICAL)
-    if not emulator_keygen:
-        pool_emulator_keys()
-    with Emulator() as emulator:
-        endpoint.put(emulator.endpoint_url)
-        stop.wait()
-
-
 def prepare(endpoint_url: str) -> None:
     """A fresh account holding what `up` provides for devices: the thing type and the policy."""
-    request = urllib.request.Request(f"{endpoint_url}/moto-api/reset", method="POST")
-    with urllib.request.urlopen(request) as response:
-        response.read()
+    reset(endpoint_url)
     iot = boto3.client("iot", endpoint_url=endpoint_url)
     iot.create_thing_type(thingTypeName=f"{STACK}-sensor")
     iot.create_policy(
@@ -110,28 +91,19 @@ def main() -> None:
     emulator_keygen = "--emulator-keygen" in args
     numbers = [a for a in args if a.isdigit()]
     devices = int(numbers[0]) if numbers else 500
-    context = multiprocessing.get_context("spawn")
-    endpoint: Queue = context.Queue()
-    stop = context.Event()
-    server = context.Process(target=serve, args=(emulator_keygen, endpoint, stop), daemon=True)
-    server.start()
-    try:
-        endpoint_url = endpoint.get(timeout=60)
-        with tempfile.TemporaryDirectory() as tmp:
-            work = Path(tmp)
-            (work / "iotpipe.toml").write_text(f'[stack]\nname = "{STACK}"\n')
-            faults = Faults(latency_seconds=LATENCY_SECONDS)
-            remove = faults.install()
-            try:
-                parallel_seconds, calls = timed_register(
-                    endpoint_url, work, devices, DEFAULT_CONCURRENCY, faults
-                )
-                serial_seconds, _ = timed_register(endpoint_url, work, devices, 1, faults)
-            finally:
-                remove()
-    finally:
-        stop.set()
-        server.join(timeout=30)
+    setup = None if emulator_keygen else pool_emulator_keys
+    with emulator_process(setup) as endpoint_url, tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        (work / "iotpipe.toml").write_text(f'[stack]\nname = "{STACK}"\n')
+        faults = Faults(latency_seconds=LATENCY_SECONDS)
+        remove = faults.install()
+        try:
+            parallel_seconds, calls = timed_register(
+                endpoint_url, work, devices, DEFAULT_CONCURRENCY, faults
+            )
+            serial_seconds, _ = timed_register(endpoint_url, work, devices, 1, faults)
+        finally:
+            remove()
 
     parallel_rate = devices / parallel_seconds
     serial_rate = devices / serial_seconds
