@@ -56,6 +56,19 @@ def config_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def processor_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A small fixed processor package for `up` to deploy, independent of the handler's code."""
+    from iotpipe import packaging
+
+    package = tmp_path / "src" / "processor"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "handler.py").write_text("def lambda_handler(event, context):\n    return {}\n")
+    monkeypatch.setattr(packaging, "PROCESSOR_SOURCE", package)
+    return package
+
+
+@pytest.fixture
 def faults() -> Iterator[Faults]:
     injector = Faults(seed=1234)
     remove = injector.install()

@@ -10,15 +10,7 @@ import pytest
 from iotpipe.aws import Aws
 from iotpipe.errors import UsageError
 from iotpipe.local.sql import duckdb_type, run_query, translate
-
-COLUMNS = [
-    ("device_id", "string"),
-    ("ts", "bigint"),
-    ("seq", "bigint"),
-    ("received_at", "bigint"),
-    ("metrics", "map<string,double>"),
-    ("extra", "string"),
-]
+from iotpipe.resources.glue import COLUMNS
 
 
 @pytest.fixture

@@ -30,15 +30,7 @@ OUR_SERVICES = ("iot", "lambda", "sqs")
 REAL_PROCESSOR_SOURCE = packaging.PROCESSOR_SOURCE
 
 
-@pytest.fixture(autouse=True)
-def processor_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A small processor package, so these tests do not depend on the handler's contents."""
-    package = tmp_path / "src" / "processor"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text("")
-    (package / "handler.py").write_text("def lambda_handler(event, context):\n    return {}\n")
-    monkeypatch.setattr(packaging, "PROCESSOR_SOURCE", package)
-    return package
+pytestmark = pytest.mark.usefixtures("processor_source")
 
 
 @pytest.fixture

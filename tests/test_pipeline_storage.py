@@ -14,7 +14,6 @@ import pytest
 from parliament import analyze_policy_string
 
 from iotpipe import aws as aws_module
-from iotpipe import packaging
 from iotpipe.engine.model import Action, Change, Plan, Resource, Step, Unavailable
 from iotpipe.engine.reconcile import execute, plan_up
 from iotpipe.resources.firehose import ARCHIVE_PREFIX, ERROR_PREFIX
@@ -33,14 +32,7 @@ OUR_SERVICES = ("s3", "firehose", "timestream-write", "glue", "athena", "cloudwa
 TIMESTREAM_CLOSED = "Only existing Timestream for LiveAnalytics customers can access the service"
 
 
-@pytest.fixture(autouse=True)
-def processor_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A fixed processor package: these tests are about the sinks, not the handler's code."""
-    package = tmp_path / "src" / "processor"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text("")
-    (package / "handler.py").write_text("def lambda_handler(event, context):\n    return {}\n")
-    monkeypatch.setattr(packaging, "PROCESSOR_SOURCE", package)
+pytestmark = pytest.mark.usefixtures("processor_source")
 
 
 # --- Emulator gaps, filled in the in-process moto server ---
