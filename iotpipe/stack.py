@@ -41,6 +41,11 @@ class StackContext:
     def tags(self) -> dict[str, str]:
         return {STACK_TAG: self.stack}
 
+    @property
+    def tag_list(self) -> list[dict[str, str]]:
+        """The tags in the Key/Value list form most AWS APIs take."""
+        return [{"Key": k, "Value": v} for k, v in self.tags.items()]
+
 
 def build_resources(ctx: StackContext) -> list[Resource]:
     """Every resource of the pipeline, in declaration order (the engine orders by dependency)."""

@@ -84,7 +84,7 @@ class Workgroup(Resource):
                 "BytesScannedCutoffPerQuery": want["bytes_scanned_cutoff"],
                 "EngineVersion": {"SelectedEngineVersion": want["engine_version"]},
             },
-            Tags=[{"Key": k, "Value": v} for k, v in self.ctx.tags.items()],
+            Tags=self.ctx.tag_list,
         )
 
     def update(self, aws: Aws, changes: list[Change]) -> None:
@@ -96,7 +96,7 @@ class Workgroup(Resource):
                 "tag_resource",
                 resource=self.label,
                 ResourceARN=self.ctx.names.workgroup_arn,
-                Tags=[{"Key": k, "Value": v} for k, v in self.ctx.tags.items()],
+                Tags=self.ctx.tag_list,
             )
         if fields - {"tags"}:
             aws.call(

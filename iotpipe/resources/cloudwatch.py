@@ -245,7 +245,7 @@ class Alarm(Resource):
             ActionsEnabled=True,
             AlarmActions=want["alarm_actions"],
             OKActions=want["ok_actions"],
-            Tags=[{"Key": k, "Value": v} for k, v in self.ctx.tags.items()],
+            Tags=self.ctx.tag_list,
         )
 
     def create(self, aws: Aws) -> None:
@@ -261,7 +261,7 @@ class Alarm(Resource):
                 "tag_resource",
                 resource=self.label,
                 ResourceARN=self.arn,
-                Tags=[{"Key": k, "Value": v} for k, v in self.ctx.tags.items()],
+                Tags=self.ctx.tag_list,
             )
 
     def delete(self, aws: Aws) -> None:

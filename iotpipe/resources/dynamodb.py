@@ -85,7 +85,7 @@ class DeviceStateTable(Resource):
             AttributeDefinitions=[{"AttributeName": DEVICE_KEY, "AttributeType": "S"}],
             KeySchema=[{"AttributeName": DEVICE_KEY, "KeyType": "HASH"}],
             BillingMode="PAY_PER_REQUEST",
-            Tags=[{"Key": k, "Value": v} for k, v in self.ctx.tags.items()],
+            Tags=self.ctx.tag_list,
         )
         self.wait_active(aws)
 

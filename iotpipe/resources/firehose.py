@@ -257,7 +257,7 @@ class ArchiveDeliveryStream(Resource):
             DeliveryStreamType="DirectPut",
             DeliveryStreamEncryptionConfigurationInput={"KeyType": ENCRYPTION},
             ExtendedS3DestinationConfiguration=destination,
-            Tags=[{"Key": k, "Value": v} for k, v in self.ctx.tags.items()],
+            Tags=self.ctx.tag_list,
         )
         self.wait_active(aws)
 
@@ -281,7 +281,7 @@ class ArchiveDeliveryStream(Resource):
                 "tag_delivery_stream",
                 resource=self.label,
                 DeliveryStreamName=self.name,
-                Tags=[{"Key": k, "Value": v} for k, v in self.ctx.tags.items()],
+                Tags=self.ctx.tag_list,
             )
         if "encryption" in fields:
             aws.call(

@@ -122,7 +122,7 @@ class ServiceRole(Resource):
             RoleName=self.name,
             AssumeRolePolicyDocument=json.dumps(self.trust),
             Description=self.description,
-            Tags=[{"Key": k, "Value": v} for k, v in self.ctx.tags.items()],
+            Tags=self.ctx.tag_list,
         )
 
     def update(self, aws: Aws, changes: list[Change]) -> None:
@@ -133,7 +133,7 @@ class ServiceRole(Resource):
                     "tag_role",
                     resource=self.label,
                     RoleName=self.name,
-                    Tags=[{"Key": k, "Value": v} for k, v in self.ctx.tags.items()],
+                    Tags=self.ctx.tag_list,
                 )
             elif change.field == "description":
                 aws.call(

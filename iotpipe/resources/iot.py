@@ -40,10 +40,6 @@ def _owner_from_text(text: str | None) -> str | None:
     return match.group(1) if match else None
 
 
-def _tag_list(ctx: StackContext) -> list[dict[str, str]]:
-    return [{"Key": k, "Value": v} for k, v in ctx.tags.items()]
-
-
 def device_topic(names: Names, *, basic_ingest: bool) -> str:
     """The one topic a device publishes readings to; with Basic Ingest, straight to the rule."""
     topic = names.telemetry_topic(THING)
@@ -130,7 +126,7 @@ class SensorThingType(Resource):
             resource=self.label,
             thingTypeName=self.name,
             thingTypeProperties={"thingTypeDescription": self.desired()["description"]},
-            tags=_tag_list(self.ctx),
+            tags=self.ctx.tag_list,
         )
 
     def update(self, aws: Aws, changes: list[Change]) -> None:
@@ -208,7 +204,7 @@ class DevicePolicy(Resource):
             resource=self.label,
             policyName=self.name,
             policyDocument=json.dumps(self.desired()["document"]),
-            tags=_tag_list(self.ctx),
+            tags=self.ctx.tag_list,
         )
 
     def update(self, aws: Aws, changes: list[Change]) -> None:

@@ -47,7 +47,7 @@ class AlertsTopic(Resource):
             resource=self.label,
             Name=self.name,
             Attributes={"KmsMasterKeyId": SNS_KMS_KEY},
-            Tags=[{"Key": k, "Value": v} for k, v in self.ctx.tags.items()],
+            Tags=self.ctx.tag_list,
         )
 
     def update(self, aws: Aws, changes: list[Change]) -> None:
@@ -58,7 +58,7 @@ class AlertsTopic(Resource):
                     "tag_resource",
                     resource=self.label,
                     ResourceArn=self.arn,
-                    Tags=[{"Key": k, "Value": v} for k, v in self.ctx.tags.items()],
+                    Tags=self.ctx.tag_list,
                 )
             elif change.field == "kms_key":
                 aws.call(

@@ -85,7 +85,7 @@ class TimeseriesDatabase(Resource):
             "create_database",
             resource=self.label,
             DatabaseName=self.name,
-            Tags=[{"Key": k, "Value": v} for k, v in self.ctx.tags.items()],
+            Tags=self.ctx.tag_list,
         )
 
     def update(self, aws: Aws, changes: list[Change]) -> None:
@@ -96,7 +96,7 @@ class TimeseriesDatabase(Resource):
                     "tag_resource",
                     resource=self.label,
                     ResourceARN=self.arn,
-                    Tags=[{"Key": k, "Value": v} for k, v in self.ctx.tags.items()],
+                    Tags=self.ctx.tag_list,
                 )
 
     def delete(self, aws: Aws) -> None:
@@ -174,7 +174,7 @@ class TimeseriesTable(Resource):
             resource=self.label,
             DatabaseName=self.database,
             TableName=self.name,
-            Tags=[{"Key": k, "Value": v} for k, v in self.ctx.tags.items()],
+            Tags=self.ctx.tag_list,
             **self._settings(),
         )
 
@@ -186,7 +186,7 @@ class TimeseriesTable(Resource):
                 "tag_resource",
                 resource=self.label,
                 ResourceARN=self.arn,
-                Tags=[{"Key": k, "Value": v} for k, v in self.ctx.tags.items()],
+                Tags=self.ctx.tag_list,
             )
         if fields - {"tags"}:
             _call(
