@@ -32,9 +32,9 @@ from iotpipe.errors import AwsError, IotpipeError, UsageError
 from iotpipe.naming import Names
 
 # AWS's patterns for thing names and thing attributes.
-THING_NAME = re.compile(r"^[a-zA-Z0-9:_-]{1,128}$")
-ATTRIBUTE_NAME = re.compile(r"^[a-zA-Z0-9_.,@/:#-]{1,128}$")
-ATTRIBUTE_VALUE = re.compile(r"^[a-zA-Z0-9_.,@/:#=\[\]-]{0,800}$")
+THING_NAME = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
+ATTRIBUTE_NAME = re.compile(r"[a-zA-Z0-9_.,@/:#-]{1,128}")
+ATTRIBUTE_VALUE = re.compile(r"[a-zA-Z0-9_.,@/:#=\[\]-]{0,800}")
 # A thing with a thing type may carry up to 50 attributes.
 MAX_ATTRIBUTES = 50
 
@@ -64,7 +64,7 @@ class DeviceSpec:
 
 
 def check_thing_name(name: str, where: str = "") -> None:
-    if not THING_NAME.match(name):
+    if not THING_NAME.fullmatch(name):
         place = f" ({where})" if where else ""
         raise UsageError(
             f"invalid device name {name!r}{place}",
@@ -84,12 +84,12 @@ def parse_attribute(text: str, where: str = "") -> tuple[str, str]:
 
 def check_attribute(key: str, value: str, where: str = "") -> None:
     place = f" ({where})" if where else ""
-    if not ATTRIBUTE_NAME.match(key):
+    if not ATTRIBUTE_NAME.fullmatch(key):
         raise UsageError(
             f"invalid attribute name {key!r}{place}",
             hint="use 1-128 characters from a-z A-Z 0-9 _ . , @ / : # -",
         )
-    if not ATTRIBUTE_VALUE.match(value):
+    if not ATTRIBUTE_VALUE.fullmatch(value):
         raise UsageError(
             f"invalid value {value!r} for attribute {key!r}{place}",
             hint="use up to 800 characters from a-z A-Z 0-9 _ . , @ / : # = [ ] -",
@@ -186,7 +186,7 @@ def _header_problems(header: list[str], path: Path, line: int) -> list[str]:
     if len(header) - 1 > MAX_ATTRIBUTES:
         problems.append(f"{path}:{line}: more than {MAX_ATTRIBUTES} attribute columns")
     for key in header[1:]:
-        if not ATTRIBUTE_NAME.match(key):
+        if not ATTRIBUTE_NAME.fullmatch(key):
             problems.append(f"{path}:{line}: invalid attribute column name {key!r}")
     if len(set(header)) != len(header):
         problems.append(f"{path}:{line}: a column name appears twice")
