@@ -103,7 +103,9 @@ class DeviceStateSection(_Section):
 
 
 class TimeseriesSection(_Section):
-    enabled: bool = True
+    # Off by default: Timestream for LiveAnalytics is closed to new AWS customers, and the archive
+    # (S3 + Athena) already keeps every reading. Accounts that have it turn it on.
+    enabled: bool = False
     memory_retention_hours: int = Field(24, ge=1, le=8_766)
     magnetic_retention_days: int = Field(365, ge=1, le=73_000)
 

@@ -46,6 +46,8 @@ class Prices:
     taken: date
     sources: dict[str, str]
     values: dict[str, dict[str, Any]]
+    # AWS's Always Free allowances by meter ("lambda.requests": 1,000,000 a month, ...).
+    always_free: dict[str, float] = field(default_factory=dict)
 
     def __call__(self, service: str, name: str) -> Any:
         return self.values[service][name]
@@ -68,6 +70,11 @@ def load_prices(text: str | None = None) -> Prices:
         taken=date.fromisoformat(document["taken"]),
         sources={name: service["source"] for name, service in services.items()},
         values={name: service["prices"] for name, service in services.items()},
+        always_free={
+            f"{name}.{meter}": amount
+            for name, service in services.items()
+            for meter, amount in service.get("always_free", {}).items()
+        },
     )
 
 
@@ -201,8 +208,9 @@ class Assumptions:
     def notes(self, config: Config) -> list[str]:
         ratio = self.compression_ratio(config)
         return [
-            f"a month is {DAYS_PER_MONTH} days or {HOURS_PER_MONTH} hours; free tiers are "
-            "not deducted",
+            f"a month is {DAYS_PER_MONTH} days or {HOURS_PER_MONTH} hours; totals are at list "
+            "price, with AWS's Always Free allowances (per account or organization, shared with "
+            "everything else it runs) shown apart; 12-month free tiers and credits are ignored",
             "every device stays connected all month",
             "a reading is bytes_per_reading long everywhere it travels (message, Kinesis record, "
             "DynamoDB item, Timestream record, archive line)",
@@ -238,16 +246,25 @@ class LineItem:
     note: str = ""
     # unit_price is per this many units (1, 1,000 or 1,000,000), as AWS quotes it.
     price_per: float = 1
+    # What AWS meters it as, where an always-free allowance applies ("lambda.requests").
+    meter: str = ""
 
 
 @dataclass(frozen=True)
 class Estimate:
     choices: Choices
     items: list[LineItem]
+    # Negative line items: AWS's Always Free allowances that the items above would use.
+    allowances: list[LineItem] = field(default_factory=list)
 
     @property
     def total(self) -> float:
+        """At list price: what the pipeline costs in an account whose allowances are used up."""
         return round(sum(item.monthly_cost for item in self.items), 2)
+
+    @property
+    def total_after_allowances(self) -> float:
+        return round(sum(item.monthly_cost for item in self.items + self.allowances), 2)
 
     def by_service(self) -> dict[str, float]:
         totals: dict[str, float] = {}
@@ -279,10 +296,9 @@ class CostReport:
     assumptions: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        def items(estimate: Estimate) -> list[dict[str, Any]]:
+        def items(line_items: list[LineItem]) -> list[dict[str, Any]]:
             return [
-                {**asdict(item), "monthly_cost": round(item.monthly_cost, 4)}
-                for item in estimate.items
+                {**asdict(item), "monthly_cost": round(item.monthly_cost, 4)} for item in line_items
             ]
 
         return {
@@ -292,13 +308,16 @@ class CostReport:
             "price_age_days": self.price_age_days,
             "prices_stale": self.prices_stale,
             "volume": self.volume,
-            "line_items": items(self.configured),
-            "naive_line_items": items(self.naive),
+            "line_items": items(self.configured.items),
+            "always_free_allowances": items(self.configured.allowances),
+            "naive_line_items": items(self.naive.items),
             "savings": [asdict(saving) for saving in self.savings],
             "totals": {
                 "configured": self.configured.total,
                 "naive": self.naive.total,
                 "saving": round(self.naive.total - self.configured.total, 2),
+                "configured_after_always_free": self.configured.total_after_allowances,
+                "naive_after_always_free": self.naive.total_after_allowances,
             },
             "assumptions": self.assumptions,
         }
@@ -328,8 +347,17 @@ def estimate(
     raw_bytes_per_day = volume.readings_per_day * size
     items: list[LineItem] = []
 
-    def add(service: str, item: str, qty: float, unit: str, price: float, per: float = 1, note=""):
-        items.append(LineItem(service, item, qty, unit, price, qty / per * price, note, per))
+    def add(
+        service: str,
+        item: str,
+        qty: float,
+        unit: str,
+        price: float,
+        per: float = 1,
+        note: str = "",
+        meter: str = "",
+    ) -> None:
+        items.append(LineItem(service, item, qty, unit, price, qty / per * price, note, per, meter))
 
     # IoT Core: messages, rules and actions are metered in 5 KB increments.
     iot = "IoT Core"
@@ -392,13 +420,22 @@ def estimate(
 
     # Lambda: one invocation per batch; duration billed per millisecond.
     ms = math.ceil(a.processor_ms_per_batch + a.processor_ms_per_reading * per_batch)
-    add("Lambda", "requests", batches, "requests", p("lambda", "requests_per_million"), 1e6)
+    add(
+        "Lambda",
+        "requests",
+        batches,
+        "requests",
+        p("lambda", "requests_per_million"),
+        1e6,
+        meter="lambda.requests",
+    )
     add(
         "Lambda",
         f"compute ({choices.architecture}, {config.processor.memory_mb} MB, {ms} ms/batch)",
         batches * ms / 1000 * config.processor.memory_mb / 1024,
         "GB-seconds",
         p("lambda", f"gb_second_{choices.architecture}"),
+        meter="lambda.gb_seconds",
     )
 
     # DynamoDB: latest state per device.
@@ -435,6 +472,7 @@ def estimate(
         volume.devices * item_bytes / GB,
         "GB-month",
         p("dynamodb", "storage_gb_month"),
+        meter="dynamodb.storage_gb_month",
     )
 
     # Timestream (optional sink).
@@ -565,14 +603,29 @@ def estimate(
 
     # CloudWatch.
     cw = "CloudWatch"
-    add(cw, "alarms", a.alarms, "alarm-months", p("cloudwatch", "standard_alarm_month"))
-    add(cw, "dashboard", a.dashboards, "dashboard-months", p("cloudwatch", "dashboard_month"))
+    add(
+        cw,
+        "alarms",
+        a.alarms,
+        "alarm-months",
+        p("cloudwatch", "standard_alarm_month"),
+        meter="cloudwatch.alarms",
+    )
+    add(
+        cw,
+        "dashboard",
+        a.dashboards,
+        "dashboard-months",
+        p("cloudwatch", "dashboard_month"),
+        meter="cloudwatch.dashboards",
+    )
     add(
         cw,
         "custom metrics (processor)",
         a.custom_metrics,
         "metric-months",
         p("cloudwatch", "custom_metric_month"),
+        meter="cloudwatch.custom_metrics",
     )
     add(
         cw,
@@ -580,12 +633,41 @@ def estimate(
         batches * a.log_bytes_per_invocation / GB,
         "GB",
         p("cloudwatch", "logs_ingested_per_gb"),
+        meter="cloudwatch.logs_ingested_gb",
     )
 
     # Negligible: alerts are rare, and the dead-letter queue stays empty while the pipeline works.
     add("SNS", "alert e-mails", 0, "notifications", 0.0, 1, "negligible")
     add("SQS", "dead-letter queue", 0, "requests", 0.0, 1, "negligible")
-    return Estimate(choices, items)
+    return Estimate(choices, items, always_free_allowances(items, prices))
+
+
+def always_free_allowances(items: list[LineItem], prices: Prices) -> list[LineItem]:
+    """Credits for what AWS's Always Free allowances cover of `items`, one per metered item.
+
+    The allowances are per account (or per organization) and shared with whatever else it runs,
+    so `iotpipe cost` shows them apart from the list-price total rather than inside it.
+    """
+    credits = []
+    for item in items:
+        allowance = prices.always_free.get(item.meter, 0)
+        covered = min(item.quantity, allowance)
+        if covered / item.price_per * item.unit_price < 0.005:  # nothing worth a cent
+            continue
+        credits.append(
+            LineItem(
+                item.service,
+                f"Always Free: the first {allowance:,.0f} {item.unit}",
+                covered,
+                item.unit,
+                item.unit_price,
+                -covered / item.price_per * item.unit_price,
+                item.item,
+                item.price_per,
+                item.meter,
+            )
+        )
+    return credits
 
 
 def cost_report(
@@ -631,9 +713,9 @@ def cost_report(
     )
 
 
-def monthly_total(config: Config) -> float:
+def monthly_estimate(config: Config) -> Estimate:
     """The configured pipeline's monthly estimate with the packaged prices (for `validate`)."""
-    return estimate(config, load_prices(), Choices.of(config)).total
+    return estimate(config, load_prices(), Choices.of(config))
 
 
 # Crawler schedule ------------------------------------------------------------------------------

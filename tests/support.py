@@ -24,3 +24,9 @@ def write_config(path: Path, stack: str = "test", **sections: dict) -> Path:
         lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def write_full_config(path: Path, stack: str = "test", **sections: dict) -> Path:
+    """`write_config` with every sink on: Timestream is off by default."""
+    timeseries = {"enabled": True, **sections.pop("timeseries", {})}
+    return write_config(path, stack, timeseries=timeseries, **sections)

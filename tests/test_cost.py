@@ -31,8 +31,8 @@ def price(service: str, name: str) -> float:
     return PRICES[service]["prices"][name]
 
 
-def config(**volume: int) -> Config:
-    return Config.model_validate({"volume": volume} if volume else {})
+def config(timeseries: bool = False, **volume: int) -> Config:
+    return Config.model_validate({"volume": volume, "timeseries": {"enabled": timeseries}})
 
 
 def line(estimate_, service: str, starts: str):
@@ -83,24 +83,40 @@ def test_default_500k_a_day_line_items_match_hand_arithmetic():
 
 def test_default_and_naive_totals_at_500k_a_day():
     report = cost_report(config(), load_prices(), TODAY)
-    assert report.configured.total == 49.12
-    assert report.naive.total == 186.88
+    assert report.configured.total == 41.55
+    assert report.naive.total == 179.32
+    # Always Free covers the dashboard, 10 of the 12 alarms, the processor's metrics, logs and
+    # Lambda: $5.66, the same for both designs.
+    assert report.configured.total_after_allowances == 35.89
+    assert report.naive.total_after_allowances == 173.63
     savings = {s.optimisation: s.monthly_saving for s in report.savings}
     assert savings == {
         "Basic Ingest": 15.2,
-        "provisioned shards": 19.77,
-        "aggregated Firehose records": 1.95,
-        "one state write per device per batch": -1.75,
-        "arm64 processor": 0.02,
-        "daily crawler": 102.54,
+        "provisioned shards": 19.78,
+        "aggregated Firehose records": 1.96,
+        "one state write per device per batch": -1.74,
+        "arm64 processor": 0.03,
+        "daily crawler": 102.55,
     }
     assert all(s.in_use for s in report.savings)
 
 
+def test_timestream_adds_its_writes_and_storage():
+    report = cost_report(config(timeseries=True), load_prices(), TODAY)
+    assert report.configured.total == 49.12
+    assert report.naive.total == 186.88
+    assert report.configured.by_service()["Timestream"] == pytest.approx(7.56, abs=0.005)
+
+
 def test_default_and_naive_totals_at_100x():
     report = cost_report(config(readings_per_day=50_000_000, devices=100_000), load_prices(), TODAY)
-    assert report.configured.total == 2838.75
-    assert report.naive.total == 4476.07
+    assert report.configured.total == 2089.61
+    assert report.naive.total == 3726.94
+    with_ts = cost_report(
+        config(timeseries=True, readings_per_day=50_000_000, devices=100_000), load_prices(), TODAY
+    )
+    assert with_ts.configured.total == 2838.75
+    assert with_ts.naive.total == 4476.07
     # Past a billion messages a month IoT messaging drops to the second tier.
     messages = 50_000_000 * 30.4
     assert line(report.naive, "IoT Core", "messaging").monthly_cost == pytest.approx(
@@ -123,6 +139,38 @@ def test_state_writes_shrink_when_devices_repeat_within_a_batch():
     assert distinct_devices_per_batch(361.7, 125) == pytest.approx(118.0, abs=0.5)
     assert distinct_devices_per_batch(5, 1_000_000) == pytest.approx(5, abs=0.01)
     assert distinct_devices_per_batch(0.5, 1) == 0.5
+
+
+def test_always_free_allowances_cover_at_most_what_is_used():
+    small = cost_report(config(), load_prices(), TODAY).configured
+    credits = {i.meter: i for i in small.allowances}
+    assert credits["cloudwatch.dashboards"].monthly_cost == pytest.approx(-3.0)
+    assert credits["cloudwatch.alarms"].quantity == 10  # of 12: two are paid for
+    assert credits["cloudwatch.alarms"].monthly_cost == pytest.approx(-1.0)
+    # 525,312 requests a month sit inside the first million: all free.
+    requests = line(small, "Lambda", "requests")
+    assert credits["lambda.requests"].monthly_cost == pytest.approx(-requests.monthly_cost)
+    # Storage worth less than a cent earns no line.
+    assert "dynamodb.storage_gb_month" not in credits
+    assert small.total_after_allowances == pytest.approx(
+        small.total + sum(i.monthly_cost for i in small.allowances), abs=0.01
+    )
+    big = cost_report(config(readings_per_day=50_000_000, devices=100_000), load_prices(), TODAY)
+    credits = {i.meter: i for i in big.configured.allowances}
+    assert credits["lambda.requests"].quantity == 1_000_000
+    assert credits["lambda.requests"].monthly_cost == pytest.approx(-0.20)
+    # ~243,000 GB-seconds: still inside the 400,000 allowance.
+    compute = line(big.configured, "Lambda", "compute")
+    assert compute.quantity < 400_000
+    assert credits["lambda.gb_seconds"].monthly_cost == pytest.approx(-compute.monthly_cost)
+    # Allowances are not services: nothing outside them is discounted.
+    assert {i.meter.split(".")[0] for i in big.configured.allowances} <= {
+        "lambda",
+        "cloudwatch",
+        "dynamodb",
+        "sns",
+        "sqs",
+    }
 
 
 def test_arithmetic_helpers():
@@ -155,10 +203,8 @@ def test_an_unreadable_crawler_schedule_names_the_field():
 
 def test_options_change_the_line_items():
     prices = load_prices()
-    base = Config()
-    no_ts = base.model_copy(
-        update={"timeseries": base.timeseries.model_copy(update={"enabled": False})}
-    )
+    no_ts = Config()
+    base = config(timeseries=True)
     parquet = Config.model_validate({"archive": {"format": "parquet"}})
     with_ts = estimate(base, prices, Choices.of(base))
     without_ts = estimate(no_ts, prices, Choices.of(no_ts))
@@ -187,11 +233,18 @@ def test_cost_json_breakdown(cli):
     result = cli("cost", "--output", "json")
     assert result.exit_code == 0, result
     data = result.json
-    assert data["totals"] == {"configured": 49.12, "naive": 186.88, "saving": 137.76}
+    assert data["totals"] == {
+        "configured": 41.55,
+        "naive": 179.32,
+        "saving": 137.77,
+        "configured_after_always_free": 35.89,
+        "naive_after_always_free": 173.63,
+    }
     assert data["price_age_days"] == (date.today() - load_prices().taken).days
     for item in data["line_items"]:
         assert set(item) >= {"service", "item", "quantity", "unit", "unit_price", "monthly_cost"}
-    assert sum(i["monthly_cost"] for i in data["line_items"]) == pytest.approx(49.12, abs=0.005)
+    assert sum(i["monthly_cost"] for i in data["line_items"]) == pytest.approx(41.55, abs=0.005)
+    assert all(i["monthly_cost"] < 0 for i in data["always_free_allowances"])
     assert {s["optimisation"] for s in data["savings"]} >= {"Basic Ingest", "daily crawler"}
     if data["prices_stale"]:
         assert "prices taken" in result.stderr
@@ -200,8 +253,9 @@ def test_cost_json_breakdown(cli):
 def test_cost_overrides_and_table(cli):
     result = cli("cost", "--readings-per-day", "50000000", "--devices", "100000")
     assert result.exit_code == 0, result
-    assert "$2,838.75" in result.stdout
-    assert "$4,476.07" in result.stdout
+    assert "$2,089.61" in result.stdout
+    assert "$3,726.94" in result.stdout
+    assert "Always Free" in result.stdout
     assert "Basic Ingest" in result.stdout
 
 
@@ -228,6 +282,7 @@ def test_bad_overrides_exit_2_naming_the_option(cli, faults, args, option):
 def test_validate_shows_the_monthly_total(cli):
     result = cli("validate", "--output", "json")
     assert result.exit_code == 0, result
-    assert result.json["monthly_cost_usd"] == 49.12
+    assert result.json["monthly_cost_usd"] == 41.55
+    assert result.json["monthly_cost_after_always_free_usd"] == 35.89
     table = cli("validate")
-    assert "$49.12" in table.stdout
+    assert "$41.55 at list prices, $35.89 after" in table.stdout

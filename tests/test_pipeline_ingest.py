@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from iotpipe import packaging
-from tests.support import client, write_config
+from tests.support import client, write_full_config
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
@@ -28,6 +28,12 @@ BUCKET = f"test-archive-{ACCOUNT}-{REGION}"
 OUR_SERVICES = ("iot", "lambda", "sqs")
 # Taken before any fixture points packaging at a test package.
 REAL_PROCESSOR_SOURCE = packaging.PROCESSOR_SOURCE
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    """Timestream is off by default; this module builds and checks every sink, so it is on."""
+    return write_full_config(tmp_path / "iotpipe.toml")
 
 
 pytestmark = pytest.mark.usefixtures("processor_source")
@@ -89,7 +95,7 @@ def test_device_policy_confines_each_device_to_itself_with_basic_ingest(cli, aws
 
 
 def test_device_policy_without_basic_ingest_allows_the_plain_topic(cli, aws, tmp_path) -> None:
-    config = write_config(tmp_path / "plain.toml", iot={"basic_ingest": False})
+    config = write_full_config(tmp_path / "plain.toml", iot={"basic_ingest": False})
     up_ok(cli, config)
     publish = statement(device_policy(aws), "PublishOwnTelemetry")
     assert (
@@ -193,7 +199,7 @@ def test_processor_function_settings(cli, aws, processor_source) -> None:
 
 
 def test_timeseries_disabled_blanks_its_variables_and_grants(cli, aws, tmp_path) -> None:
-    config = write_config(tmp_path / "nots.toml", timeseries={"enabled": False})
+    config = write_full_config(tmp_path / "nots.toml", timeseries={"enabled": False})
     up_ok(cli, config)
     env = aws("lambda").get_function_configuration(FunctionName=FUNCTION)["Environment"]
     assert env["Variables"]["TIMESERIES_DATABASE"] == ""
@@ -294,7 +300,7 @@ def test_second_up_changes_nothing_and_uploads_no_code(cli, aws, faults) -> None
 
 def test_config_change_updates_exactly_those_fields(cli, aws, faults, tmp_path) -> None:
     up_ok(cli)
-    config = write_config(
+    config = write_full_config(
         tmp_path / "changed.toml",
         processor={"memory_mb": 512, "batch_size": 1000},
         iot={"basic_ingest": False},
@@ -337,7 +343,7 @@ def test_policy_updates_keep_within_five_versions(cli, aws, tmp_path) -> None:
     up_ok(cli)
     for i in range(6):
         # The default is Basic Ingest on: every one of these six runs changes the policy.
-        config = write_config(tmp_path / f"c{i}.toml", iot={"basic_ingest": i % 2 == 1})
+        config = write_full_config(tmp_path / f"c{i}.toml", iot={"basic_ingest": i % 2 == 1})
         up_ok(cli, config)
     iot = aws("iot")
     versions = iot.list_policy_versions(policyName="test-device")["policyVersions"]
@@ -353,7 +359,7 @@ def test_starting_position_change_replaces_the_mapping(cli, aws, tmp_path) -> No
     (before,) = aws("lambda").list_event_source_mappings(FunctionName=FUNCTION)[
         "EventSourceMappings"
     ]
-    config = write_config(tmp_path / "latest.toml", processor={"starting_position": "LATEST"})
+    config = write_full_config(tmp_path / "latest.toml", processor={"starting_position": "LATEST"})
     plan = cli("plan", "--output", "json", config=config).json
     (step,) = steps_of(plan, "lambda.event-source-mapping")
     assert step["action"] == "replace"
@@ -441,7 +447,7 @@ def test_update_conflict_is_waited_out(cli, aws, faults, tmp_path) -> None:
         status=409,
         times=2,
     )
-    config = write_config(tmp_path / "mem.toml", processor={"memory_mb": 1024})
+    config = write_full_config(tmp_path / "mem.toml", processor={"memory_mb": 1024})
     up_ok(cli, config)
     assert conflict.hits == 2
     assert aws("lambda").get_function_configuration(FunctionName=FUNCTION)["MemorySize"] == 1024

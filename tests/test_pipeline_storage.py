@@ -18,7 +18,7 @@ from iotpipe.engine.model import Action, Change, Plan, Resource, Step, Unavailab
 from iotpipe.engine.reconcile import execute, plan_up
 from iotpipe.resources.firehose import ARCHIVE_PREFIX, ERROR_PREFIX
 from tests.faults import Rule
-from tests.support import client, write_config
+from tests.support import client, write_full_config
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
@@ -33,6 +33,12 @@ TIMESTREAM_CLOSED = "Only existing Timestream for LiveAnalytics customers can ac
 
 
 pytestmark = pytest.mark.usefixtures("processor_source")
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    """Timestream is off by default; this module builds and checks every sink, so it is on."""
+    return write_full_config(tmp_path / "iotpipe.toml")
 
 
 # --- Emulator gaps, filled in the in-process moto server ---
@@ -206,7 +212,7 @@ def test_firehose_role_is_least_privilege(cli, aws) -> None:
 
 
 def test_parquet_archive_converts_with_the_glue_schema(cli, aws, tmp_path) -> None:
-    up_ok(cli, write_config(tmp_path / "parquet.toml", archive={"format": "parquet"}))
+    up_ok(cli, write_full_config(tmp_path / "parquet.toml", archive={"format": "parquet"}))
     s3 = delivery_stream(aws)["Destinations"][0]["ExtendedS3DestinationDescription"]
     assert s3["CompressionFormat"] == "UNCOMPRESSED"
     conversion = s3["DataFormatConversionConfiguration"]
@@ -232,7 +238,9 @@ def test_parquet_archive_converts_with_the_glue_schema(cli, aws, tmp_path) -> No
 
 
 def test_parquet_needs_a_64_mib_buffer(cli, tmp_path) -> None:
-    config = write_config(tmp_path / "small.toml", archive={"format": "parquet", "buffer_mb": 8})
+    config = write_full_config(
+        tmp_path / "small.toml", archive={"format": "parquet", "buffer_mb": 8}
+    )
     result = cli("up", "--yes", config=config)
     assert result.exit_code == 2
     assert "archive" in result.stderr and "buffer_mb" in result.stderr
@@ -264,7 +272,7 @@ def test_timeseries_database_and_table_retention(cli, aws) -> None:
 
 def test_timeseries_retention_change_updates_the_table(cli, aws, tmp_path) -> None:
     up_ok(cli)
-    config = write_config(tmp_path / "ts.toml", timeseries={"memory_retention_hours": 48})
+    config = write_full_config(tmp_path / "ts.toml", timeseries={"memory_retention_hours": 48})
     plan = cli("plan", "--output", "json", config=config).json
     assert changed_fields(plan) == {("timestream.table", "readings"): ["memory_retention_hours"]}
     up_ok(cli, config)
@@ -323,7 +331,7 @@ def test_endpoint_discovery_failure_also_means_unavailable(cli, aws, faults) -> 
 
 
 def test_timeseries_disabled_builds_none_of_it(cli, aws, faults, tmp_path) -> None:
-    up_ok(cli, write_config(tmp_path / "off.toml", timeseries={"enabled": False}))
+    up_ok(cli, write_full_config(tmp_path / "off.toml", timeseries={"enabled": False}))
     assert not [c for c in faults.calls if c[0] == "timestream-write"]
     assert aws("timestream-write").list_databases()["Databases"] == []
 
@@ -430,7 +438,9 @@ def test_crawler_keeps_the_declared_table(cli, aws) -> None:
 
 def test_crawler_schedule_change_updates_it_in_place(cli, aws, tmp_path) -> None:
     up_ok(cli)
-    config = write_config(tmp_path / "cron.toml", catalog={"crawler_schedule": "cron(0 5 * * ? *)"})
+    config = write_full_config(
+        tmp_path / "cron.toml", catalog={"crawler_schedule": "cron(0 5 * * ? *)"}
+    )
     plan = cli("plan", "--output", "json", config=config).json
     assert changed_fields(plan) == {("glue.crawler", "test-archive-crawler"): ["schedule"]}
     up_ok(cli, config)
@@ -625,10 +635,12 @@ def subscribed(aws) -> dict[str, str]:
 
 
 def test_email_subscriptions_follow_the_config(cli, aws, tmp_path) -> None:
-    two = write_config(tmp_path / "two.toml", alerts={"emails": ["a@example.com", "b@example.com"]})
+    two = write_full_config(
+        tmp_path / "two.toml", alerts={"emails": ["a@example.com", "b@example.com"]}
+    )
     up_ok(cli, two)
     assert set(subscribed(aws)) == {"a@example.com", "b@example.com"}
-    one = write_config(tmp_path / "one.toml", alerts={"emails": ["b@example.com"]})
+    one = write_full_config(tmp_path / "one.toml", alerts={"emails": ["b@example.com"]})
     plan = cli("plan", "--output", "json", config=one).json
     step = next(s for s in plan["steps"] if s["kind"] == "sns.subscriptions")
     assert step["changes"] == [
@@ -663,14 +675,16 @@ def pending_confirmation():
 def test_pending_subscriptions_are_listed_and_not_unsubscribed(
     cli, aws, tmp_path, faults, pending_confirmation
 ) -> None:
-    two = write_config(tmp_path / "two.toml", alerts={"emails": ["a@example.com", "b@example.com"]})
+    two = write_full_config(
+        tmp_path / "two.toml", alerts={"emails": ["a@example.com", "b@example.com"]}
+    )
     up_ok(cli, two)
     pending_confirmation.update({"a@example.com", "b@example.com"})
     plan = cli("plan", "--output", "json", config=two).json
     step = next(s for s in plan["steps"] if s["kind"] == "sns.subscriptions")
     assert step["action"] == "no-change"
     assert "pending confirmation" in step["note"] and "a@example.com" in step["note"]
-    one = write_config(tmp_path / "one.toml", alerts={"emails": ["b@example.com"]})
+    one = write_full_config(tmp_path / "one.toml", alerts={"emails": ["b@example.com"]})
     faults.calls.clear()
     result = cli("up", "--yes", "--output", "json", config=one)
     assert result.exit_code == 0, result
@@ -697,7 +711,7 @@ def test_plan_after_up_is_empty_and_second_up_makes_no_mutating_call(cli, faults
 
 def test_config_change_plans_and_applies_exactly_those_fields(cli, aws, faults, tmp_path) -> None:
     up_ok(cli)
-    config = write_config(
+    config = write_full_config(
         tmp_path / "changed.toml",
         archive={"buffer_mb": 128},
         alerts={"iterator_age_seconds": 120, "emails": ["ops@example.com"]},
@@ -790,7 +804,7 @@ def stack_names(aws) -> list[str]:
 
 
 def test_down_with_delete_data_leaves_nothing_named_after_the_stack(cli, aws, tmp_path) -> None:
-    config = write_config(tmp_path / "mail.toml", alerts={"emails": ["ops@example.com"]})
+    config = write_full_config(tmp_path / "mail.toml", alerts={"emails": ["ops@example.com"]})
     up_ok(cli, config)
     aws("s3").put_object(Bucket=BUCKET, Key="readings/dt=2026-01-01/hour=00/x.gz", Body=b"x")
     assert stack_names(aws)
@@ -887,7 +901,7 @@ def test_down_removes_a_time_series_sink_the_config_has_since_switched_off(
     cli, aws, tmp_path
 ) -> None:
     up_ok(cli)
-    off = write_config(tmp_path / "off.toml", timeseries={"enabled": False})
+    off = write_full_config(tmp_path / "off.toml", timeseries={"enabled": False})
     kept = cli("down", "--yes", "-o", "json", config=off)
     assert kept.exit_code == 0, kept
     assert ("timestream.database", "keep") in {(s["kind"], s["action"]) for s in kept.json["steps"]}

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from iotpipe.commands.common import get_app
 from iotpipe.config import Config, VolumeSection
-from iotpipe.cost import Assumptions, cost_report, load_prices
+from iotpipe.cost import Assumptions, LineItem, cost_report, load_prices
 from iotpipe.errors import UsageError
 
 
@@ -32,7 +32,7 @@ def with_volume(config: Config, **overrides: int | None) -> Config:
 
 
 def _money(value: float) -> str:
-    return f"${value:,.2f}"
+    return f"-${-value:,.2f}" if value < 0 else f"${value:,.2f}"
 
 
 def _unit_price(price: float, per: float) -> str:
@@ -42,6 +42,20 @@ def _unit_price(price: float, per: float) -> str:
 
 def _quantity(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:,.3g}"
+
+
+def _rows(items: list[LineItem]) -> list[tuple[str, ...]]:
+    return [
+        (
+            item.service,
+            item.item,
+            _quantity(item.quantity),
+            item.unit,
+            _unit_price(item.unit_price, item.price_per),
+            _money(item.monthly_cost),
+        )
+        for item in items
+    ]
 
 
 def cost(
@@ -86,21 +100,14 @@ def cost(
         f"{volume.readings_per_day:,} readings/day from {volume.devices:,} devices, "
         f"{volume.bytes_per_reading} bytes each; {age}"
     )
-    out.table(
-        ["service", "item", "quantity", "unit", "unit price", "monthly"],
-        [
-            (
-                item.service,
-                item.item,
-                _quantity(item.quantity),
-                item.unit,
-                _unit_price(item.unit_price, item.price_per),
-                _money(item.monthly_cost),
-            )
-            for item in report.configured.items
-        ],
-        title="Monthly estimate",
-    )
+    columns = ["service", "item", "quantity", "unit", "unit price", "monthly"]
+    out.table(columns, _rows(report.configured.items), title="Monthly estimate (list prices)")
+    if report.configured.allowances:
+        out.table(
+            columns,
+            _rows(report.configured.allowances),
+            title="AWS Always Free allowances it would use (per account or organization, shared)",
+        )
     out.table(
         ["optimisation", "in use", "saves per month", "why"],
         [
@@ -109,11 +116,14 @@ def cost(
         ],
         title="What each choice saves against the naive one",
     )
+    configured, naive = report.configured, report.naive
     out.key_values(
         [
-            ("configured pipeline", _money(report.configured.total)),
-            ("naive choices", _money(report.naive.total)),
-            ("saving", _money(report.naive.total - report.configured.total)),
+            ("configured pipeline", _money(configured.total)),
+            ("naive choices", _money(naive.total)),
+            ("saving", _money(naive.total - configured.total)),
+            ("configured, after Always Free allowances", _money(configured.total_after_allowances)),
+            ("naive, after Always Free allowances", _money(naive.total_after_allowances)),
         ],
         title="Monthly total (USD)",
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from iotpipe.commands.common import get_app
-from iotpipe.cost import monthly_total
+from iotpipe.cost import monthly_estimate
 
 
 def validate(ctx: typer.Context) -> None:
@@ -13,14 +13,15 @@ def validate(ctx: typer.Context) -> None:
     app = get_app(ctx)
     config = app.config
     sizing = config.sizing
-    monthly_cost = monthly_total(config)
+    monthly = monthly_estimate(config)
     if app.out.json_mode:
         app.out.data(
             {
                 "valid": True,
                 "config": config.model_dump(),
                 "sizing": sizing.model_dump(),
-                "monthly_cost_usd": monthly_cost,
+                "monthly_cost_usd": monthly.total,
+                "monthly_cost_after_always_free_usd": monthly.total_after_allowances,
             }
         )
         return
@@ -43,7 +44,11 @@ def validate(ctx: typer.Context) -> None:
             ),
             ("processor invocations per day", f"{sizing.expected_batches_per_day:,.0f}"),
             ("archive MB per day (raw)", sizing.archive_mb_per_day),
-            ("estimated monthly cost", f"${monthly_cost:,.2f} (`iotpipe cost` for the breakdown)"),
+            (
+                "estimated monthly cost",
+                f"${monthly.total:,.2f} at list prices, ${monthly.total_after_allowances:,.2f} "
+                "after AWS's Always Free allowances (`iotpipe cost` for the breakdown)",
+            ),
         ],
         title="Derived sizing",
     )

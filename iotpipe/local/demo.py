@@ -64,6 +64,8 @@ def demo_config() -> Any:
             "stack": {"name": DEMO_STACK, "region": DEMO_REGION},
             # Two shards: the mapping reads them shard by shard, as Lambda does.
             "stream": {"shards": 2},
+            # The emulator has Timestream, so the demo rehearses every sink.
+            "timeseries": {"enabled": True},
         },
         source="the demo config",
     )
