@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 
 import boto3
 import botocore.exceptions
+import botocore.loaders
+import botocore.session
 from botocore.config import Config as BotoConfig
 from tenacity import (
     RetryCallState,
@@ -175,6 +177,27 @@ def is_throttling_or_server_error(exc: BaseException) -> bool:
     return code == "LimitExceededException" and "rate exceeded" in message.lower()
 
 
+# Parsed service models are the same for every session; parsing them is most of what a new
+# client costs (about 0.3 s of CPU for the pipeline's 15 services). Sessions in one process
+# (`local serve`, `demo`, the commands a test runs) share them.
+_loader_lock = threading.Lock()
+_shared_loader: botocore.loaders.Loader | None = None
+
+
+def _session(profile: str | None, region: str | None) -> boto3.Session:
+    global _shared_loader
+    with _loader_lock:
+        if _shared_loader is None:
+            _shared_loader = botocore.loaders.create_loader()
+        core = botocore.session.get_session()
+        core.register_component("data_loader", _shared_loader)
+        session = boto3.Session(botocore_session=core, profile_name=profile, region_name=region)
+        # boto3 appends its own data directory to the loader's search path on every session.
+        paths = _shared_loader.search_paths
+        paths[:] = list(dict.fromkeys(paths))
+    return session
+
+
 # Test seam: callables run on every new client (fault injection, call counting, latency).
 _client_hooks: list[Callable[[str, Any], None]] = []
 
@@ -197,13 +220,15 @@ class Aws:
         policy: RetryPolicy | None = None,
     ) -> None:
         try:
-            self.session = boto3.Session(profile_name=profile, region_name=region)
+            self.session = _session(profile, region)
+            if profile is not None and profile not in self.session.available_profiles:
+                raise botocore.exceptions.ProfileNotFound(profile=profile)
+            self.region = self.session.region_name or region or "us-east-1"
         except botocore.exceptions.ProfileNotFound:
             raise UsageError(
                 f"AWS profile {profile!r} not found",
                 hint="check --profile against ~/.aws/config",
             ) from None
-        self.region = self.session.region_name or region or "us-east-1"
         self.endpoint_url = endpoint_url
         self.policy = policy or _default_policy()
         # Ratio of this policy's sleeps to the production ones (tests shorten everything).
@@ -213,9 +238,10 @@ class Aws:
         self._clients: dict[str, Any] = {}
         self._service_endpoints: dict[str, str] = {}
         self._lock = threading.Lock()
+        self._count_lock = threading.Lock()
         self._account_id: str | None = None
         # Separate from the engine's pool, so a resource's parallel reads never wait on it.
-        self._readers = ThreadPoolExecutor(max_workers=16, thread_name_prefix="aws-read")
+        self._readers = ThreadPoolExecutor(max_workers=32, thread_name_prefix="aws-read")
         self._boto_config = BotoConfig(
             region_name=self.region,
             retries={"total_max_attempts": 1, "mode": "standard"},
@@ -225,6 +251,11 @@ class Aws:
         )
 
     def client(self, service: str) -> Any:
+        client = self._clients.get(service)
+        if client is not None:
+            return client
+        # One client at a time: a boto3 session is not safe for concurrent client creation.
+        # Calls on clients that already exist go on meanwhile (`_count` has its own lock).
         with self._lock:
             client = self._clients.get(service)
             if client is None:
@@ -249,7 +280,7 @@ class Aws:
             self._clients.pop(service, None)
 
     def _count(self, model: Any, **_: Any) -> None:
-        with self._lock:
+        with self._count_lock:
             self.calls[f"{model.service_model.service_name}:{model.name}"] += 1
 
     @property

@@ -111,3 +111,17 @@ def test_backoff_has_full_jitter_within_the_cap() -> None:
 )
 def test_mutating_operations_are_told_apart(operation: str, mutating: bool) -> None:
     assert is_mutating(operation) is mutating
+
+
+def test_sessions_share_parsed_service_models(endpoint) -> None:
+    first, second = Aws(endpoint_url=endpoint), Aws(endpoint_url=endpoint)
+    loader = first.session._session.get_component("data_loader")
+    assert second.session._session.get_component("data_loader") is loader
+    paths = list(loader.search_paths)
+    Aws(endpoint_url=endpoint)
+    # boto3 adds its data directory on every session; the shared path list stays as it was.
+    assert loader.search_paths == paths
+    # Each Aws still counts its own calls.
+    first.call("sts", "get_caller_identity", resource="test")
+    assert first.calls["sts:GetCallerIdentity"] == 1
+    assert second.calls["sts:GetCallerIdentity"] == 0

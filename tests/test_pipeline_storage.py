@@ -592,6 +592,27 @@ def test_alarms_watch_every_stage_and_notify_the_topic(cli, aws) -> None:
     assert (dlq["Period"], dlq["EvaluationPeriods"]) == (300, 1)
 
 
+def test_the_plan_reads_all_alarms_in_one_call_and_still_sees_drift(cli, aws, faults) -> None:
+    up_ok(cli)
+    aws("cloudwatch").put_metric_alarm(
+        AlarmName="test-processor-errors",
+        Namespace="AWS/Lambda",
+        MetricName="Errors",
+        Statistic="Sum",
+        Period=60,
+        EvaluationPeriods=1,
+        Threshold=99.0,
+        ComparisonOperator="GreaterThanThreshold",
+    )
+    faults.calls.clear()
+    plan = cli("plan", "--output", "json").json
+    assert [op for s, op in faults.calls if op == "DescribeAlarms"] == ["DescribeAlarms"]
+    assert ("cloudwatch.alarm", "test-processor-errors") in changed_fields(plan)
+    up_ok(cli)
+    # After the update the alarm is read again, from AWS, and is back in line.
+    assert changed_fields(cli("plan", "--output", "json").json) == {}
+
+
 def test_dashboard_shows_the_pipeline_and_records_its_stack(cli, aws) -> None:
     up_ok(cli)
     body = json.loads(aws("cloudwatch").get_dashboard(DashboardName="test")["DashboardBody"])

@@ -18,7 +18,7 @@ from iotpipe.errors import AwsError, IotpipeError
 
 MAX_WORKERS = 8
 # Observing is read-only and latency-bound: more of it runs side by side (throttling is retried).
-OBSERVE_WORKERS = 16
+OBSERVE_WORKERS = 48
 
 # (step, event, error) with event one of "start", "done", "failed".
 ProgressCallback = Callable[[Step, str, BaseException | None], None]

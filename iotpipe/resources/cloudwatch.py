@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -162,14 +163,45 @@ def alarm_specs(ctx: StackContext) -> list[AlarmSpec]:
     ]
 
 
+class AlarmDescriptions:
+    """One DescribeAlarms for all of the stack's alarms instead of one per alarm.
+
+    Each alarm's description is served from it once: the plan's observation. Any later look
+    (after the alarm is created or updated) asks AWS again.
+    """
+
+    def __init__(self, names: list[str]) -> None:
+        self._names = names
+        self._lock = threading.Lock()
+        self._found: dict[str, dict[str, Any]] | None = None
+        self._unserved = set(names)
+
+    def take(self, aws: Aws, name: str, label: str) -> tuple[bool, dict[str, Any] | None]:
+        """(served from the batch, the alarm or None if absent); (False, None) once served."""
+        with self._lock:
+            if name not in self._unserved:
+                return False, None
+            if self._found is None:
+                # AlarmNames takes up to 100 names; a stack has a dozen alarms.
+                found = aws.call(
+                    "cloudwatch", "describe_alarms", resource=label, AlarmNames=self._names
+                )
+                self._found = {a["AlarmName"]: a for a in found.get("MetricAlarms", [])}
+            self._unserved.discard(name)
+            return True, self._found.get(name)
+
+
 class Alarm(Resource):
     kind = "cloudwatch.alarm"
 
-    def __init__(self, ctx: StackContext, spec: AlarmSpec) -> None:
+    def __init__(
+        self, ctx: StackContext, spec: AlarmSpec, batch: AlarmDescriptions | None = None
+    ) -> None:
         super().__init__(
             ctx, f"{ctx.stack}-{spec.suffix}", depends_on=(f"sns.topic/{ctx.names.alerts_topic}",)
         )
         self.spec = spec
+        self._batch = batch
 
     @property
     def arn(self) -> str:
@@ -193,14 +225,21 @@ class Alarm(Resource):
             "ok_actions": [topic],
         }
 
-    def observe(self, aws: Aws) -> dict[str, Any] | None:
+    def _describe(self, aws: Aws) -> dict[str, Any] | None:
+        if self._batch is not None:
+            served, alarm = self._batch.take(aws, self.name, self.label)
+            if served:
+                return alarm
         found = aws.call(
             "cloudwatch", "describe_alarms", resource=self.label, AlarmNames=[self.name]
         )
         alarms = found.get("MetricAlarms", [])
-        if not alarms:
+        return alarms[0] if alarms else None
+
+    def observe(self, aws: Aws) -> dict[str, Any] | None:
+        alarm = self._describe(aws)
+        if alarm is None:
             return None
-        alarm = alarms[0]
         tags = aws.call(
             "cloudwatch",
             "list_tags_for_resource",
@@ -468,5 +507,7 @@ class Dashboard(Resource):
 
 
 def resources(ctx: StackContext) -> list[Resource]:
-    alarms: list[Resource] = [Alarm(ctx, spec) for spec in alarm_specs(ctx)]
+    specs = alarm_specs(ctx)
+    batch = AlarmDescriptions([f"{ctx.stack}-{spec.suffix}" for spec in specs])
+    alarms: list[Resource] = [Alarm(ctx, spec, batch) for spec in specs]
     return [*alarms, Dashboard(ctx, ctx.names.dashboard)]

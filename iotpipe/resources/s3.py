@@ -122,19 +122,13 @@ class ArchiveBucket(Resource):
         def read(operation: str, *missing: str):
             return lambda: aws.call("s3", operation, resource=label, missing=missing, Bucket=bucket)
 
-        tagging, encryption, block, ownership, policy = aws.gather(
+        tagging, encryption, block, ownership, policy, lifecycle = aws.gather(
             read("get_bucket_tagging", "NoSuchTagSet"),
             read("get_bucket_encryption", "ServerSideEncryptionConfigurationNotFoundError"),
             read("get_public_access_block", "NoSuchPublicAccessBlockConfiguration"),
             read("get_bucket_ownership_controls", "OwnershipControlsNotFoundError"),
             read("get_bucket_policy", "NoSuchBucketPolicy"),
-        )
-        lifecycle = aws.call(
-            "s3",
-            "get_bucket_lifecycle_configuration",
-            resource=label,
-            missing=("NoSuchLifecycleConfiguration",),
-            Bucket=bucket,
+            read("get_bucket_lifecycle_configuration", "NoSuchLifecycleConfiguration"),
         )
         rules = (encryption or {}).get("ServerSideEncryptionConfiguration", {}).get("Rules", [])
         return {
