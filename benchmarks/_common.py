@@ -4,6 +4,7 @@ embedded emulator in a process of its own."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import multiprocessing
 import os
@@ -35,6 +36,10 @@ def _serve(setup: Callable[[], None] | None, endpoint: Queue, stop: Event) -> No
     from iotpipe.local.emulator import Emulator
 
     logging.getLogger("werkzeug").setLevel(logging.CRITICAL)
+    # The emulator stands in for AWS. Its own garbage collector pauses every request for
+    # 100-180 ms about once per `up` (gen2 over moto's state, measured), which AWS does not do
+    # and which lands at random in one timed run or another; the process is short-lived.
+    gc.disable()
     if setup is not None:
         setup()
     with Emulator() as emulator:

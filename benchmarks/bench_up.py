@@ -59,6 +59,8 @@ def main(rounds: int = 3) -> None:
         return sum(n for op, n in calls.items() if is_mutating(op))
 
     fresh, noop = statistics.median(fresh_times), statistics.median(noop_times)
+    print("each round, fresh s:", " ".join(f"{t:.2f}" for t in fresh_times))
+    print("each round, no-op s:", " ".join(f"{t:.2f}" for t in noop_times))
     print(f"latency injected per call: {LATENCY_SECONDS * 1000:.0f} ms; median of {rounds} rounds")
     print(
         f"fresh up : {sum(fresh_calls.values()):4d} calls ({mutating(fresh_calls)} mutating), "

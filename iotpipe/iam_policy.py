@@ -222,7 +222,6 @@ def operator_policy(names: Names) -> dict[str, Any]:
                 "iam:UpdateAssumeRolePolicy",
                 "iam:TagRole",
                 "iam:UntagRole",
-                "iam:ListRoleTags",
                 "iam:PutRolePolicy",
                 "iam:GetRolePolicy",
                 "iam:DeleteRolePolicy",

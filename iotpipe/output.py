@@ -108,9 +108,12 @@ class Output:
     def key_values(self, pairs: Sequence[tuple[str, Any]], *, title: str | None = None) -> None:
         self.table(["setting", "value"], [(k, v) for k, v in pairs], title=title)
 
-    def plan(self, plan: Plan, *, title: str = "Plan") -> None:
+    def plan(self, plan: Plan, *, title: str = "Plan", unchanged: bool = True) -> None:
+        """The plan as a table; `unchanged=False` leaves out the no-change rows (unless -v)."""
+        show_all = unchanged or self.verbose > 0
+        steps = [s for s in plan.steps if show_all or s.action is not Action.NOOP]
         rows = []
-        for step in plan.steps:
+        for step in steps:
             symbol, style = _ACTION_STYLE[step.action]
             detail = "\n".join(
                 [*(str(c) for c in step.changes), *([step.note] if step.note else [])]
@@ -123,12 +126,13 @@ class Output:
                     escape(detail),
                 )
             )
-        table = Table(title=title, header_style="bold")
-        for column in ("action", "kind", "name", "changes"):
-            table.add_column(column, overflow="fold")
-        for row in rows:
-            table.add_row(*row)
-        self._diag.print(table)
+        if rows:
+            table = Table(title=title, header_style="bold")
+            for column in ("action", "kind", "name", "changes"):
+                table.add_column(column, overflow="fold")
+            for row in rows:
+                table.add_row(*row)
+            self._diag.print(table)
         summary = ", ".join(f"{n} {action}" for action, n in plan.counts().items())
         self._diag.print(f"[bold]{escape(summary or 'nothing to do')}[/bold]")
 

@@ -10,6 +10,24 @@ from iotpipe.config import Config
 from iotpipe.engine.model import STACK_TAG, Resource
 from iotpipe.naming import Names
 
+# The clients an observation of the whole stack uses, in the order it first needs them.
+PIPELINE_SERVICES = (
+    "sts",
+    "s3",
+    "kinesis",
+    "dynamodb",
+    "sns",
+    "sqs",
+    "iot",
+    "iam",
+    "logs",
+    "lambda",
+    "glue",
+    "firehose",
+    "athena",
+    "cloudwatch",
+)
+
 
 @dataclass
 class StackContext:
@@ -66,6 +84,9 @@ def build_resources(ctx: StackContext) -> list[Resource]:
 
     modules = [s3, kinesis, dynamodb, sns, sqs, iot, lambda_]
     modules += [timestream, glue, firehose, athena, cloudwatch]
+    # The account id comes first (names need it); the clients get built meanwhile.
+    timeseries = ["timestream-write"] if ctx.config.timeseries.enabled else []
+    ctx.aws.prewarm([*PIPELINE_SERVICES, *timeseries])
     return [resource for module in modules for resource in module.resources(ctx)]
 
 

@@ -86,6 +86,20 @@ def test_second_up_makes_zero_mutating_calls_and_plan_shows_no_change(cli, fault
     assert set(plan.json["summary"]) == {"no-change"}
 
 
+def test_up_lists_what_changes_and_counts_what_does_not(cli, config_file: Path) -> None:
+    assert cli("up", "--yes").exit_code == 0
+    quiet = cli("up", "--yes")
+    assert quiet.exit_code == 0, quiet
+    assert "no-change" in quiet.stdout  # the summary counts them
+    assert "test-device-state" not in quiet.stdout  # no row per unchanged resource
+    config_file.write_text('[stack]\nname = "test"\n[stream]\nretention_hours = 48\n')
+    changed = cli("up", "--yes")
+    assert "test-readings" in changed.stdout and "retention_hours" in changed.stdout
+    assert "test-device-state" not in changed.stdout
+    assert "test-device-state" in cli("up", "--yes", "-v").stdout
+    assert "test-device-state" in cli("plan").stdout  # plan shows everything
+
+
 def test_a_config_change_plans_and_applies_exactly_the_changed_fields(
     cli, faults, config_file: Path, endpoint
 ) -> None:

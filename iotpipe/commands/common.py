@@ -29,7 +29,8 @@ def show_confirm_execute(
     """Print the plan, ask, then execute it with a progress bar; returns the seconds it took."""
     out = app.out
     if not out.json_mode:
-        out.plan(plan, title=title)
+        # What will change; the resources already in shape are counted, listed with -v.
+        out.plan(plan, title=title, unchanged=False)
     if plan.is_empty:
         return 0.0
     out.confirm(question, yes=yes)

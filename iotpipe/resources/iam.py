@@ -95,19 +95,17 @@ class ServiceRole(Resource):
         if found is None:
             return None
         role = found["Role"]
-        tags, inline = aws.gather(
-            lambda: aws.call("iam", "list_role_tags", resource=self.label, RoleName=self.name),
-            lambda: aws.call(
-                "iam",
-                "get_role_policy",
-                resource=self.label,
-                missing=("NoSuchEntity",),
-                RoleName=self.name,
-                PolicyName=self.policy_name,
-            ),
+        # GetRole carries the role's tags (at most 50, all of them): no ListRoleTags needed.
+        inline = aws.call(
+            "iam",
+            "get_role_policy",
+            resource=self.label,
+            missing=("NoSuchEntity",),
+            RoleName=self.name,
+            PolicyName=self.policy_name,
         )
         return {
-            "tags": {t["Key"]: t["Value"] for t in tags.get("Tags", [])},
+            "tags": {t["Key"]: t["Value"] for t in role.get("Tags", [])},
             "description": role.get("Description", ""),
             "trust_policy": role.get("AssumeRolePolicyDocument"),
             "policy": inline["PolicyDocument"] if inline else None,
