@@ -335,3 +335,19 @@ def test_latest_starts_after_the_records_already_in_the_stream(
     local.drain()
 
     assert [c["ns"] for c in calls(calls_file)] == [[1]]
+
+
+def test_the_code_directory_wins_over_a_same_named_package_elsewhere_on_the_path(
+    aws: Aws, tmp_path: Path, code_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An earlier function's code, with a package of the same name, put first on the path.
+    other = tmp_path / "other"
+    (other / "testfn").mkdir(parents=True)
+    (other / "testfn" / "__init__.py").write_text("")
+    (other / "testfn" / "handler.py").write_text("def lambda_handler(event, context):\n    1 / 0\n")
+    monkeypatch.syspath_prepend(str(code_dir))
+    monkeypatch.syspath_prepend(str(other))
+    stream_arn, calls_file = make_pipeline(aws, tmp_path)
+    put(aws, {"n": 0, "metrics": {"t": 1.5}})
+    assert poller(aws, stream_arn, code_dir).drain() == 1
+    assert len(calls(calls_file)) == 1

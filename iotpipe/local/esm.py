@@ -213,8 +213,10 @@ class FunctionRuntime:
         # A fresh import: module-level clients must see this emulator's endpoint and environment.
         for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
             del sys.modules[name]
-        if str(self.code_dir) not in sys.path:
-            sys.path.insert(0, str(self.code_dir))
+        # First on the path, even if it is already further down: another directory holding a
+        # package of the same name (an earlier function's code) must not win.
+        code_dir = str(self.code_dir)
+        sys.path[:] = [code_dir, *(entry for entry in sys.path if entry != code_dir)]
         try:
             with self._inside():
                 module = importlib.import_module(module_name)
