@@ -2,16 +2,20 @@
 
 Target: a no-op `up` makes no mutating call and takes at most 30% of a fresh `up`'s time.
 
-Each round starts from an empty account; the figures are medians over the rounds, with the
-emulator in its own process. Both kinds of run pay the same fixed cost (loading the service models
-of 15 AWS clients, roughly half a second of CPU); the emulator provisions instantly, where AWS
-takes tens of seconds for a stream, a delivery stream or a table to become ACTIVE, so the ratio
-measured here is an upper bound of the one against AWS.
+Each round starts from an empty account and runs a fresh `up`, then a no-op `up`; the figures are
+medians over the rounds (`python bench_up.py [ROUNDS]`, 7 by default), so the first round's
+one-time costs (imports, parsing the service models) count in neither. The emulator runs in its
+own process, without its cyclic garbage collector: it stands in for AWS, and its collector's
+pauses (100-180 ms about once a round, measured) would land at random in one run or the other.
+Before each timed run the previous run's garbage is collected, as if each `up` were a process
+of its own. The emulator provisions instantly, where AWS takes tens of seconds for a stream, a
+delivery stream or a table to become ACTIVE, so the ratio against AWS is far smaller.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import statistics
 import tempfile
@@ -29,6 +33,11 @@ LATENCY_SECONDS = 0.05
 
 def timed_up(config: Path, endpoint: str, faults: Faults) -> tuple[float, Counter]:
     faults.calls.clear()
+    # Each `iotpipe up` is a process of its own: collect the previous run's garbage (its clients
+    # are cyclic) before the clock starts, not in the middle of this run.
+    gc.collect()
+    time.sleep(0.2)  # the old run's reader threads exit once their pool is collected
+    gc.collect()
     started = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         code = run(["up", "--yes", "--config", str(config), "--endpoint-url", endpoint])
@@ -38,7 +47,7 @@ def timed_up(config: Path, endpoint: str, faults: Faults) -> tuple[float, Counte
     return elapsed, Counter(op for _, op in faults.calls)
 
 
-def main(rounds: int = 3) -> None:
+def main(rounds: int = 7) -> None:
     fresh_times, noop_times = [], []
     with emulator_process() as endpoint_url, tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "iotpipe.toml"
@@ -79,4 +88,4 @@ def main(rounds: int = 3) -> None:
 if __name__ == "__main__":
     import sys
 
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 5)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 7)

@@ -289,15 +289,16 @@ class Aws:
                 self._clients[service] = client
             return client
 
-    def prewarm(self, services: Iterable[str]) -> None:
-        """Create these clients on a background thread, in order, while the caller waits on AWS.
+    def prewarm(self, first: str, *rest: str) -> None:
+        """Create `first` now (the caller needs it next), then `rest` on a background thread.
 
-        Building a client is CPU work (its methods, endpoint rules, handlers); done here it
-        overlaps the first calls' network time instead of adding to it.
+        Building a client is CPU work (its methods, endpoint rules, handlers); done there it
+        overlaps the caller's first calls' network time instead of adding to it.
         """
+        self.client(first)
 
         def build() -> None:
-            for service in services:
+            for service in rest:
                 try:
                     self.client(service)
                 except Exception:  # the call that needs it will meet the same error and report it

@@ -86,7 +86,7 @@ def build_resources(ctx: StackContext) -> list[Resource]:
     modules += [timestream, glue, firehose, athena, cloudwatch]
     # The account id comes first (names need it); the clients get built meanwhile.
     timeseries = ["timestream-write"] if ctx.config.timeseries.enabled else []
-    ctx.aws.prewarm([*PIPELINE_SERVICES, *timeseries])
+    ctx.aws.prewarm(*PIPELINE_SERVICES, *timeseries)
     return [resource for module in modules for resource in module.resources(ctx)]
 
 
