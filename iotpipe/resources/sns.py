@@ -107,16 +107,23 @@ class EmailSubscriptions(Resource):
         if topic is None:
             return None
         # Subscriptions cannot be tagged: they belong to whoever owns the topic.
-        tags = aws.call("sns", "list_tags_for_resource", resource=label, ResourceArn=self.topic_arn)
+        tags, subscriptions = aws.gather(
+            lambda: aws.call(
+                "sns", "list_tags_for_resource", resource=label, ResourceArn=self.topic_arn
+            ),
+            lambda: list(
+                aws.paginate(
+                    "sns",
+                    "list_subscriptions_by_topic",
+                    resource=label,
+                    key="Subscriptions",
+                    TopicArn=self.topic_arn,
+                )
+            ),
+        )
         confirmed: dict[str, str] = {}
         pending: set[str] = set()
-        for sub in aws.paginate(
-            "sns",
-            "list_subscriptions_by_topic",
-            resource=label,
-            key="Subscriptions",
-            TopicArn=self.topic_arn,
-        ):
+        for sub in subscriptions:
             if sub.get("Protocol") != "email":
                 continue
             if sub["SubscriptionArn"] == PENDING:
