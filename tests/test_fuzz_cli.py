@@ -18,10 +18,11 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 THING_NAME = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
+# A leading "-" reads as an option, as with any command-line tool (`--` ends the options).
 names = st.one_of(
     st.from_regex(r"[a-zA-Z0-9:_-]{1,20}", fullmatch=True),
-    st.text(min_size=1, max_size=140).filter(lambda s: not s.startswith("-")),
-)
+    st.text(min_size=1, max_size=140),
+).filter(lambda s: not s.startswith("-"))
 
 
 def _no_traceback(result) -> None:

@@ -54,5 +54,9 @@ def test_serve_runs_the_pipeline_for_commands_pointed_at_it(server, tmp_path, ca
         if len(items) == 3:
             break
         time.sleep(0.5)
-    assert sorted(i["device_id"]["S"] for i in items) == ["s-0001", "s-0002", "s-0003"], events
+    log = local.plane.function_log.getvalue()[-4000:] if local.plane else ""
+    assert sorted(i["device_id"]["S"] for i in items) == ["s-0001", "s-0002", "s-0003"], (
+        events,
+        log,
+    )
     assert any("data plane running" in e for e in events)
