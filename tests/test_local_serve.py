@@ -34,11 +34,9 @@ def _cli(*args: str, config: Path, endpoint: str) -> int:
     return run([*args, "--config", str(config), "--endpoint-url", endpoint])
 
 
-def test_serve_runs_the_pipeline_for_commands_pointed_at_it(server, tmp_path, capsys) -> None:
-    local, events = server
+def _up_register_simulate(url: str, tmp_path: Path, capsys) -> None:
     config = tmp_path / "iotpipe.toml"
     config.write_text('[stack]\nname = "test"\n')
-    url = local.endpoint_url
     assert _cli("up", "--yes", config=config, endpoint=url) == 0
     devices = tmp_path / "devices"
     register = ("devices", "register", "--count", "3", "--prefix", "s-", "--out-dir", str(devices))
@@ -46,6 +44,9 @@ def test_serve_runs_the_pipeline_for_commands_pointed_at_it(server, tmp_path, ca
     simulate = ("simulate", "--devices-dir", str(devices), "--readings", "30")
     assert _cli(*simulate, config=config, endpoint=url) == 0, capsys.readouterr().err
 
+
+def _device_state(local: LocalServer, events: list[str]) -> None:
+    url = local.endpoint_url
     table = boto3.client("dynamodb", endpoint_url=url, region_name="us-east-1")
     deadline = time.monotonic() + 60
     items: list = []
@@ -59,4 +60,29 @@ def test_serve_runs_the_pipeline_for_commands_pointed_at_it(server, tmp_path, ca
         events,
         log,
     )
+
+
+def test_serve_runs_the_pipeline_for_commands_pointed_at_it(server, tmp_path, capsys) -> None:
+    local, events = server
+    _up_register_simulate(local.endpoint_url, tmp_path, capsys)
+    _device_state(local, events)
     assert any("data plane running" in e for e in events)
+
+
+def test_readings_sent_before_the_data_plane_starts_are_processed(
+    endpoint: str, tmp_path, capsys
+) -> None:
+    events: list[str] = []
+    stop = threading.Event()
+    with LocalServer(
+        parse_config({"stack": {"name": "test"}}), port=0, on_event=events.append
+    ) as local:
+        # Everything happens before the server has looked for the stack.
+        _up_register_simulate(local.endpoint_url, tmp_path, capsys)
+        thread = threading.Thread(target=local.run, args=(stop,), daemon=True)
+        thread.start()
+        try:
+            _device_state(local, events)
+        finally:
+            stop.set()
+            thread.join(timeout=10)

@@ -76,9 +76,17 @@ class LocalDataPlane:
         self.delivery.flush()
 
     # Background operation (local serve) ------------------------------------------------------
-    def receive_emulator_publishes(self) -> None:
-        """Feed messages published through the emulator's IoT data plane to the rules engine."""
-        self._uninstall.append(_listen_to_iot_data(self.aws, self._inbox))
+    def receive_emulator_publishes(
+        self, inbox: queue.Queue[tuple[str, bytes]] | None = None
+    ) -> None:
+        """Feed messages published through the emulator's IoT data plane to the rules engine.
+
+        With `inbox`, whoever filled it listens already (messages may be waiting in it).
+        """
+        if inbox is None:
+            self._uninstall.append(listen_to_iot_data(self.aws, self._inbox))
+        else:
+            self._inbox = inbox
         self._spawn(self._deliver_inbox)
 
     def run_in_background(self, poll_seconds: float = 0.5) -> None:
@@ -115,7 +123,7 @@ class LocalDataPlane:
         self._uninstall.clear()
 
 
-def _listen_to_iot_data(aws: Aws, inbox: queue.Queue[tuple[str, bytes]]) -> Callable[[], None]:
+def listen_to_iot_data(aws: Aws, inbox: queue.Queue[tuple[str, bytes]]) -> Callable[[], None]:
     # The emulator only stores what is published to its IoT data plane; hand it to the rules
     # engine as well (from a queue, so the publisher's request returns as it would from AWS).
     from moto.iotdata.models import IoTDataPlaneBackend

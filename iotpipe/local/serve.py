@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -31,16 +32,23 @@ class LocalServer:
         self.emulator = Emulator(port=port)
         self.plane: LocalDataPlane | None = None
         self._stack = ExitStack()
+        # What devices publish from the start, kept until the data plane runs: a `simulate`
+        # right after `up` may come before this server has noticed the stack.
+        self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
 
     @property
     def endpoint_url(self) -> str:
         return self.emulator.endpoint_url
 
     def __enter__(self) -> LocalServer:
+        from iotpipe.aws import Aws
         from iotpipe.local.demo import emulator_credentials
+        from iotpipe.local.plane import listen_to_iot_data
 
         self._stack.enter_context(emulator_credentials())
         self._stack.enter_context(self.emulator)
+        aws = Aws(endpoint_url=self.endpoint_url, region=self.config.stack.region)
+        self._stack.callback(listen_to_iot_data(aws, self._inbox))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -60,7 +68,7 @@ class LocalServer:
         except IotpipeError:
             return False  # the stack is not (completely) up yet
         self.plane = plane.start()
-        plane.receive_emulator_publishes()
+        plane.receive_emulator_publishes(self._inbox)
         plane.run_in_background()
         self.on_event(f"data plane running for stack {names.stack!r}")
         return True
