@@ -165,6 +165,19 @@ class Config(_Section):
     iot: IotSection = IotSection()
     alerts: AlertsSection = AlertsSection()
 
+    @model_validator(mode="after")
+    def _freshness_alarm_beyond_the_buffer(self) -> Config:
+        # Firehose holds readings up to buffer_seconds before it writes them: an alarm on a
+        # shorter freshness would be in alarm all the time.
+        freshness, buffer = self.alerts.archive_freshness_seconds, self.archive.buffer_seconds
+        if freshness <= buffer:
+            raise ValueError(
+                f"alerts.archive_freshness_seconds ({freshness}) must be more than "
+                f"archive.buffer_seconds ({buffer}): Firehose holds readings that long before "
+                "it writes them, so the archive-freshness alarm would always fire"
+            )
+        return self
+
     @property
     def sizing(self) -> Sizing:
         return Sizing.of(self)
@@ -229,11 +242,12 @@ def parse_config(data: dict, source: str = "config") -> Config:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            field = ".".join(str(part) for part in err["loc"]) or "(top level)"
+            field = ".".join(str(part) for part in err["loc"])
             reason = err["msg"]
             if err["type"] == "extra_forbidden":
                 reason = "unknown key (check its spelling and section)"
-            problems.append(f"{field}: {reason}")
+            # A rule across sections names its fields itself.
+            problems.append(f"{field}: {reason}" if field else reason.removeprefix("Value error, "))
         raise ConfigError(
             f"{source} is invalid:\n  " + "\n  ".join(problems),
             hint="fix the fields above; `iotpipe init` writes a documented example",

@@ -53,6 +53,11 @@ def test_example_config_is_valid_and_equals_the_defaults() -> None:
         ({"processor": {"maximum_record_age_seconds": 5}}, "processor", "maximum_record_age"),
         ({"archive": {"transition_to_glacier_days": 30}}, "archive", "glacier"),
         ({"alerts": {"emails": ["not-an-email"]}}, "alerts.emails.0", "pattern"),
+        (
+            {"alerts": {"archive_freshness_seconds": 900}},
+            "alerts.archive_freshness_seconds (900) must be more than archive.buffer_seconds (900)",
+            "always fire",
+        ),
     ],
 )
 def test_invalid_fields_are_named_with_the_reason(data: dict, field: str, reason: str) -> None:
