@@ -450,8 +450,9 @@ class Fleet:
             )
             # Written last: it names the certificate, so a re-run can resume from here.
             _write_private(directory / DEVICE_FILE, json.dumps(info, indent=2) + "\n", replace=True)
-        except OSError:
-            # The key is gone with the failed write: delete the certificate nobody can use.
+        except (OSError, KeyboardInterrupt):
+            # The key is gone with the failed (or interrupted) write: delete the certificate
+            # nobody can use.
             with contextlib.suppress(IotpipeError):
                 self._call("update_certificate", name, certificateId=cert.id, newStatus="INACTIVE")
                 self._call("delete_certificate", name, certificateId=cert.id)

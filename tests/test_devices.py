@@ -460,3 +460,23 @@ def test_a_failed_credentials_write_leaves_no_usable_certificate(register, iot, 
     assert "device w-1:" in result.stderr
     assert all_certificates(iot) == {}
     assert iot.list_thing_principals(thingName="w-1")["principals"] == []
+
+
+def test_an_interrupt_while_writing_credentials_leaves_no_usable_certificate(
+    register, iot, out_dir, monkeypatch
+):
+    from iotpipe import devices
+
+    original = devices._write_private
+
+    def interrupted(path: Path, text: str, *, replace: bool) -> None:
+        if path.name == "private.pem.key":
+            raise KeyboardInterrupt  # Ctrl-C between minting and saving the key
+        original(path, text, replace=replace)
+
+    monkeypatch.setattr(devices, "_write_private", interrupted)
+    result = register("i-1")
+
+    assert result.exit_code == 130
+    assert all_certificates(iot) == {}
+    assert iot.list_thing_principals(thingName="i-1")["principals"] == []
