@@ -124,3 +124,25 @@ def test_glue_types_map_to_duckdb_types() -> None:
     assert duckdb_type("array<struct<a:int,b:string>>") == 'STRUCT("a" INTEGER, "b" VARCHAR)[]'
     with pytest.raises(UsageError):
         duckdb_type("uniontype<int,string>")
+
+
+def test_local_query_prints_csv_and_json_like_query(cli, endpoint: str) -> None:
+    assert cli("up", "--yes").exit_code == 0
+    bucket = "test-archive-123456789012-us-east-1"
+    body = gzip.compress((json.dumps(_line("d-1", 1_700_000_000_000, 21.5)) + "\n").encode())
+    aws = Aws(endpoint_url=endpoint, region="us-east-1")
+    aws.call(
+        "s3",
+        "put_object",
+        resource="b",
+        Bucket=bucket,
+        Key="readings/dt=2023-11-14/hour=22/part-1.gz",
+        Body=body,
+    )
+    sql = "SELECT device_id, json_extract_scalar(metrics, '$.temperature') AS t FROM readings"
+    csv = cli("local", "query", sql, "--output", "csv")
+    assert csv.exit_code == 0, csv
+    assert csv.stdout.splitlines() == ["device_id,t", "d-1,21.5"]
+    as_json = cli("local", "query", sql, "-o", "json")
+    assert as_json.exit_code == 0, as_json
+    assert as_json.json["rows"] == [{"device_id": "d-1", "t": "21.5"}]

@@ -50,7 +50,8 @@ def query(
     sql: Annotated[str, typer.Argument(help="Athena (Trino) SQL over the stack's archive.")],
     max_rows: Annotated[int | None, typer.Option("--max-rows", min=1)] = None,
 ) -> None:
-    """Run Athena SQL over the archive in the emulator with the local engine (DuckDB)."""
+    """Run Athena SQL over the archive in the emulator with the local engine (DuckDB); rows as
+    a table, csv or json (`--output`), like `iotpipe query`."""
     from iotpipe.local.demo import require_local_extra
     from iotpipe.local.sql import run_query
 
@@ -64,7 +65,10 @@ def query(
     if out.json_mode:
         out.data(result.to_dict())
         return
-    out.table(result.columns, result.rows, title=f"{result.engine}")
+    if out.mode == "csv":
+        out.csv_rows(result.columns, result.rows)
+    else:
+        out.table(result.columns, result.rows, title=f"{result.engine}")
     out.info(
         f"{len(result.rows):,} row(s) in {result.seconds:.1f} s; read {result.objects_read} "
         f"object(s), {result.bytes_read:,} bytes (local engine: no Athena charge applies)"
