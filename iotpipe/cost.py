@@ -652,7 +652,8 @@ def always_free_allowances(items: list[LineItem], prices: Prices) -> list[LineIt
     for item in items:
         allowance = prices.always_free.get(item.meter, 0)
         covered = min(item.quantity, allowance)
-        if covered / item.price_per * item.unit_price < 0.005:  # nothing worth a cent
+        credit = covered / item.price_per * item.unit_price
+        if credit < 0.005:  # nothing worth a cent
             continue
         credits.append(
             LineItem(
@@ -661,7 +662,7 @@ def always_free_allowances(items: list[LineItem], prices: Prices) -> list[LineIt
                 covered,
                 item.unit,
                 item.unit_price,
-                -covered / item.price_per * item.unit_price,
+                -credit,
                 item.item,
                 item.price_per,
                 item.meter,

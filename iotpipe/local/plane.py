@@ -76,17 +76,9 @@ class LocalDataPlane:
         self.delivery.flush()
 
     # Background operation (local serve) ------------------------------------------------------
-    def receive_emulator_publishes(
-        self, inbox: queue.Queue[tuple[str, bytes]] | None = None
-    ) -> None:
-        """Feed messages published through the emulator's IoT data plane to the rules engine.
-
-        With `inbox`, whoever filled it listens already (messages may be waiting in it).
-        """
-        if inbox is None:
-            self._uninstall.append(listen_to_iot_data(self.aws, self._inbox))
-        else:
-            self._inbox = inbox
+    def receive_emulator_publishes(self, inbox: queue.Queue[tuple[str, bytes]]) -> None:
+        """Feed the rules engine what `listen_to_iot_data` puts in `inbox` (some may wait there)."""
+        self._inbox = inbox
         self._spawn(self._deliver_inbox)
 
     def run_in_background(self, poll_seconds: float = 0.5) -> None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from iotpipe.errors import IotpipeError
 
 if TYPE_CHECKING:
+    from iotpipe.aws import Aws
     from iotpipe.config import Config
     from iotpipe.local.plane import LocalDataPlane
 
@@ -31,6 +32,7 @@ class LocalServer:
         self.on_event = on_event
         self.emulator = Emulator(port=port)
         self.plane: LocalDataPlane | None = None
+        self._aws: Aws | None = None
         self._stack = ExitStack()
         # What devices publish from the start, kept until the data plane runs: a `simulate`
         # right after `up` may come before this server has noticed the stack.
@@ -47,8 +49,8 @@ class LocalServer:
 
         self._stack.enter_context(emulator_credentials())
         self._stack.enter_context(self.emulator)
-        aws = Aws(endpoint_url=self.endpoint_url, region=self.config.stack.region)
-        self._stack.callback(listen_to_iot_data(aws, self._inbox))
+        self._aws = Aws(endpoint_url=self.endpoint_url, region=self.config.stack.region)
+        self._stack.callback(listen_to_iot_data(self._aws, self._inbox))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -57,11 +59,11 @@ class LocalServer:
         self._stack.close()
 
     def _try_start_plane(self) -> bool:
-        from iotpipe.aws import Aws
         from iotpipe.local.plane import LocalDataPlane
         from iotpipe.stack import StackContext
 
-        aws = Aws(endpoint_url=self.endpoint_url, region=self.config.stack.region)
+        aws = self._aws
+        assert aws is not None, "enter the server first"
         names = StackContext(self.config, aws).names
         try:
             plane = LocalDataPlane(aws, names)

@@ -38,6 +38,9 @@ class AlarmSpec:
     comparison: str = "GreaterThanThreshold"
     treat_missing_data: str = "notBreaching"
 
+    def alarm_name(self, stack: str) -> str:
+        return f"{stack}-{self.suffix}"
+
 
 def alarm_specs(ctx: StackContext) -> list[AlarmSpec]:
     names, alerts = ctx.names, ctx.config.alerts
@@ -198,7 +201,7 @@ class Alarm(Resource):
         self, ctx: StackContext, spec: AlarmSpec, batch: AlarmDescriptions | None = None
     ) -> None:
         super().__init__(
-            ctx, f"{ctx.stack}-{spec.suffix}", depends_on=(f"sns.topic/{ctx.names.alerts_topic}",)
+            ctx, spec.alarm_name(ctx.stack), depends_on=(f"sns.topic/{ctx.names.alerts_topic}",)
         )
         self.spec = spec
         self._batch = batch
@@ -352,7 +355,7 @@ class Dashboard(Resource):
         table = ["TableName", names.device_state_table]
         rule = ["RuleName", names.topic_rule]
         alarms = [
-            self.ctx.names.arn("cloudwatch", f"alarm:{self.ctx.stack}-{spec.suffix}")
+            self.ctx.names.arn("cloudwatch", f"alarm:{spec.alarm_name(self.ctx.stack)}")
             for spec in alarm_specs(self.ctx)
         ]
         return {
@@ -508,6 +511,6 @@ class Dashboard(Resource):
 
 def resources(ctx: StackContext) -> list[Resource]:
     specs = alarm_specs(ctx)
-    batch = AlarmDescriptions([f"{ctx.stack}-{spec.suffix}" for spec in specs])
+    batch = AlarmDescriptions([spec.alarm_name(ctx.stack) for spec in specs])
     alarms: list[Resource] = [Alarm(ctx, spec, batch) for spec in specs]
     return [*alarms, Dashboard(ctx, ctx.names.dashboard)]
