@@ -24,6 +24,8 @@ for _var in ("AWS_PROFILE", "AWS_ENDPOINT_URL"):
     os.environ.pop(_var, None)
 
 from iotpipe.cli import run  # noqa: E402
+from iotpipe.local import aws_rules  # noqa: E402
+from iotpipe.local.aws_rules import Clock  # noqa: E402
 from iotpipe.local.emulator import Emulator  # noqa: E402
 from tests.faults import Faults  # noqa: E402
 
@@ -46,6 +48,12 @@ def endpoint(emulator: Emulator) -> str:
     """A fresh, empty emulated account for each test; the URL to send AWS calls to."""
     emulator.reset()
     return emulator.endpoint_url
+
+
+@pytest.fixture
+def aws_clock(endpoint: str) -> Clock:
+    """The emulator's clock for AWS's time-based rules: `advance(seconds)` jumps it forward."""
+    return aws_rules.clock
 
 
 @pytest.fixture

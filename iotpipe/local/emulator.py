@@ -14,6 +14,8 @@ import logging
 import urllib.request
 from typing import Any
 
+from iotpipe.local import aws_rules
+
 _patched = False
 
 
@@ -82,6 +84,7 @@ class Emulator:
         from moto.server import ThreadedMotoServer
 
         _patch_moto()
+        aws_rules.install()
         # The HTTP server would log every request; callers report their own progress.
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -98,6 +101,7 @@ class Emulator:
         request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")
         with urllib.request.urlopen(request) as response:
             response.read()
+        aws_rules.reset()
 
     def stop(self) -> None:
         self._server.stop()

@@ -1,0 +1,1 @@
+"""AWS rules for dynamodb (see the package docstring)."""

@@ -1,0 +1,1 @@
+"""AWS rules for firehose (see the package docstring)."""

@@ -1,0 +1,1 @@
+"""AWS rules for glue (see the package docstring)."""

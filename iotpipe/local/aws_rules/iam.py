@@ -1,0 +1,1 @@
+"""AWS rules for iam (see the package docstring)."""

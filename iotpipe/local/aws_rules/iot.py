@@ -1,0 +1,1 @@
+"""AWS rules for iot (see the package docstring)."""

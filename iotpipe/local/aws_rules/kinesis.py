@@ -1,0 +1,1 @@
+"""AWS rules for kinesis (see the package docstring)."""

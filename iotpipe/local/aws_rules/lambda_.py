@@ -1,0 +1,1 @@
+"""AWS rules for lambda_ (see the package docstring)."""

@@ -1,0 +1,1 @@
+"""AWS rules for s3 (see the package docstring)."""
