@@ -7,12 +7,21 @@ number (shards, batch sizes, buffers) is computed in `Sizing`, and nowhere else.
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from iotpipe.errors import ConfigError
 
@@ -22,6 +31,39 @@ DEFAULT_CONFIG_PATH = Path("iotpipe.toml")
 SHARD_BYTES_PER_SECOND = 1024 * 1024
 SHARD_RECORDS_PER_SECOND = 1000
 SECONDS_PER_DAY = 86_400
+
+# The retention values CloudWatch Logs accepts (PutRetentionPolicy, retentionInDays): any other
+# number is refused with InvalidParameterException when the log group is configured.
+# https://docs.aws.amazon.com/AmazonCloudWatchLogs/latest/APIReference/API_PutRetentionPolicy.html
+LogRetentionDays = Literal[
+    1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,
+    3288, 3653,
+]  # fmt: skip
+
+# S3 lifecycle minimums ("Transitioning objects using Amazon S3 Lifecycle", Constraints):
+# objects stay 30 days in S3 Standard before a transition to Standard-IA or One Zone-IA, and a
+# rule may not move them on to a Glacier class less than 30 days after the Standard-IA transition
+# (Standard-IA bills 30 days at least).
+# https://docs.aws.amazon.com/AmazonS3/latest/userguide/lifecycle-transition-general-considerations.html
+IA_MINIMUM_DAYS = 30
+IA_MINIMUM_STORAGE_DAYS = 30
+
+# Default service quotas past which a deployment would be refused or throttled; they can be
+# raised, so exceeding them is a warning. Kinesis: 20,000 shards per account in us-east-1,
+# us-west-2 and eu-west-1, "1,000 or 6,000" elsewhere (Kinesis Data Streams quotas and limits,
+# https://docs.aws.amazon.com/streams/latest/dev/service-sizes-and-limits.html). Lambda: 1,000
+# concurrent executions per Region (https://docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html).
+KINESIS_SHARD_QUOTA_LARGE_REGIONS = ("us-east-1", "us-west-2", "eu-west-1")
+KINESIS_SHARD_QUOTA_LARGE = 20_000
+KINESIS_SHARD_QUOTA_OTHER = 1_000
+LAMBDA_CONCURRENCY_QUOTA = 1_000
+
+# S3 general purpose bucket naming rules.
+# https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html
+BUCKET_RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+BUCKET_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+# Account ids are always 12 digits: a stand-in gives the bucket name its real length.
+_ACCOUNT_STAND_IN = "123456789012"
 
 StackName = Annotated[
     str,
@@ -33,9 +75,32 @@ StackName = Annotated[
 ]
 
 
+def bucket_name_problem(name: str) -> str | None:
+    """Why S3 would refuse `name` as a general purpose bucket name, or None."""
+    if not 3 <= len(name) <= 63:
+        return f"is {len(name)} characters long; S3 allows 3 to 63"
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]*[a-z0-9]", name):
+        return (
+            "may hold only lowercase letters, digits, dots and hyphens, and must begin and end "
+            "with a letter or digit"
+        )
+    if ".." in name:
+        return "must not contain two adjacent periods"
+    if re.fullmatch(r"\d+\.\d+\.\d+\.\d+", name):
+        return "must not be formatted as an IP address"
+    for prefix in BUCKET_RESERVED_PREFIXES:
+        if name.startswith(prefix):
+            return f"must not start with {prefix!r} (reserved by S3)"
+    for suffix in BUCKET_RESERVED_SUFFIXES:
+        if name.endswith(suffix):
+            return f"must not end with {suffix!r} (reserved by S3)"
+    return None
+
+
 class _Section(BaseModel):
-    # Unknown keys are a typo far more often than a feature: reject them by name.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Unknown keys are a typo far more often than a feature: reject them by name. Strict: a
+    # string is never quietly read as a number or a boolean ("30" is not 30, "false" not False).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class StackSection(_Section):
@@ -67,6 +132,18 @@ class StreamSection(_Section):
     )
     retention_hours: int = Field(24, ge=24, le=8_760)
 
+    @field_validator("shards")
+    @classmethod
+    def _no_shards_on_demand(cls, shards: int | None, info: ValidationInfo) -> int | None:
+        # An on-demand stream has no shard count to set (CreateStream takes ShardCount only in
+        # PROVISIONED mode): a fixed count would be silently ignored.
+        if shards is not None and info.data.get("mode") == "on_demand":
+            raise ValueError(
+                'a fixed shard count applies only to mode = "provisioned"; remove shards or set '
+                'mode = "provisioned"'
+            )
+        return shards
+
 
 class ProcessorSection(_Section):
     architecture: Literal["arm64", "x86_64"] = "arm64"
@@ -81,7 +158,7 @@ class ProcessorSection(_Section):
     maximum_record_age_seconds: int = Field(
         21_600, description="-1 for no limit, else 60..604800 (AWS's bounds)"
     )
-    log_retention_days: Literal[1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365] = 14
+    log_retention_days: LogRetentionDays = 14
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     powertools_layer_version: int = Field(
         7, ge=1, description="version of AWS's public Powertools for AWS Lambda (Python) layer"
@@ -114,17 +191,46 @@ class ArchiveSection(_Section):
     format: Literal["gzip", "parquet"] = "gzip"
     buffer_mb: int = Field(64, ge=1, le=128)
     buffer_seconds: int = Field(900, ge=0, le=900)
-    transition_to_ia_days: int = Field(30, ge=30, le=36_500)
-    transition_to_glacier_days: int = Field(90, ge=31, le=36_500)
+    # Readings move to S3 Standard-IA, then to S3 Glacier Instant Retrieval (which Athena still
+    # reads in place, unlike Glacier Flexible Retrieval).
+    transition_to_ia_days: int = Field(30, le=36_500)
+    transition_to_glacier_days: int = Field(90, le=36_500)
     quarantine_expire_days: int = Field(30, ge=1, le=36_500)
     athena_results_expire_days: int = Field(7, ge=1, le=36_500)
-    log_retention_days: Literal[1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365] = 14
+    # The archive is versioned: an overwritten or deleted object is kept this long.
+    noncurrent_version_expire_days: int = Field(30, ge=1, le=36_500)
+    log_retention_days: LogRetentionDays = 14
 
-    @model_validator(mode="after")
-    def _glacier_after_ia(self) -> ArchiveSection:
-        if self.transition_to_glacier_days <= self.transition_to_ia_days:
-            raise ValueError("transition_to_glacier_days must be later than transition_to_ia_days")
-        return self
+    @field_validator("transition_to_ia_days")
+    @classmethod
+    def _ia_minimum(cls, days: int) -> int:
+        if days < IA_MINIMUM_DAYS:
+            raise ValueError(
+                f"S3 moves objects to STANDARD_IA only after at least {IA_MINIMUM_DAYS} days in "
+                f"S3 Standard (S3 refuses a lifecycle rule with {days}); use "
+                f"{IA_MINIMUM_DAYS} or more"
+            )
+        return days
+
+    @field_validator("transition_to_glacier_days")
+    @classmethod
+    def _glacier_after_ia(cls, days: int, info: ValidationInfo) -> int:
+        ia = info.data.get("transition_to_ia_days")
+        if ia is not None and days < ia + IA_MINIMUM_STORAGE_DAYS:
+            raise ValueError(
+                f"the move to GLACIER_IR must come at least {IA_MINIMUM_STORAGE_DAYS} days after "
+                f"the move to STANDARD_IA (transition_to_ia_days = {ia}): STANDARD_IA bills "
+                f"{IA_MINIMUM_STORAGE_DAYS} days at least and S3 refuses an earlier transition; "
+                f"use {ia + IA_MINIMUM_STORAGE_DAYS} or more"
+            )
+        return days
+
+    def transitions(self) -> list[tuple[int, str]]:
+        """The readings' lifecycle transitions: (days after creation, S3 storage class)."""
+        return [
+            (self.transition_to_ia_days, "STANDARD_IA"),
+            (self.transition_to_glacier_days, "GLACIER_IR"),
+        ]
 
     @model_validator(mode="after")
     def _parquet_buffer(self) -> ArchiveSection:
@@ -178,9 +284,48 @@ class Config(_Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _bucket_name_allowed(self) -> Config:
+        # The archive bucket is named <stack>-archive-<account>-<region> (see iotpipe.naming).
+        bucket = f"{self.stack.name}-archive-{_ACCOUNT_STAND_IN}-{self.stack.region}"
+        problem = bucket_name_problem(bucket)
+        if problem:
+            raise ValueError(
+                f"stack.name: the archive bucket name {bucket!r} (with your account id) {problem}; "
+                "choose another stack name"
+            )
+        return self
+
     @property
     def sizing(self) -> Sizing:
         return Sizing.of(self)
+
+    def quota_warnings(self) -> list[str]:
+        """Settings past AWS's default quotas: allowed (quotas can be raised), but said."""
+        warnings = []
+        sizing, region = self.sizing, self.stack.region
+        if self.stream.mode == "provisioned":
+            quota = (
+                KINESIS_SHARD_QUOTA_LARGE
+                if region in KINESIS_SHARD_QUOTA_LARGE_REGIONS
+                else KINESIS_SHARD_QUOTA_OTHER
+            )
+            if sizing.shards > quota:
+                warnings.append(
+                    f"stream.shards: {sizing.shards} shards is more than Kinesis's default quota "
+                    f"of {quota:,} shards per account in {region}; request an increase in "
+                    "Service Quotas before `up`, or CreateStream is refused"
+                )
+            # The event source mapping runs one invocation per shard and parallelization factor.
+            concurrency = sizing.shards * self.processor.parallelization_factor
+            if concurrency > LAMBDA_CONCURRENCY_QUOTA:
+                warnings.append(
+                    f"processor.parallelization_factor: {sizing.shards} shards x "
+                    f"{self.processor.parallelization_factor} is {concurrency:,} concurrent "
+                    f"invocations, more than Lambda's default {LAMBDA_CONCURRENCY_QUOTA:,} per "
+                    f"Region; request an increase, or the processor is throttled and lags"
+                )
+        return warnings
 
 
 class Sizing(BaseModel):
@@ -236,6 +381,9 @@ def example_config_text() -> str:
     return resources.files("iotpipe").joinpath("config.example.toml").read_text(encoding="utf-8")
 
 
+_SCALAR_TYPES = frozenset({"int_type", "float_type", "bool_type"})
+
+
 def parse_config(data: dict, source: str = "config") -> Config:
     try:
         return Config.model_validate(data)
@@ -243,9 +391,13 @@ def parse_config(data: dict, source: str = "config") -> Config:
         problems = []
         for err in exc.errors():
             field = ".".join(str(part) for part in err["loc"])
-            reason = err["msg"]
+            reason = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 reason = "unknown key (check its spelling and section)"
+            elif err["type"] in _SCALAR_TYPES and isinstance(err.get("input"), str):
+                # Strict mode: "30" stays a string. Say how TOML writes the value instead.
+                reason += f" (got the string {err['input']!r}: write numbers and booleans "
+                reason += "without quotes)"
             # A rule across sections names its fields itself.
             problems.append(f"{field}: {reason}" if field else reason.removeprefix("Value error, "))
         raise ConfigError(

@@ -124,3 +124,74 @@ def test_python_dash_m_is_the_same_program(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert '"via-module"' in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "reason"),
+    [
+        # S3 bucket naming rules: the archive bucket is <stack>-archive-<account>-<region>.
+        ({"stack": {"name": "xn--sensors"}}, "stack.name", "'xn--'"),
+        ({"stack": {"name": "sthree-sensors"}}, "stack.name", "'sthree-'"),
+        ({"stack": {"name": "amzn-s3-demo-x"}}, "stack.name", "'amzn-s3-demo-'"),
+        # S3 lifecycle minimums: 30 days in Standard before Standard-IA, 30 in Standard-IA.
+        ({"archive": {"transition_to_ia_days": 1}}, "archive.transition_to_ia_days", "30 days"),
+        (
+            {"archive": {"transition_to_ia_days": 40, "transition_to_glacier_days": 60}},
+            "archive.transition_to_glacier_days",
+            "use 70 or more",
+        ),
+        # CloudWatch Logs accepts only its own list of retention periods.
+        ({"processor": {"log_retention_days": 10}}, "processor.log_retention_days", "3653"),
+        ({"archive": {"log_retention_days": 366}}, "archive.log_retention_days", "365"),
+        (
+            {"stream": {"mode": "on_demand", "shards": 4}},
+            "stream.shards",
+            'mode = "provisioned"',
+        ),
+        # No silent coercion: a quoted number or boolean is refused, with the fix.
+        ({"processor": {"memory_mb": "256"}}, "processor.memory_mb", "without quotes"),
+        ({"processor": {"bisect_on_error": "false"}}, "processor.bisect_on_error", "boolean"),
+        ({"volume": {"peak_factor": "10"}}, "volume.peak_factor", "without quotes"),
+        (
+            {"device_state": {"point_in_time_recovery": 1}},
+            "device_state.point_in_time_recovery",
+            "boolean",
+        ),
+        ({"stream": {"retention_hours": 24.0}}, "stream.retention_hours", "integer"),
+    ],
+)
+def test_config_that_aws_would_refuse_later_is_refused_now(data, field, reason) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, source="iotpipe.toml")
+    message = caught.value.message
+    assert f"{field}:" in message, message
+    assert reason.lower() in message.lower(), message
+    assert caught.value.exit_code == 2
+
+
+@pytest.mark.parametrize("days", [400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653])
+def test_every_retention_cloudwatch_logs_accepts_is_accepted(days: int) -> None:
+    config = parse_config({"processor": {"log_retention_days": days}})
+    assert config.processor.log_retention_days == days
+
+
+def test_an_integer_where_a_float_is_expected_is_still_a_number() -> None:
+    # TOML writes 10 for 10.0: strict mode keeps an int for a float field (no string involved).
+    assert parse_config({"volume": {"peak_factor": 10}}).volume.peak_factor == 10.0
+
+
+def test_values_past_default_quotas_are_warnings_not_errors(cli, config_file: Path) -> None:
+    config_file.write_text(
+        '[stack]\nname = "test"\nregion = "eu-central-1"\n'
+        "[stream]\nshards = 1200\n[processor]\nparallelization_factor = 2\n"
+    )
+    result = cli("validate", "--output", "json")
+    assert result.exit_code == 0, result
+    warnings = result.json["warnings"]
+    assert any(w.startswith("stream.shards:") and "1,000" in w for w in warnings), warnings
+    assert any(
+        w.startswith("processor.parallelization_factor:") and "2,400" in w for w in warnings
+    ), warnings
+    assert "warning:" in result.stderr
+    # Defaults are well inside every quota.
+    assert parse_config({}).quota_warnings() == []

@@ -103,3 +103,39 @@ def test_the_cli_never_shows_a_traceback_for_a_generated_config(cli, faults, tmp
     if result.exit_code == 2:
         assert "error:" in result.stderr
     assert faults.calls == []
+
+
+def _scalar_kind(annotation) -> type | None:
+    """int, float or bool for a field that holds one (optionally or None), else None."""
+    for kind in (bool, int, float):
+        if annotation is kind or annotation == kind | None:
+            return kind
+    return None
+
+
+numeric_or_boolean_keys = st.sampled_from(
+    [
+        (section, key)
+        for section, fields in SECTIONS.items()
+        for key, field in fields.items()
+        if _scalar_kind(field.annotation) is not None
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    numeric_or_boolean_keys,
+    st.one_of(
+        st.integers(-(10**6), 10**6).map(str),
+        st.sampled_from(["true", "false", "1.5", "0", " 30 ", "1e3"]),
+    ),
+)
+def test_a_string_is_never_read_as_a_number_or_a_boolean(key, text: str) -> None:
+    section, name = key
+    try:
+        parse_config({section: {name: text}}, source="iotpipe.toml")
+    except ConfigError as exc:
+        assert f"{section}.{name}:" in exc.message, exc.message
+        return
+    raise AssertionError(f"{section}.{name} = {text!r} was accepted")

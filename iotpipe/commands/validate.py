@@ -14,12 +14,16 @@ def validate(ctx: typer.Context) -> None:
     config = app.config
     sizing = config.sizing
     monthly = monthly_estimate(config)
+    warnings = config.quota_warnings()
+    for warning in warnings:
+        app.out.warn(warning)
     if app.out.json_mode:
         app.out.data(
             {
                 "valid": True,
                 "config": config.model_dump(),
                 "sizing": sizing.model_dump(),
+                "warnings": warnings,
                 "monthly_cost_usd": monthly.total,
                 "monthly_cost_after_always_free_usd": monthly.total_after_allowances,
             }
