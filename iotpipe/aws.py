@@ -22,7 +22,9 @@ from typing import Any, TypeVar
 import boto3
 import botocore.exceptions
 import botocore.loaders
+import botocore.paginate
 import botocore.session
+import jmespath
 from botocore.config import Config as BotoConfig
 from tenacity import (
     RetryCallState,
@@ -73,18 +75,62 @@ class Transient:
         return self.message_contains is None or self.message_contains.lower() in message.lower()
 
 
-# The known IAM-propagation errors: a role created seconds ago is not yet assumable by the service.
+# The IAM-propagation errors: a role created or changed seconds ago is not yet assumable by the
+# service it is passed to. Each text is the one AWS sends, as terraform-provider-aws retries it
+# (internal/service/{lambda,firehose,iot,glue}); the services answer with generic codes, so the
+# message is what tells "not yet" from "no".
 IAM_PROPAGATION: tuple[Transient, ...] = (
-    Transient("lambda-role", "InvalidParameterValueException", "cannot be assumed"),
-    Transient("lambda-esm-role", "InvalidParameterValueException", "execution role"),
-    Transient("lambda-esm-access", "InvalidParameterValueException", "Cannot access stream"),
-    Transient("firehose-role", "InvalidArgumentException", "assume role"),
-    Transient("firehose-access", "InvalidArgumentException", "is not authorized"),
-    Transient("iot-role", "InvalidRequestException", "unable to assume role"),
-    Transient("iot-role-access", "UnauthorizedException", None),
-    Transient("glue-role", "InvalidInputException", "assume"),
-    Transient("glue-role-access", "AccessDeniedException", "role"),
+    # Lambda CreateFunction / UpdateFunctionConfiguration: "The role defined for the function cannot
+    # be assumed by Lambda." and "The provided execution role does not have permissions to call
+    # ..." (lambda/function.go, retryFunctionOp).
+    Transient("lambda-role", "InvalidParameterValueException", "cannot be assumed by Lambda"),
+    Transient(
+        "lambda-role-permissions",
+        "InvalidParameterValueException",
+        "execution role does not have permissions",
+    ),
+    # Lambda CreateEventSourceMapping: "Cannot access stream arn:... Please ensure the role can
+    # perform the GetRecords, GetShardIterator, DescribeStream, and ListStreams Actions on your
+    # stream in IAM." (lambda/event_source_mapping.go, retryEventSourceMapping).
+    Transient("lambda-esm-access", "InvalidParameterValueException", "ensure the role can perform"),
+    # Firehose CreateDeliveryStream / UpdateDestination: "Firehose is unable to assume role
+    # arn:... Please check the role provided.", the role's own permissions not yet in force
+    # ("... is not authorized to ..."), and "Access was denied when calling Glue. Please ensure
+    # that the role specified in the data format conversion configuration has the necessary
+    # permissions." (firehose/delivery_stream.go, retryDeliveryStreamOp).
+    Transient("firehose-role", "InvalidArgumentException", "Firehose is unable to assume role"),
+    Transient("firehose-role-access", "InvalidArgumentException", "is not authorized to"),
+    Transient("firehose-glue-access", "InvalidArgumentException", "Access was denied"),
+    # IoT CreateTopicRule / ReplaceTopicRule: "AWS IoT (iot.amazonaws.com) is unable to assume role
+    # (sts:AssumeRole) on resource: arn:...  If the role was just created or updated, please try
+    # again in a few seconds." (terraform-provider-aws #33433; the older wording "iot.amazonaws.com
+    # is unable to perform: sts:AssumeRole on resource: ..." is in #20467, which added the retry on
+    # "sts:AssumeRole" to iot/topic_rule.go). UnauthorizedException is not a propagation error:
+    # it is the caller's own missing permission, and fails fast.
+    Transient("iot-role", "InvalidRequestException", "sts:AssumeRole"),
+    # Glue CreateCrawler / UpdateCrawler: "Service is unable to assume provided role. Please verify
+    # role's TrustPolicy.", "... Please verify the role's TrustPolicy.", and the crawler role's
+    # permissions not yet in force ("User: arn:aws:sts::...:assumed-role/<role>/AWS-Crawler is not
+    # authorized to perform: ...") (glue/crawler.go, resourceCrawlerCreate).
+    Transient("glue-role", "InvalidInputException", "Service is unable to assume provided role"),
+    Transient("glue-trust", "InvalidInputException", "Please verify the role's TrustPolicy"),
+    Transient("glue-role-access", "InvalidInputException", "is not authorized"),
+    # The same Glue race has also been reported as AccessDeniedException: "... Service is unable
+    # to assume the role arn:... to access null. Please verify the role's TrustPolicy."
+    Transient("glue-trust-denied", "AccessDeniedException", "Please verify the role's TrustPolicy"),
 )
+
+
+def is_pass_role_denial(code: str, message: str) -> bool:
+    """The caller may not pass the role to the service (iam:PassRole): permanent, never retried.
+
+    AWS words it as "User: arn:... is not authorized to perform: iam:PassRole on resource: arn:..."
+    under each service's access-denied code (IAM user guide, "I'm not authorized to perform:
+    iam:PassRole"); only a change to the caller's own policy fixes it.
+    """
+    return "iam:passrole" in message.lower()
+
+
 # Lambda refuses a change while a previous one is still being applied.
 UPDATE_IN_PROGRESS: tuple[Transient, ...] = (
     Transient("lambda-update", "ResourceConflictException", None),
@@ -119,6 +165,22 @@ def is_mutating(operation_name: str) -> bool:
     return not operation_name.startswith(_READ_PREFIXES)
 
 
+# Test seam: callables told of every retry or wait sleep (the emulator's clock follows them).
+_sleep_hooks: list[Callable[[float], None]] = []
+
+
+def add_sleep_hook(hook: Callable[[float], None]) -> Callable[[], None]:
+    """Call `hook(seconds)` after every sleep of the default retry policy; returns a remover."""
+    _sleep_hooks.append(hook)
+    return lambda: _sleep_hooks.remove(hook)
+
+
+def _sleep(seconds: float) -> None:
+    time.sleep(seconds)
+    for hook in list(_sleep_hooks):
+        hook(seconds)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Exponential backoff with full jitter, bounded both in attempts and in time."""
@@ -128,7 +190,7 @@ class RetryPolicy:
     max_attempts: int = 8
     # IAM propagation takes seconds to a couple of minutes; it gets its own, longer, deadline.
     transient_deadline_seconds: float = 120.0
-    sleep: Callable[[float], None] = time.sleep
+    sleep: Callable[[float], None] = _sleep
 
     def backoff_seconds(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
@@ -355,6 +417,8 @@ class Aws:
             if is_throttling_or_server_error(exc):
                 return True
             code, message, _ = error_code(exc)
+            if is_pass_role_denial(code, message):
+                return False
             return any(t.matches(code, message) for t in transients)
 
         deadline = policy.transient_deadline_seconds if transients else None
@@ -377,8 +441,14 @@ class Aws:
             code, message, status = error_code(exc)
             if code in missing or (status == 404 and "404" in missing):
                 return None
+            hint = None
+            if is_pass_role_denial(code, message):
+                hint = (
+                    "the AWS identity running iotpipe needs iam:PassRole on the role named "
+                    "above (for the service it is passed to); add it to that identity's policy"
+                )
             raise AwsError(
-                f"{operation} failed: {code}: {message}", resource=resource, code=code
+                f"{operation} failed: {code}: {message}", resource=resource, code=code, hint=hint
             ) from exc
         except botocore.exceptions.NoCredentialsError:
             raise AwsError(
@@ -415,34 +485,81 @@ class Aws:
         futures = [self._readers.submit(thunk) for thunk in thunks]
         return [future.result() for future in futures]
 
+    def pages(
+        self, service: str, operation: str, *, resource: str, **params: Any
+    ) -> Iterator[dict[str, Any]]:
+        """Yield each page of a paginated operation, each fetched under the retry policy.
+
+        Paging follows botocore's pagination model for the operation: its input and output tokens
+        (several for some, e.g. S3's KeyMarker and VersionIdMarker), and the "more results" flag
+        where a service has one (S3's IsTruncated).
+        """
+        client = self.client(service)
+        api_name = client.meta.method_to_api_mapping.get(operation, operation)
+        config = self._pagination_config(service, api_name)
+        first_page_only = _FIRST_PAGE_ONLY.get((service, operation), ())
+
+        def fetch(**kwargs: Any) -> Any:
+            if first_page_only and any(kwargs.get(t) for t in config.get("input_token", ())):
+                kwargs = {k: v for k, v in kwargs.items() if k not in first_page_only}
+            return self.call(service, operation, resource=resource, **kwargs)
+
+        model = client.meta.service_model.operation_model(api_name)
+        yield from botocore.paginate.Paginator(fetch, config, model).paginate(**params)
+
     def paginate(
-        self, service: str, operation: str, *, resource: str, key: str, **params: Any
+        self,
+        service: str,
+        operation: str,
+        *,
+        resource: str,
+        key: str | tuple[str, ...] | None = None,
+        **params: Any,
     ) -> Iterator[Any]:
-        """Yield every item under `key` across pages, each page fetched under the retry policy."""
-        token_in, token_out = _PAGE_TOKENS.get((service, operation), ("NextToken", "NextToken"))
-        while True:
-            page = self.call(service, operation, resource=resource, **params)
-            yield from page.get(key, [])
-            token = page.get(token_out)
-            if not token:
-                return
-            params[token_in] = token
+        """Yield every item under `key` across all pages (see `pages`).
+
+        `key` defaults to the operation's result key; an operation with several (S3's Contents
+        and CommonPrefixes, CloudWatch's MetricAlarms and CompositeAlarms) needs it named.
+        """
+        if key is None:
+            api_name = self.client(service).meta.method_to_api_mapping.get(operation, operation)
+            result_keys = self._pagination_config(service, api_name)["result_key"]
+            if isinstance(result_keys, list):
+                if len(result_keys) != 1:
+                    raise TypeError(f"{service}.{operation} has result keys {result_keys}")
+                result_keys = result_keys[0]
+            key = str(result_keys)
+        keys = (key,) if isinstance(key, str) else key
+        for page in self.pages(service, operation, resource=resource, **params):
+            for name in keys:
+                # A result key may be a path into the page (Athena's "ResultSet.Rows").
+                items = jmespath.search(name, page) if "." in name else page.get(name)
+                yield from items or []
+
+    def _pagination_config(self, service: str, api_name: str) -> dict[str, Any]:
+        try:
+            config = self.session._session.get_paginator_model(service).get_paginator(api_name)
+        except (ValueError, botocore.exceptions.UnknownServiceError) as exc:
+            raise TypeError(f"{service}.{api_name} is not paginated: {exc}") from None
+        config = dict(config)
+        for name in ("input_token", "output_token"):
+            if isinstance(config.get(name), str):
+                config[name] = [config[name]]
+        return config
 
 
-# Services whose page tokens are not called NextToken.
-_PAGE_TOKENS: dict[tuple[str, str], tuple[str, str]] = {
-    ("iam", "list_attached_role_policies"): ("Marker", "Marker"),
-    ("iam", "list_role_policies"): ("Marker", "Marker"),
-    ("iot", "list_things"): ("nextToken", "nextToken"),
-    ("iot", "list_thing_principals"): ("nextToken", "nextToken"),
-    ("iot", "list_principal_things"): ("nextToken", "nextToken"),
-    ("iot", "list_targets_for_policy"): ("marker", "nextMarker"),
-    ("iot", "list_certificates"): ("marker", "nextMarker"),
-    ("iot", "list_attached_policies"): ("marker", "nextMarker"),
-    ("logs", "describe_log_groups"): ("nextToken", "nextToken"),
-    ("dynamodb", "list_tables"): ("ExclusiveStartTableName", "LastEvaluatedTableName"),
-    ("sns", "list_subscriptions_by_topic"): ("NextToken", "NextToken"),
-    ("cloudwatch", "describe_alarms"): ("NextToken", "NextToken"),
+# Operations that take their filters on the first page only: Kinesis ListShards refuses
+# StreamName (and the rest) together with NextToken ("If you specify NextToken, you can't specify
+# StreamName", Kinesis API reference, ListShards), while botocore's paginator sends them on every
+# page.
+_FIRST_PAGE_ONLY: dict[tuple[str, str], tuple[str, ...]] = {
+    ("kinesis", "list_shards"): (
+        "StreamName",
+        "StreamARN",
+        "ShardFilter",
+        "ExclusiveStartShardId",
+        "StreamCreationTimestamp",
+    ),
 }
 
 

@@ -173,15 +173,16 @@ class Health:
         newest: datetime | None = None
         for day in (self.now, self.now - timedelta(days=1)):
             prefix = f"{self.names.archive_prefix}dt={day:%Y-%m-%d}/"
-            params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
-            while True:
-                page = self.aws.call("s3", "list_objects_v2", resource=label, **params)
-                for obj in page.get("Contents", []):
-                    if newest is None or obj["LastModified"] > newest:
-                        newest = obj["LastModified"]
-                if not page.get("IsTruncated"):
-                    break
-                params["ContinuationToken"] = page["NextContinuationToken"]
+            for obj in self.aws.paginate(
+                "s3",
+                "list_objects_v2",
+                resource=label,
+                key="Contents",
+                Bucket=bucket,
+                Prefix=prefix,
+            ):
+                if newest is None or obj["LastModified"] > newest:
+                    newest = obj["LastModified"]
             if newest is not None:
                 break
         limit = self.config.alerts.archive_freshness_seconds

@@ -190,17 +190,15 @@ def read_history(aws: Aws, stream: str, *, now: datetime | None = None) -> Scali
 
 
 def _list_shards(aws: Aws, stream: str, shard_filter: dict[str, Any]) -> list[dict[str, Any]]:
-    # ListShards takes the stream and filter on the first page only, then just the token.
-    label = f"kinesis.stream {stream}"
-    params: dict[str, Any] = {"StreamName": stream, "ShardFilter": shard_filter}
-    shards: list[dict[str, Any]] = []
-    while True:
-        page = aws.call("kinesis", "list_shards", resource=label, **params)
-        shards.extend(page.get("Shards", []))
-        token = page.get("NextToken")
-        if not token:
-            return shards
-        params = {"NextToken": token}
+    return list(
+        aws.paginate(
+            "kinesis",
+            "list_shards",
+            resource=f"kinesis.stream {stream}",
+            StreamName=stream,
+            ShardFilter=shard_filter,
+        )
+    )
 
 
 def read_limits(aws: Aws) -> ShardLimits:

@@ -125,3 +125,74 @@ def test_sessions_share_parsed_service_models(endpoint) -> None:
     first.call("sts", "get_caller_identity", resource="test")
     assert first.calls["sts:GetCallerIdentity"] == 1
     assert second.calls["sts:GetCallerIdentity"] == 0
+
+
+# Pagination: every page through botocore's pagination model, each under the retry policy.
+
+
+def test_paginate_lists_more_than_a_thousand_s3_keys(aws) -> None:
+    # S3 answers at most 1,000 keys a page and pages with ContinuationToken/NextContinuationToken.
+    from concurrent.futures import ThreadPoolExecutor
+
+    aws.call("s3", "create_bucket", resource="bucket", Bucket="many-keys")
+    keys = [f"k/{i:05d}" for i in range(1_050)]
+    client = aws.client("s3")
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda k: client.put_object(Bucket="many-keys", Key=k, Body=b""), keys))
+    listed = [
+        item["Key"]
+        for item in aws.paginate(
+            "s3", "list_objects_v2", resource="bucket", key="Contents", Bucket="many-keys"
+        )
+    ]
+    assert listed == keys
+    assert aws.calls["s3:ListObjectsV2"] == 2
+
+
+def test_paginate_follows_iam_markers(aws) -> None:
+    # IAM pages with Marker and IsTruncated; ListRoles was never in a hand-written token table.
+    trust = '{"Version":"2012-10-17","Statement":[]}'
+    names = [f"role-{i}" for i in range(5)]
+    for name in names:
+        aws.call("iam", "create_role", resource=name, RoleName=name, AssumeRolePolicyDocument=trust)
+    roles = list(aws.paginate("iam", "list_roles", resource="roles", key="Roles", MaxItems=2))
+    assert sorted(r["RoleName"] for r in roles) == names
+    assert aws.calls["iam:ListRoles"] == 3
+
+
+def test_each_page_is_fetched_under_the_retry_policy(aws, faults) -> None:
+    aws.call("s3", "create_bucket", resource="bucket", Bucket="paged")
+    for i in range(3):
+        aws.call("s3", "put_object", resource="bucket", Bucket="paged", Key=f"k{i}", Body=b"")
+    faults.fail("s3", "ListObjectsV2", "SlowDown", "slow down", status=503, times=2)
+    listed = list(
+        aws.paginate(
+            "s3", "list_objects_v2", resource="bucket", key="Contents", Bucket="paged", MaxKeys=1
+        )
+    )
+    assert [item["Key"] for item in listed] == ["k0", "k1", "k2"]
+    assert aws.retries["s3:list_objects_v2"] == 2
+
+
+def test_list_shards_sends_the_stream_on_the_first_page_only(aws) -> None:
+    # AWS refuses StreamName and ExclusiveStartShardId together with NextToken (ListShards API
+    # reference); moto insists on them, so AWS's side is played by botocore's Stubber, which
+    # checks each page's parameters exactly.
+    from botocore.stub import Stubber
+
+    shard = {"ShardId": "shardId-0", "HashKeyRange": {"StartingHashKey": "0", "EndingHashKey": "1"}}
+    shard |= {"SequenceNumberRange": {"StartingSequenceNumber": "1"}}
+    with Stubber(aws.client("kinesis")) as stub:
+        first = {"StreamName": "s", "MaxResults": 1}
+        stub.add_response("list_shards", {"Shards": [shard], "NextToken": "t1"}, first)
+        stub.add_response("list_shards", {"Shards": [shard]}, {"NextToken": "t1", "MaxResults": 1})
+        shards = list(
+            aws.paginate("kinesis", "list_shards", resource="s", StreamName="s", MaxResults=1)
+        )
+        stub.assert_no_pending_responses()
+    assert len(shards) == 2
+
+
+def test_an_operation_with_several_result_keys_needs_one_named(aws) -> None:
+    with pytest.raises(TypeError, match="Contents"):
+        list(aws.paginate("s3", "list_objects_v2", resource="bucket", Bucket="b"))
