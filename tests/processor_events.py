@@ -16,7 +16,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -41,6 +41,7 @@ TS_DATABASE = "test"
 TS_TABLE = "readings"
 DELIVERY_STREAM = "test-archive"
 BUCKET = f"test-archive-{ACCOUNT}-{REGION}"
+MAGNETIC_RETENTION_DAYS = 365
 STREAM_ARN = f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/test-readings"
 # A shard's sequence numbers are 56-digit decimals that grow with arrival.
 _FIRST_SEQUENCE = 49_590_338_271_490_256_608_559_692_538_361_571_095_921_575_989_136_588_898
@@ -56,6 +57,8 @@ def environment(endpoint: str, *, timeseries: bool = True) -> dict[str, str]:
         "TIMESERIES_DATABASE": TS_DATABASE if timeseries else "",
         "TIMESERIES_TABLE": TS_TABLE if timeseries else "",
         "TIMESERIES_MEMORY_RETENTION_HOURS": "24",
+        "TIMESERIES_MAGNETIC_STORE_WRITES": "true",
+        "TIMESERIES_MAGNETIC_RETENTION_DAYS": str(MAGNETIC_RETENTION_DAYS),
         "ARCHIVE_DELIVERY_STREAM": DELIVERY_STREAM,
         "ARCHIVE_BUCKET": BUCKET,
         "QUARANTINE_PREFIX": "quarantine/",
@@ -85,8 +88,9 @@ def create_sinks(endpoint: str) -> None:
         TableName=TS_TABLE,
         RetentionProperties={
             "MemoryStoreRetentionPeriodInHours": 24,
-            "MagneticStoreRetentionPeriodInDays": 365,
+            "MagneticStoreRetentionPeriodInDays": MAGNETIC_RETENTION_DAYS,
         },
+        MagneticStoreWriteProperties={"EnableMagneticStoreWrites": True},
     )
     aws("s3").create_bucket(Bucket=BUCKET)
     aws("firehose").create_delivery_stream(
@@ -324,11 +328,18 @@ def outcomes(
     sinks: SinkContents,
     *,
     timeseries: bool = True,
+    timeseries_oldest_ms: int | None = None,
+    late: Collection[str] = (),
 ) -> dict[str, int]:
     """Each input record's fate: reported failed, quarantined, or written to every sink.
 
-    A record that is none of these was lost ("lost" must stay 0).
+    A reading older than the time-series store takes (`timeseries_oldest_ms`, by default the
+    magnetic retention of `environment()`), or one the store refused as such (sequence numbers in
+    `late`), is written when the archive and the device state have it. A record that is none of
+    these was lost ("lost" must stay 0).
     """
+    if timeseries_oldest_ms is None:
+        timeseries_oldest_ms = now_ms() - MAGNETIC_RETENTION_DAYS * 86_400_000
     failed = failed_sequence_numbers(response)
     quarantined = {line["sequence_number"] for line in sinks.quarantine}
     archived = {(line["device_id"], line["ts"], line["received_at"]) for line in sinks.archive}
@@ -354,7 +365,7 @@ def outcomes(
         state = sinks.state.get(message["device_id"])
         written = (
             key in archived
-            and (not timeseries or key in points)
+            and (not timeseries or key in points or ts < timeseries_oldest_ms or sequence in late)
             and state is not None
             and state["ts"] >= ts
         )

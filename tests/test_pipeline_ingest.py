@@ -183,6 +183,8 @@ def test_processor_function_settings(cli, aws, processor_source) -> None:
         "TIMESERIES_DATABASE": "test",
         "TIMESERIES_TABLE": "readings",
         "TIMESERIES_MEMORY_RETENTION_HOURS": "24",
+        "TIMESERIES_MAGNETIC_STORE_WRITES": "true",
+        "TIMESERIES_MAGNETIC_RETENTION_DAYS": "365",
         "ARCHIVE_DELIVERY_STREAM": "test-archive",
         "ARCHIVE_BUCKET": BUCKET,
         "QUARANTINE_PREFIX": "quarantine/",

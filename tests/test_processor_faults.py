@@ -187,7 +187,9 @@ def test_a_hard_device_state_read_error_fails_fast(intercept, faults, sinks) -> 
 
 def test_rejected_records_are_triaged_by_reason(intercept, faults, sinks, capsys) -> None:
     event = kinesis_event(*[message(f"d{i}") for i in range(5)])
-    outside = "The record timestamp is outside the time range of the data ingestion window."
+    # A property of the record (a Timestream limit); a time-range refusal is late, not invalid
+    # (tests/test_processor_time.py).
+    limit = "Measure value size exceeds the Timestream defined limits."
 
     def reject_some(params, forward):
         records = params["Records"]
@@ -197,7 +199,7 @@ def test_rejected_records_are_triaged_by_reason(intercept, faults, sinks, capsys
             "__type": "RejectedRecordsException",
             "message": "One or more records have been rejected.",
             "RejectedRecords": [
-                {"RecordIndex": 0, "Reason": outside},
+                {"RecordIndex": 0, "Reason": limit},
                 {
                     "RecordIndex": 1,
                     "Reason": "A record with the same dimensions and time already exists.",
@@ -216,7 +218,7 @@ def test_rejected_records_are_triaged_by_reason(intercept, faults, sinks, capsys
     found = read_sinks(sinks)
     (line,) = found.quarantine
     assert line["sequence_number"] == event["Records"][0]["kinesis"]["sequenceNumber"]
-    assert line["reason"] == f"time-series store rejected the reading: {outside}"
+    assert line["reason"] == f"time-series store rejected the reading: {limit}"
     assert line["raw"] == event["Records"][0]["kinesis"]["data"]
     # The rejected reading is valid: its state and archive line were still written.
     assert "d0" in found.state and any(a["device_id"] == "d0" for a in found.archive)

@@ -65,6 +65,8 @@ device_ids = st.one_of(
 )
 timestamps = st.one_of(
     st.integers(min_value=NOW - 23 * HOUR, max_value=NOW + 10 * 60_000),
+    # Late: past the memory store, and past the magnetic store too.
+    st.integers(min_value=NOW - 400 * 24 * HOUR, max_value=NOW - 25 * HOUR),
     st.integers(),
     st.just(NOW // 1000),
     st.sampled_from(["2020-01-01T00:00:00Z", "not a time", "2026-01-01T00:00:00"]),
@@ -110,6 +112,19 @@ payloads = st.one_of(
 )
 
 
+def _partition_key(data: bytes, seed: int) -> str:
+    """What the rule sets: the topic's device id, which the body's `device_id` names too unless
+    the device claims to be another (every seventh batch: the partition key differs)."""
+    try:
+        body = json.loads(data)
+    except ValueError:
+        return "p"
+    claimed = body.get("device_id") if isinstance(body, dict) else None
+    if not isinstance(claimed, str) or seed % 7 == 0:
+        return "p"
+    return claimed
+
+
 @settings(
     max_examples=1000,
     deadline=None,
@@ -124,7 +139,7 @@ def test_every_record_is_written_quarantined_or_reported(
     memory: MemoryAws, batch: list[bytes], fault_rate: float, seed: int
 ) -> None:
     memory.reset(seed, fault_rate)
-    event = {"Records": [kinesis_record(data, partition_key="p") for data in batch]}
+    event = {"Records": [kinesis_record(data, _partition_key(data, seed)) for data in batch]}
 
     response = handler.lambda_handler(event, LambdaContext())
 

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 SERVICE = "timestream-write"
 NOT_FOUND = ("ResourceNotFoundException",)
 DISABLE_HINT = "set `[timeseries] enabled = false` in the config to stop using the time-series sink"
+# Readings older than the memory window (a device back online after a day) would otherwise be
+# rejected; magnetic-store writes accept them, up to the magnetic retention. The processor is
+# told (TIMESERIES_MAGNETIC_STORE_WRITES), so it sends exactly what the table takes.
+MAGNETIC_STORE_WRITES = True
 
 
 def _closed_to_account(exc: AwsError) -> bool:
@@ -130,9 +134,7 @@ class TimeseriesTable(Resource):
             "tags": self.ctx.tags,
             "memory_retention_hours": section.memory_retention_hours,
             "magnetic_retention_days": section.magnetic_retention_days,
-            # Readings older than the memory window (a device back online after a day) would
-            # otherwise be rejected; magnetic-store writes accept them.
-            "magnetic_store_writes": True,
+            "magnetic_store_writes": MAGNETIC_STORE_WRITES,
         }
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:

@@ -50,7 +50,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> PartialItemFailureRes
     logger.append_keys(request_id=request_id)
     records: list[dict[str, Any]] = event.get("Records") or []
 
-    readings, invalid = _validate(records, settings, now_ms)
+    readings, invalid = _validate(records, now_ms)
     reports = _route(readings, settings, budget, now_ms)
 
     to_quarantine = dict(invalid)
@@ -73,10 +73,8 @@ def lambda_handler(event: dict[str, Any], context: Any) -> PartialItemFailureRes
     }
 
 
-def _validate(
-    records: list[dict[str, Any]], settings: Settings, now_ms: int
-) -> tuple[list[Reading], dict[int, str]]:
-    window = Window.at(now_ms, settings.timeseries_memory_retention_hours)
+def _validate(records: list[dict[str, Any]], now_ms: int) -> tuple[list[Reading], dict[int, str]]:
+    window = Window.at(now_ms)
     readings: list[Reading] = []
     invalid: dict[int, str] = {}
     for position, record in enumerate(records):
@@ -100,7 +98,7 @@ def _route(
         return []
     reports = [write_device_state(readings, settings, budget, now_ms)]
     if settings.timeseries_enabled:
-        reports.append(write_time_series(readings, settings, budget))
+        reports.append(write_time_series(readings, settings, budget, now_ms))
     reports.append(write_archive(readings, settings, budget))
     return reports
 
@@ -187,6 +185,8 @@ def _log_summary(
         "calls": {report.sink: report.calls for report in reports},
         "errors": {report.sink: dict(report.errors) for report in reports if report.errors},
         "device_state_skipped_older": sum(report.skipped_older for report in reports),
+        # Older than the time-series store takes: in the archive and device state only.
+        "time_series_late": sum(report.late for report in reports),
     }
     if failed:
         first = _sequence_number(records[min(failed)])

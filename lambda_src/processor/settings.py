@@ -14,6 +14,10 @@ class Settings:
     timeseries_database: str
     timeseries_table: str
     timeseries_memory_retention_hours: int
+    # Whether the table takes records older than its memory store (into the magnetic store, up to
+    # the magnetic retention); set by `up` from the table it creates.
+    timeseries_magnetic_writes: bool
+    timeseries_magnetic_retention_days: int
     archive_delivery_stream: str
     archive_bucket: str
     quarantine_prefix: str
@@ -34,6 +38,12 @@ class Settings:
             timeseries_database=env.get("TIMESERIES_DATABASE", ""),
             timeseries_table=env.get("TIMESERIES_TABLE", ""),
             timeseries_memory_retention_hours=int(env["TIMESERIES_MEMORY_RETENTION_HOURS"]),
+            # Absent (a function deployed before these existed): the memory store only, the
+            # narrower window; Timestream's own answer still settles any record sent.
+            timeseries_magnetic_writes=env.get("TIMESERIES_MAGNETIC_STORE_WRITES") == "true",
+            timeseries_magnetic_retention_days=int(
+                env.get("TIMESERIES_MAGNETIC_RETENTION_DAYS") or 0
+            ),
             archive_delivery_stream=env["ARCHIVE_DELIVERY_STREAM"],
             archive_bucket=env["ARCHIVE_BUCKET"],
             quarantine_prefix=env.get("QUARANTINE_PREFIX", "quarantine/"),

@@ -30,6 +30,13 @@ FIREHOSE_RECORD_BYTES = 1000 * 1024
 MEASURE_NAME = "metrics"
 # Rejections Timestream may lift on its own; every other reason is a property of the record.
 RETRYABLE_REJECTION_WORDS = ("throttl", "internal", "try again", "temporar")
+# A record outside the store's time range (RejectedRecord.Reason: "Records with timestamps that
+# lie outside the retention duration of the memory store", AWS Timestream API reference,
+# API_RejectedRecord.html) is late for the time series, not invalid. The exact wording of the
+# reason is not documented: matched on both phrasings seen ("time range", "retention").
+LATE_REJECTION_WORDS = ("time range", "retention")
+DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
 
 
 @dataclass(slots=True)
@@ -49,6 +56,10 @@ class SinkReport:
     written: int = 0  # readings that landed (a superseded reading counts with its successor)
     # Device state only: readings not written because the stored state is newer (in `written`).
     skipped_older: int = 0
+    # Time series only: readings older than the store accepts, not sent (or refused as such).
+    # Not failed and not quarantined: the other sinks have them.
+    late: int = 0
+    late_refused: int = 0  # those of `late` that were sent and refused by the store
     failed: set[int] = field(default_factory=set)  # positions to report to Lambda
     rejected: dict[int, str] = field(default_factory=dict)  # positions to quarantine, with why
     errors: Counter[str] = field(default_factory=Counter)
@@ -233,14 +244,37 @@ def _state_item(reading: Reading, expiry_seconds: int, now_ms: int) -> dict[str,
 # --- time series ----------------------------------------------------------------------------
 
 
-def write_time_series(readings: list[Reading], settings: Settings, budget: Budget) -> SinkReport:
+@dataclass(frozen=True, slots=True)
+class TimeSeriesWindow:
+    """The oldest timestamp Timestream takes now: the memory store's retention or, with
+    magnetic-store writes on, the magnetic store's ("If you enable magnetic store writes, ensure
+    that the timestamp for incoming data is not earlier than data retention configured for the
+    magnetic store", Timestream developer guide, data-ingest.html)."""
+
+    oldest_ms: int
+
+    @classmethod
+    def at(cls, now_ms: int, settings: Settings) -> TimeSeriesWindow:
+        if settings.timeseries_magnetic_writes and settings.timeseries_magnetic_retention_days:
+            return cls(now_ms - settings.timeseries_magnetic_retention_days * DAY_MS)
+        return cls(now_ms - settings.timeseries_memory_retention_hours * HOUR_MS)
+
+
+def write_time_series(
+    readings: list[Reading], settings: Settings, budget: Budget, now_ms: int
+) -> SinkReport:
     """Multi-measure records, 100 per WriteRecords; Version = received_at makes redelivery an
     idempotent upsert. Two readings of one device at one instant would be rejected as a conflict
-    within the request, so the later arrival is kept (the same upsert Timestream would apply)."""
+    within the request, so the later arrival is kept (the same upsert Timestream would apply).
+    Readings older than the store takes are not sent: counted as `late`, not failed."""
     report = SinkReport("time_series")
+    oldest_ms = TimeSeriesWindow.at(now_ms, settings).oldest_ms
     winners: dict[tuple[str, int], Reading] = {}
     members: dict[tuple[str, int], list[int]] = {}
     for reading in readings:
+        if reading.ts < oldest_ms:
+            report.late += 1
+            continue
         key = (reading.device_id, reading.ts)
         members.setdefault(key, []).append(reading.index)
         current = winners.get(key)
@@ -253,6 +287,8 @@ def write_time_series(readings: list[Reading], settings: Settings, budget: Budge
         Item(members=members[key], payload=_time_series_record(r), version=r.received_at)
         for key, r in winners.items()
     ]
+    if not items:
+        return report
     timestream = clients.client("timestream-write")
 
     def send(chunk: list[Item]) -> list[Item]:
@@ -270,6 +306,7 @@ def write_time_series(readings: list[Reading], settings: Settings, budget: Budge
         return []
 
     deliver(items, fixed_chunks(TIMESTREAM_BATCH_RECORDS), send, budget, report)
+    report.written -= report.late_refused
     return report
 
 
@@ -285,9 +322,16 @@ def _triage_rejections(
             # This reading (or a newer version of the point) is already stored: a redelivery.
             report.errors["AlreadyStored"] += 1
             continue
-        if any(word in reason.lower() for word in RETRYABLE_REJECTION_WORDS):
+        lowered = reason.lower()
+        if any(word in lowered for word in RETRYABLE_REJECTION_WORDS):
             report.errors["RetryableRejection"] += 1
             again.append(item)
+            continue
+        if "outside" in lowered and any(word in lowered for word in LATE_REJECTION_WORDS):
+            # Older than the table takes (its retention changed, or magnetic writes are off).
+            report.errors["LateRejection"] += 1
+            report.late += len(item.members)
+            report.late_refused += len(item.members)
             continue
         report.errors["RejectedRecord"] += 1
         for position in item.members:

@@ -1,7 +1,9 @@
 """Decode a Kinesis record into a Reading, or say precisely why it is invalid.
 
 A record's data is the device message plus `device_id` and `received_at`, added by the IoT rule
-(`SELECT *, topic(3) AS device_id, timestamp() AS received_at`).
+(`SELECT *, topic(3) AS device_id, timestamp() AS received_at`). Who published is taken from the
+record's partition key, which the rule's Kinesis action sets to `${topic(3)}`: the device policy
+lets a device publish only to its own topic, while the message body is whatever it chose to send.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ RESERVED_METRIC_PREFIXES = ("ts_", "measure_value::")
 MAX_METRICS = 100
 # AWS IoT Core's maximum message size: anything larger did not come through the rule.
 MAX_RECORD_BYTES = 128 * 1024
+# A plausible reading time: not before 2000-01-01T00:00:00Z (a device clock that never synced
+# starts at 1970), and at most 15 minutes ahead of now (device clock skew; also Timestream's
+# "future ingestion period", so a plausible reading is never refused by it for being early).
+PLAUSIBLE_SINCE_MS = 946_684_800_000
 FUTURE_TOLERANCE_MS = 15 * 60 * 1000
 # DynamoDB numbers: magnitude within [1e-130, 1e126); other finite doubles would fail the write.
 DYNAMODB_MAX = 1e126
@@ -50,19 +56,17 @@ class Invalid(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Window:
-    """The timestamps the time-series store accepts now: its memory store, a little future."""
+    """The plausible reading times now: since PLAUSIBLE_SINCE_MS, at most a little ahead.
+
+    Every sink but the time series accepts any plausible reading; the time-series store's own,
+    narrower window is applied by its sink (see sinks.TimeSeriesWindow)."""
 
     oldest_ms: int
     newest_ms: int
-    retention_hours: int
 
     @classmethod
-    def at(cls, now_ms: int, retention_hours: int) -> Window:
-        return cls(
-            oldest_ms=now_ms - retention_hours * 3_600_000,
-            newest_ms=now_ms + FUTURE_TOLERANCE_MS,
-            retention_hours=retention_hours,
-        )
+    def at(cls, now_ms: int) -> Window:
+        return cls(oldest_ms=PLAUSIBLE_SINCE_MS, newest_ms=now_ms + FUTURE_TOLERANCE_MS)
 
 
 def decode(index: int, record: dict[str, Any], window: Window) -> Reading:
@@ -89,7 +93,7 @@ def decode(index: int, record: dict[str, Any], window: Window) -> Reading:
     extra = {k: v for k, v in message.items() if k not in KNOWN_FIELDS}
     return Reading(
         index=index,
-        device_id=_device_id(message.get("device_id")),
+        device_id=_publisher(message.get("device_id"), kinesis.get("partitionKey")),
         ts=_timestamp(message.get("ts"), window),
         seq=_seq(message.get("seq")),
         received_at=_received_at(message.get("received_at")),
@@ -122,6 +126,26 @@ def _device_id(value: Any) -> str:
     return value
 
 
+def _publisher(claimed: Any, partition_key: Any) -> str:
+    """The publishing device: the partition key, which must agree with the data's device_id.
+
+    The rule adds `topic(3) AS device_id` to the device's own fields; a message that brings a
+    `device_id` of its own must not decide whose state it writes, whichever of the two the rule's
+    output keeps. A disagreement is a device speaking for another: quarantined, never written."""
+    device_id = _device_id(claimed)
+    if not isinstance(partition_key, str) or not DEVICE_ID.fullmatch(partition_key):
+        raise Invalid(
+            f"partition key {_show(partition_key)} is not a thing name (the IoT rule sets it to "
+            "the topic's device id)"
+        )
+    if device_id != partition_key:
+        raise Invalid(
+            f"device_id {_show(device_id)} in the message is not the publishing device "
+            f"{partition_key!r} (the topic's device id): a device may only report for itself"
+        )
+    return partition_key
+
+
 def _timestamp(value: Any, window: Window) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         ts = value
@@ -139,8 +163,7 @@ def _timestamp(value: Any, window: Window) -> int:
             else ""
         )
         raise Invalid(
-            f"ts {_iso(ts)} is older than the time-series store accepts "
-            f"({window.retention_hours} h){hint}"
+            f"ts {_iso(ts)} is before {_iso(window.oldest_ms)}, not a plausible reading time{hint}"
         )
     if ts > window.newest_ms:
         raise Invalid(f"ts {_iso(ts)} is more than 15 minutes in the future")
