@@ -16,6 +16,7 @@ PIPELINE_SERVICES = (
     "s3",
     "kinesis",
     "dynamodb",
+    "kms",
     "sns",
     "sqs",
     "iot",

@@ -3,6 +3,10 @@
 Each alarm says both when it fires and when it recovers (OK actions). Missing data means "no
 traffic" for every metric here (AWS publishes them only while there is activity), so it never
 fires an alarm on an idle pipeline.
+
+An alarm watches exactly one (namespace, metric, dimension set): one that AWS does not publish gets
+no data and never fires, without any error. Every alarm and dashboard metric is therefore one of
+`DOCUMENTED_METRICS`, the combinations AWS documents, each with its page.
 """
 
 from __future__ import annotations
@@ -14,10 +18,67 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from iotpipe.engine.model import Change, Resource
+from iotpipe.naming import Names
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
+    from iotpipe.config import Config
     from iotpipe.stack import StackContext
+
+_IOT = "https://docs.aws.amazon.com/iot/latest/developerguide/metrics_dimensions.html"
+_KINESIS = "https://docs.aws.amazon.com/streams/latest/dev/monitoring-with-cloudwatch.html"
+_LAMBDA = "https://docs.aws.amazon.com/lambda/latest/dg/monitoring-metrics-types.html"
+_SQS = (
+    "https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/"
+    "sqs-available-cloudwatch-metrics.html"
+)
+_FIREHOSE = (
+    "https://docs.aws.amazon.com/firehose/latest/dev/monitoring-with-cloudwatch-metrics.html"
+)
+_DYNAMODB = (
+    "https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/metrics-dimensions.html"
+)
+
+# (namespace, metric, dimension names) that AWS documents publishing, and where. An alarm or
+# dashboard metric outside this table is refused by the tests: AWS would send it no data.
+DOCUMENTED_METRICS: dict[tuple[str, str, frozenset[str]], str] = {
+    # "The RuleName dimension contains the name of the rule" (rule metrics).
+    ("AWS/IoT", "TopicMatch", frozenset({"RuleName"})): _IOT,
+    ("AWS/IoT", "RuleMessageThrottled", frozenset({"RuleName"})): _IOT,
+    # Rule action metrics: "The RuleName dimension contains the name of the rule that specifies
+    # the action. The ActionType dimension contains the type of action that was invoked."
+    ("AWS/IoT", "Success", frozenset({"RuleName", "ActionType"})): _IOT,
+    ("AWS/IoT", "Failure", frozenset({"RuleName", "ActionType"})): _IOT,
+    ("AWS/IoT", "ErrorActionSuccess", frozenset({"RuleName", "ActionType"})): _IOT,
+    ("AWS/IoT", "ErrorActionFailure", frozenset({"RuleName", "ActionType"})): _IOT,
+    # Stream-level metrics, dimension StreamName.
+    ("AWS/Kinesis", "IncomingRecords", frozenset({"StreamName"})): _KINESIS,
+    ("AWS/Kinesis", "WriteProvisionedThroughputExceeded", frozenset({"StreamName"})): _KINESIS,
+    ("AWS/Kinesis", "GetRecords.IteratorAgeMilliseconds", frozenset({"StreamName"})): _KINESIS,
+    # Per-function metrics, dimension FunctionName.
+    ("AWS/Lambda", "Invocations", frozenset({"FunctionName"})): _LAMBDA,
+    ("AWS/Lambda", "Errors", frozenset({"FunctionName"})): _LAMBDA,
+    ("AWS/Lambda", "Throttles", frozenset({"FunctionName"})): _LAMBDA,
+    ("AWS/Lambda", "Duration", frozenset({"FunctionName"})): _LAMBDA,
+    ("AWS/Lambda", "IteratorAge", frozenset({"FunctionName"})): _LAMBDA,
+    # "The only dimension that Amazon SQS sends to CloudWatch is QueueName."
+    ("AWS/SQS", "ApproximateNumberOfMessagesVisible", frozenset({"QueueName"})): _SQS,
+    # Data delivery metrics, dimension DeliveryStreamName.
+    ("AWS/Firehose", "IncomingRecords", frozenset({"DeliveryStreamName"})): _FIREHOSE,
+    ("AWS/Firehose", "DeliveryToS3.Records", frozenset({"DeliveryStreamName"})): _FIREHOSE,
+    ("AWS/Firehose", "DeliveryToS3.DataFreshness", frozenset({"DeliveryStreamName"})): _FIREHOSE,
+    # Table-level metrics with TableName (the table, not its indexes); ThrottledRequests by
+    # TableName and Operation.
+    ("AWS/DynamoDB", "ConsumedWriteCapacityUnits", frozenset({"TableName"})): _DYNAMODB,
+    ("AWS/DynamoDB", "WriteThrottleEvents", frozenset({"TableName"})): _DYNAMODB,
+    ("AWS/DynamoDB", "ReadThrottleEvents", frozenset({"TableName"})): _DYNAMODB,
+    ("AWS/DynamoDB", "ThrottledRequests", frozenset({"TableName", "Operation"})): _DYNAMODB,
+}
+
+# The ActionType values of the topic rule's actions: the rule's main action writes to Kinesis,
+# its error action to S3 ("The action type specified by the rule that triggered the request").
+RULE_ACTION_TYPE = "Kinesis"
+ERROR_ACTION_TYPE = "S3"
 
 MANAGED_BY = "Managed by iotpipe stack "
 OWNER_PATTERN = re.compile(re.escape(MANAGED_BY) + r"`([^`]+)`")
@@ -43,7 +104,12 @@ class AlarmSpec:
 
 
 def alarm_specs(ctx: StackContext) -> list[AlarmSpec]:
-    names, alerts = ctx.names, ctx.config.alerts
+    return specs_for(ctx.names, ctx.config)
+
+
+def specs_for(names: Names, config: Config) -> list[AlarmSpec]:
+    """The stack's alarms: they depend on its names and config only, not on the account."""
+    alerts = config.alerts
     iterator_age_ms = alerts.iterator_age_seconds * 1000
     stream = {"StreamName": names.readings_stream}
     function = {"FunctionName": names.processor_function}
@@ -138,10 +204,12 @@ def alarm_specs(ctx: StackContext) -> list[AlarmSpec]:
         ),
         AlarmSpec(
             "device-state-read-throttled",
+            # ThrottledRequests counts a BatchGetItem only when every read in it is throttled;
+            # ReadThrottleEvents counts each throttled read.
             "The processor's reads of stored device state (BatchGetItem) are throttled.",
             "AWS/DynamoDB",
-            "ThrottledRequests",
-            {"TableName": names.device_state_table, "Operation": "BatchGetItem"},
+            "ReadThrottleEvents",
+            {"TableName": names.device_state_table},
             "Sum",
             0,
         ),
@@ -150,7 +218,17 @@ def alarm_specs(ctx: StackContext) -> list[AlarmSpec]:
             "The IoT rule fails to deliver messages to the stream (they go to iot-errors/).",
             "AWS/IoT",
             "Failure",
-            {"RuleName": names.topic_rule},
+            {"RuleName": names.topic_rule, "ActionType": RULE_ACTION_TYPE},
+            "Sum",
+            0,
+        ),
+        AlarmSpec(
+            "iot-rule-error-action-failures",
+            "The IoT rule's error action fails too: messages are lost, neither in the stream "
+            "nor in iot-errors/.",
+            "AWS/IoT",
+            "ErrorActionFailure",
+            {"RuleName": names.topic_rule, "ActionType": ERROR_ACTION_TYPE},
             "Sum",
             0,
         ),
@@ -164,6 +242,19 @@ def alarm_specs(ctx: StackContext) -> list[AlarmSpec]:
             0,
         ),
     ]
+
+
+def alarm_count(config: Config) -> int:
+    """How many alarms `up` deploys for `config` (the cost model prices them)."""
+    placeholder = Names(
+        stack=config.stack.name, app=config.stack.app, region="us-east-1", account="0" * 12
+    )
+    return len(specs_for(placeholder, config))
+
+
+def undocumented(namespace: str, metric: str, dimensions: list[str] | set[str]) -> bool:
+    """True when AWS documents no such (namespace, metric, dimension set)."""
+    return (namespace, metric, frozenset(dimensions)) not in DOCUMENTED_METRICS
 
 
 class AlarmDescriptions:
@@ -354,6 +445,8 @@ class Dashboard(Resource):
         firehose = ["DeliveryStreamName", names.archive_delivery_stream]
         table = ["TableName", names.device_state_table]
         rule = ["RuleName", names.topic_rule]
+        rule_action = [*rule, "ActionType", RULE_ACTION_TYPE]
+        error_action = [*rule, "ActionType", ERROR_ACTION_TYPE]
         alarms = [
             self.ctx.names.arn("cloudwatch", f"alarm:{spec.alarm_name(self.ctx.stack)}")
             for spec in alarm_specs(self.ctx)
@@ -380,8 +473,12 @@ class Dashboard(Resource):
                     "properties": {"title": "Alarms", "alarms": alarms},
                 },
                 _metric_widget(
-                    "IoT rule: messages matched / failed",
-                    [["AWS/IoT", "TopicMatch", *rule], ["AWS/IoT", "Failure", *rule]],
+                    "IoT rule: messages matched / failed / lost",
+                    [
+                        ["AWS/IoT", "TopicMatch", *rule],
+                        ["AWS/IoT", "Failure", *rule_action],
+                        ["AWS/IoT", "ErrorActionFailure", *error_action],
+                    ],
                     region,
                     0,
                     6,

@@ -1,27 +1,35 @@
-"""SNS: the encrypted alerts topic that CloudWatch alarms notify."""
+"""SNS: the encrypted alerts topic that CloudWatch alarms notify.
+
+The topic is encrypted with the stack's customer managed key (iotpipe/resources/kms.py), named by
+its alias: CloudWatch cannot publish to a topic under the AWS managed key `alias/aws/sns`, whose
+policy cannot grant it the key. A topic deployed on that key is moved to the stack's key by `up`.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 from iotpipe.engine.model import STACK_TAG, Change, Resource
+from iotpipe.resources import kms
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
     from iotpipe.stack import StackContext
 
-SNS_KMS_KEY = "alias/aws/sns"
-
 
 class AlertsTopic(Resource):
     kind = "sns.topic"
+
+    def __init__(self, ctx: StackContext, name: str, key: kms.AlertsKey) -> None:
+        super().__init__(ctx, name, depends_on=(key.key,))
+        self.kms_key = key.alias
 
     @property
     def arn(self) -> str:
         return self.ctx.names.alerts_topic_arn
 
     def desired(self) -> dict[str, Any]:
-        return {"tags": self.ctx.tags, "kms_key": SNS_KMS_KEY}
+        return {"tags": self.ctx.tags, "kms_key": self.kms_key}
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
         attributes = aws.call(
@@ -46,7 +54,7 @@ class AlertsTopic(Resource):
             "create_topic",
             resource=self.label,
             Name=self.name,
-            Attributes={"KmsMasterKeyId": SNS_KMS_KEY},
+            Attributes={"KmsMasterKeyId": self.kms_key},
             Tags=self.ctx.tag_list,
         )
 
@@ -67,7 +75,7 @@ class AlertsTopic(Resource):
                     resource=self.label,
                     TopicArn=self.arn,
                     AttributeName="KmsMasterKeyId",
-                    AttributeValue=SNS_KMS_KEY,
+                    AttributeValue=self.kms_key,
                 )
 
     def delete(self, aws: Aws) -> None:
@@ -200,5 +208,6 @@ class EmailSubscriptions(Resource):
 
 
 def resources(ctx: StackContext) -> list[Resource]:
-    topic = AlertsTopic(ctx, ctx.names.alerts_topic)
-    return [topic, EmailSubscriptions(ctx, topic)]
+    key = kms.AlertsKey(ctx)
+    topic = AlertsTopic(ctx, ctx.names.alerts_topic, key)
+    return [key, topic, EmailSubscriptions(ctx, topic)]

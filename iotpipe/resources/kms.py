@@ -1,0 +1,240 @@
+"""KMS: the customer-managed key that encrypts the alerts topic and that CloudWatch may use.
+
+CloudWatch alarms cannot publish to a topic encrypted with the AWS managed key `alias/aws/sns`:
+its key policy cannot be edited to let `cloudwatch.amazonaws.com` use it, so every notification
+fails ("CloudWatch Alarms does not have authorization to access the SNS topic encryption key").
+AWS's fix is a customer managed key whose policy grants CloudWatch `kms:Decrypt` and
+`kms:GenerateDataKey*` (SNS developer guide, "Enable compatibility between event sources from AWS
+services and encrypted topics",
+https://docs.aws.amazon.com/sns/latest/dg/sns-key-management.html#compatibility-with-aws-services;
+https://repost.aws/knowledge-center/cloudwatch-configure-alarm-sns).
+
+A key cannot be deleted at once, only scheduled for deletion after 7 to 30 days, and while it
+waits every use of it fails. So `down` schedules the deletion and removes the alias; an `up`
+that finds the alias still on a key pending deletion (a `down` interrupted in between) cancels
+the deletion and enables the key again, and one that finds no alias creates a new key.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from iotpipe.engine.model import Change, Resource
+from iotpipe.resources import cloudwatch
+
+if TYPE_CHECKING:
+    from iotpipe.aws import Aws
+    from iotpipe.naming import Names
+    from iotpipe.stack import StackContext
+
+# The shortest waiting period KMS allows (7-30 days): the key only ever protected alert
+# messages in flight, which SNS keeps for no longer than its delivery retries.
+DELETION_WINDOW_DAYS = 7
+MISSING = ("NotFoundException",)
+KEY_POLICY_NAME = "default"  # the only key policy name KMS supports
+# What a key does for CloudWatch or SNS to encrypt and decrypt a topic's messages.
+MESSAGE_KEY_ACTIONS = ["kms:Decrypt", "kms:GenerateDataKey*"]
+
+
+def alias_name(names: Names) -> str:
+    return f"alias/{names.alerts_topic}"
+
+
+def key_policy(names: Names, alarm_arns: list[str]) -> dict[str, Any]:
+    """The alerts key's policy: the account administers it through IAM; CloudWatch may use it
+    only for this stack's alarms in this account; SNS only for this stack's topic."""
+    root = f"arn:{names.partition}:iam::{names.account}:root"
+    return {
+        "Version": "2012-10-17",
+        "Id": f"{names.alerts_topic}-key",
+        "Statement": [
+            {
+                # Without it the key becomes unmanageable (KMS's default key policy).
+                "Sid": "AccountAdministersTheKeyThroughIam",
+                "Effect": "Allow",
+                "Principal": {"AWS": root},
+                "Action": "kms:*",
+                "Resource": "*",
+            },
+            {
+                # CloudWatch sends aws:SourceAccount and aws:SourceArn (the alarm's ARN) with
+                # these calls: the confused-deputy guard.
+                "Sid": "CloudWatchAlarmsOfThisStackPublish",
+                "Effect": "Allow",
+                "Principal": {"Service": "cloudwatch.amazonaws.com"},
+                "Action": MESSAGE_KEY_ACTIONS,
+                "Resource": "*",
+                "Condition": {
+                    "StringEquals": {"aws:SourceAccount": names.account},
+                    "ArnLike": {"aws:SourceArn": sorted(alarm_arns)},
+                },
+            },
+            {
+                # SNS's own use of a custom key, narrowed to this topic by the encryption context
+                # SNS sends (SNS developer guide, "Enabling server-side encryption for a topic").
+                "Sid": "SnsEncryptsTheAlertsTopic",
+                "Effect": "Allow",
+                "Principal": {"Service": "sns.amazonaws.com"},
+                "Action": MESSAGE_KEY_ACTIONS,
+                "Resource": "*",
+                "Condition": {
+                    "StringEquals": {
+                        "kms:EncryptionContext:aws:sns:topicArn": names.alerts_topic_arn
+                    }
+                },
+            },
+        ],
+    }
+
+
+class AlertsKey(Resource):
+    """The key, found through its alias (key ids are random)."""
+
+    kind = "kms.key"
+
+    def __init__(self, ctx: StackContext) -> None:
+        super().__init__(ctx, ctx.names.alerts_topic)
+
+    @property
+    def alias(self) -> str:
+        return alias_name(self.ctx.names)
+
+    def _policy(self) -> dict[str, Any]:
+        arns = [
+            self.ctx.names.arn("cloudwatch", f"alarm:{spec.alarm_name(self.ctx.stack)}")
+            for spec in cloudwatch.alarm_specs(self.ctx)
+        ]
+        return key_policy(self.ctx.names, arns)
+
+    def desired(self) -> dict[str, Any]:
+        return {
+            "tags": self.ctx.tags,
+            "state": "Enabled",
+            "rotation": True,
+            "policy": self._policy(),
+        }
+
+    def notes(self, observed: dict[str, Any]) -> list[str]:
+        if observed.get("state") == "PendingDeletion":
+            return [
+                f"scheduled for deletion on {observed.get('deletion_date')} by an earlier down: "
+                "up cancels the deletion and enables the key again"
+            ]
+        return []
+
+    def observe(self, aws: Aws) -> dict[str, Any] | None:
+        found = aws.call(
+            "kms", "describe_key", resource=self.label, missing=MISSING, KeyId=self.alias
+        )
+        if found is None:
+            return None
+        meta = found["KeyMetadata"]
+        key_id, state = meta["KeyId"], meta["KeyState"]
+        tags = aws.call(
+            "kms", "list_resource_tags", resource=self.label, missing=MISSING, KeyId=key_id
+        )
+        observed: dict[str, Any] = {
+            "tags": {t["TagKey"]: t["TagValue"] for t in (tags or {}).get("Tags", [])},
+            "state": state,
+            "rotation": None,
+            "policy": None,
+            "key_id": key_id,
+            "arn": meta["Arn"],
+            "deletion_date": str(meta["DeletionDate"]) if meta.get("DeletionDate") else None,
+        }
+        if state != "Enabled":
+            # KMS refuses rotation changes on a disabled or pending key; both are set once the
+            # key is enabled again.
+            return observed
+        rotation, policy = aws.gather(
+            lambda: aws.call("kms", "get_key_rotation_status", resource=self.label, KeyId=key_id),
+            lambda: aws.call(
+                "kms",
+                "get_key_policy",
+                resource=self.label,
+                KeyId=key_id,
+                PolicyName=KEY_POLICY_NAME,
+            ),
+        )
+        observed["rotation"] = rotation.get("KeyRotationEnabled")
+        observed["policy"] = json.loads(policy["Policy"])
+        return observed
+
+    def create(self, aws: Aws) -> None:
+        created = aws.call(
+            "kms",
+            "create_key",
+            resource=self.label,
+            Description=f"Encrypts the alerts topic of iotpipe stack {self.ctx.stack}",
+            KeyUsage="ENCRYPT_DECRYPT",
+            KeySpec="SYMMETRIC_DEFAULT",
+            Policy=json.dumps(self._policy()),
+            Tags=[{"TagKey": k, "TagValue": v} for k, v in self.ctx.tags.items()],
+        )
+        key_id = created["KeyMetadata"]["KeyId"]
+        try:
+            aws.call(
+                "kms", "create_alias", resource=self.label, AliasName=self.alias, TargetKeyId=key_id
+            )
+        except BaseException:
+            # Without its alias nothing would ever find (or delete) the new key.
+            self._schedule_deletion(aws, key_id)
+            raise
+        aws.call("kms", "enable_key_rotation", resource=self.label, KeyId=key_id)
+
+    def update(self, aws: Aws, changes: list[Change]) -> None:
+        observed = self.observe(aws)
+        if observed is None:
+            return
+        key_id, state = observed["key_id"], observed["state"]
+        if state == "PendingDeletion":
+            # A cancelled deletion leaves the key disabled.
+            aws.call("kms", "cancel_key_deletion", resource=self.label, KeyId=key_id)
+            state = "Disabled"
+        if state == "Disabled":
+            aws.call("kms", "enable_key", resource=self.label, KeyId=key_id)
+            # What could not be read while the key was off is compared now.
+            observed = self.observe(aws) or observed
+        for change in self.diff(observed):
+            if change.field == "tags":
+                aws.call(
+                    "kms",
+                    "tag_resource",
+                    resource=self.label,
+                    KeyId=key_id,
+                    Tags=[{"TagKey": k, "TagValue": v} for k, v in self.ctx.tags.items()],
+                )
+            elif change.field == "policy":
+                aws.call(
+                    "kms",
+                    "put_key_policy",
+                    resource=self.label,
+                    KeyId=key_id,
+                    PolicyName=KEY_POLICY_NAME,
+                    Policy=json.dumps(self._policy()),
+                )
+            elif change.field == "rotation":
+                aws.call("kms", "enable_key_rotation", resource=self.label, KeyId=key_id)
+
+    def _schedule_deletion(self, aws: Aws, key_id: str) -> None:
+        aws.call(
+            "kms",
+            "schedule_key_deletion",
+            resource=self.label,
+            KeyId=key_id,
+            PendingWindowInDays=DELETION_WINDOW_DAYS,
+        )
+
+    def delete(self, aws: Aws) -> None:
+        observed = self.observe(aws)
+        if observed is None:
+            return
+        if observed["state"] != "PendingDeletion":
+            self._schedule_deletion(aws, observed["key_id"])
+        # Last: a `down` interrupted before this finds the key again through its alias.
+        aws.call("kms", "delete_alias", resource=self.label, missing=MISSING, AliasName=self.alias)
+
+
+def resources(ctx: StackContext) -> list[Resource]:
+    return [AlertsKey(ctx)]
