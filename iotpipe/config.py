@@ -161,7 +161,11 @@ class ProcessorSection(_Section):
     log_retention_days: LogRetentionDays = 14
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     powertools_layer_version: int = Field(
-        7, ge=1, description="version of AWS's public Powertools for AWS Lambda (Python) layer"
+        # The latest version Powertools lists ("Lambda Layer", docs.powertools.aws.dev/lambda/
+        # python/latest/getting-started/install/); `up` checks it exists in the region.
+        27,
+        ge=1,
+        description="version of AWS's public Powertools for AWS Lambda (Python) layer",
     )
 
     @model_validator(mode="after")

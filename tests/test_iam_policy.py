@@ -49,6 +49,9 @@ ACTION_OF = {
     ("s3", "get_bucket_lifecycle_configuration"): ["s3:GetLifecycleConfiguration"],
     ("s3", "put_bucket_lifecycle_configuration"): ["s3:PutLifecycleConfiguration"],
     ("s3", "delete_bucket_lifecycle"): ["s3:PutLifecycleConfiguration"],
+    # GetLayerVersionByArn is authorized as lambda:GetLayerVersion (Lambda developer guide,
+    # "Lambda API permissions": layer actions).
+    ("lambda", "get_layer_version_by_arn"): ["lambda:GetLayerVersion"],
 }
 
 

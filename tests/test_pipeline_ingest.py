@@ -174,7 +174,7 @@ def test_processor_function_settings(cli, aws, processor_source) -> None:
     assert conf["Timeout"] == 60
     assert conf["Role"] == f"arn:aws:iam::{ACCOUNT}:role/test-processor"
     assert [layer["Arn"] for layer in conf["Layers"]] == [
-        f"arn:aws:lambda:{REGION}:017000801446:layer:AWSLambdaPowertoolsPythonV3-python311-arm64:7"
+        f"arn:aws:lambda:{REGION}:017000801446:layer:AWSLambdaPowertoolsPythonV3-python311-arm64:27"
     ]
     assert conf["Environment"]["Variables"] == {
         "STACK_NAME": "test",
@@ -466,7 +466,7 @@ def test_a_missing_layer_version_is_explained(cli, faults) -> None:
     )
     result = cli("up", "--yes")
     assert result.exit_code == 1
-    assert "AWSLambdaPowertoolsPythonV3-python311-arm64:7" in result.stderr
+    assert "AWSLambdaPowertoolsPythonV3-python311-arm64:27" in result.stderr
     assert "powertools_layer_version" in result.stderr
     assert "Traceback" not in result.stderr
 

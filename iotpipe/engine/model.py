@@ -107,6 +107,11 @@ class Resource(ABC):
     def delete(self, aws: Aws) -> None:
         """Delete the resource (and wait until it is gone where later steps depend on that)."""
 
+    def preflight(self, aws: Aws) -> None:
+        """Before an `up` is planned: confirm what this resource needs from AWS that no stack
+        owns (a public layer version), raising with the setting to fix. Nothing by default."""
+        return None
+
     def notes(self, observed: dict[str, Any]) -> list[str]:
         """Facts about the observed state worth showing with the plan (none by default)."""
         return []

@@ -62,10 +62,18 @@ def _observe(aws: Aws, r: Resource) -> Observed:
         return exc
 
 
-def observe_all(aws: Aws, resources: list[Resource]) -> dict[str, Observed]:
-    """Each resource's state; an optional resource whose service is unavailable maps to why."""
+def observe_all(
+    aws: Aws, resources: list[Resource], *, preflight: bool = False
+) -> dict[str, Observed]:
+    """Each resource's state; an optional resource whose service is unavailable maps to why.
+
+    With `preflight`, each resource's preflight check runs alongside (an `up` plan's checks).
+    """
     with ThreadPoolExecutor(max_workers=OBSERVE_WORKERS) as pool:
+        checks = [pool.submit(r.preflight, aws) for r in resources] if preflight else []
         futures = {r.key: pool.submit(_observe, aws, r) for r in resources}
+        for check in checks:
+            check.result()
         return {key: f.result() for key, f in futures.items()}
 
 
@@ -81,7 +89,7 @@ def _skip_reason(r: Resource, current: Observed, skipped: dict[str, str]) -> str
 
 def plan_up(aws: Aws, resources: list[Resource], stack: str) -> Plan:
     ordered = order(resources)
-    observed = observe_all(aws, ordered)
+    observed = observe_all(aws, ordered, preflight=True)
     steps = []
     skipped: dict[str, str] = {}
     for r in ordered:

@@ -61,8 +61,14 @@ AWS_LAYER_PUBLISHER = "017000801446"
 
 def _resolve_public_layers() -> None:
     # moto resolves a layer ARN in the caller's own account only; AWS lets every account use the
-    # layers AWS publishes, so accept those as AWS does.
-    from moto.awslambda.models import LambdaFunction
+    # layers AWS publishes, so accept those as AWS does (the Lambda rules refuse the versions AWS
+    # does not publish, as AWS does). moto also lacks GetLayerVersionByArn: answer it for AWS's
+    # published versions and for the caller's own layers.
+    from moto.awslambda.exceptions import UnknownLayerVersionException
+    from moto.awslambda.models import LambdaFunction, lambda_backends
+    from moto.awslambda.responses import LambdaResponse
+
+    from iotpipe.local.aws_rules.lambda_ import published_layer_version
 
     original = LambdaFunction._get_layers_data
 
@@ -74,7 +80,19 @@ def _resolve_public_layers() -> None:
             for arn in arns
         ]
 
+    def get_layer_version_by_arn(response: LambdaResponse) -> str:
+        arn = response.querystring.get("Arn", [""])[0]
+        published = published_layer_version(arn)
+        if published is not None:
+            return json.dumps(published)
+        backend = lambda_backends[response.current_account][response.region]
+        found = backend.layers_versions_by_arn(arn)
+        if found is None:
+            raise UnknownLayerVersionException([arn])
+        return json.dumps(found.get_layer_version())
+
     LambdaFunction._get_layers_data = get_layers_data
+    LambdaResponse.get_layer_version_by_arn = get_layer_version_by_arn
 
 
 class Emulator:

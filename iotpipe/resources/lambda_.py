@@ -12,11 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from iotpipe.aws import IAM_PROPAGATION, UPDATE_IN_PROGRESS
 from iotpipe.engine.model import Change, Resource
-from iotpipe.errors import AwsError
+from iotpipe.errors import AwsError, ConfigError
 from iotpipe.packaging import CodeBundle, processor_bundle
 from iotpipe.resources.iam import ServiceRole, allow, policy_document, trust_policy
 from iotpipe.resources.logs import LogGroup
-from iotpipe.resources.timestream import MAGNETIC_STORE_WRITES
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
@@ -48,6 +47,107 @@ def powertools_layer_arn(ctx: StackContext) -> str:
     )
 
 
+# Where Powertools lists the layer versions it publishes, per region and architecture.
+POWERTOOLS_LAYERS_URL = (
+    "https://docs.powertools.aws.dev/lambda/python/latest/getting-started/install/#lambda-layer"
+)
+_LAYER_FIELD = "[processor] powertools_layer_version"
+# Probes of other versions when the configured one is missing: enough to find the newest of a
+# few hundred versions by doubling, then halving.
+_MAX_PROBES = 16
+
+
+def _layer_unreadable(exc: AwsError) -> bool:
+    """AWS's answer for a version of another account's layer that does not exist (or that the
+    caller may not use): AccessDeniedException "... because no resource-based policy allows the
+    lambda:GetLayerVersion action"; ResourceNotFoundException for a layer of the caller's own."""
+    if exc.code == "ResourceNotFoundException":
+        return True
+    return exc.code == "AccessDeniedException" and "identity-based policy" not in str(exc)
+
+
+def _layer_exists(aws: Aws, arn: str) -> bool:
+    try:
+        aws.call("lambda", "get_layer_version_by_arn", resource=f"layer {arn}", Arn=arn)
+    except AwsError as exc:
+        if _layer_unreadable(exc):
+            return False
+        raise
+    return True
+
+
+def newest_layer_version(aws: Aws, layer_arn: str, known: int) -> int | None:
+    """The newest version of `layer_arn` (no version suffix) in this region, or None for none.
+
+    AWS lists only the caller's own layers' versions (ListLayerVersions needs a permission that
+    Powertools does not grant), so this probes GetLayerVersionByArn: upward by doubling from
+    `known` while versions exist, else downward by halving; versions are numbered 1, 2, 3, ...
+    """
+    probes = 0
+
+    def exists(version: int) -> bool:
+        nonlocal probes
+        probes += 1
+        return _layer_exists(aws, f"{layer_arn}:{version}")
+
+    if exists(known):
+        low, step = known, 1
+        while probes < _MAX_PROBES and exists(low + step):
+            low, step = low + step, step * 2
+        high = low + step
+    else:
+        low, high = 0, known
+    while high - low > 1 and probes < _MAX_PROBES:
+        middle = (low + high) // 2
+        if exists(middle):
+            low = middle
+        else:
+            high = middle
+    return low or None
+
+
+def check_powertools_layer(ctx: StackContext, aws: Aws) -> None:
+    """Confirm the configured Powertools layer version exists in this region, before planning.
+
+    Lambda would refuse CreateFunction or UpdateFunctionConfiguration much later, after the
+    rest of the stack was built; this says so before anything changes, with what to set.
+    """
+    arn = powertools_layer_arn(ctx)
+    layer, _, configured = arn.rpartition(":")
+    resource = f"layer {arn}"
+    try:
+        aws.call("lambda", "get_layer_version_by_arn", resource=resource, Arn=arn)
+        return
+    except AwsError as exc:
+        if not _layer_unreadable(exc):
+            if exc.code == "AccessDeniedException":
+                raise AwsError(
+                    exc.message,
+                    code=exc.code,
+                    hint="the AWS identity running iotpipe needs lambda:GetLayerVersion on "
+                    f"{layer}; `iotpipe iam-policy` prints a policy that allows it",
+                ) from exc
+            raise
+    from iotpipe.config import ProcessorSection
+
+    default = int(ProcessorSection.model_fields["powertools_layer_version"].default)
+    newest = newest_layer_version(aws, layer, default)
+    name = layer.rsplit(":", 1)[-1]
+    region = ctx.names.region
+    if newest is None:
+        raise AwsError(
+            f"no version of AWS's layer {name} can be read in {region}",
+            resource=resource,
+            hint="the identity running iotpipe needs lambda:GetLayerVersion on it "
+            f"(`iotpipe iam-policy`); Powertools lists its regions at {POWERTOOLS_LAYERS_URL}",
+        )
+    raise ConfigError(
+        f"{_LAYER_FIELD} = {configured}: AWS publishes no version {configured} of layer {name} "
+        f"in {region}; the newest there is {newest}",
+        hint=f"set {_LAYER_FIELD} = {newest} (versions by region: {POWERTOOLS_LAYERS_URL})",
+    )
+
+
 def processor_environment(ctx: StackContext) -> dict[str, str]:
     """The sinks the processor writes to, as the contracts name them."""
     config, names = ctx.config, ctx.names
@@ -59,10 +159,6 @@ def processor_environment(ctx: StackContext) -> dict[str, str]:
         "TIMESERIES_DATABASE": names.timeseries_database if timeseries else "",
         "TIMESERIES_TABLE": names.timeseries_table if timeseries else "",
         "TIMESERIES_MEMORY_RETENTION_HOURS": str(config.timeseries.memory_retention_hours),
-        # The time-series sink sends what the table takes: with magnetic-store writes, readings
-        # up to the magnetic retention old.
-        "TIMESERIES_MAGNETIC_STORE_WRITES": "true" if MAGNETIC_STORE_WRITES else "false",
-        "TIMESERIES_MAGNETIC_RETENTION_DAYS": str(config.timeseries.magnetic_retention_days),
         "ARCHIVE_DELIVERY_STREAM": names.archive_delivery_stream,
         "ARCHIVE_BUCKET": names.archive_bucket,
         "QUARANTINE_PREFIX": names.quarantine_prefix,
@@ -155,6 +251,9 @@ class ProcessorFunction(Resource):
             "environment": processor_environment(self.ctx),
             "code_sha256": self.bundle.sha256,
         }
+
+    def preflight(self, aws: Aws) -> None:
+        check_powertools_layer(self.ctx, aws)
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
         found = aws.call(
@@ -281,14 +380,20 @@ class ProcessorFunction(Resource):
 
 
 def _explain_layer_error(exc: AwsError, layers: list[str]) -> AwsError:
-    """Name the layer and the setting to fix when Lambda cannot find the Powertools layer."""
-    if exc.code != "ResourceNotFoundException" or "layer" not in str(exc).lower():
+    """Name the layer and the setting to fix when Lambda cannot find the Powertools layer.
+
+    The plan checked the layer already; this covers a version withdrawn since. Lambda answers
+    a missing version of another account's layer with AccessDeniedException on
+    lambda:GetLayerVersion, one of the caller's own with ResourceNotFoundException.
+    """
+    text = str(exc).lower()
+    if "layer" not in text or not _layer_unreadable(exc):
         return exc
     return AwsError(
         f"{exc.message} (layer {', '.join(layers)})",
         code=exc.code,
-        hint="check [processor] powertools_layer_version against the versions AWS publishes "
-        "for this region and architecture",
+        hint=f"check {_LAYER_FIELD} against the versions AWS publishes for this region and "
+        f"architecture ({POWERTOOLS_LAYERS_URL})",
     )
 
 
