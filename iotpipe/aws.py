@@ -70,7 +70,7 @@ class Transient:
     message_contains: str | None = None
 
     def matches(self, code: str, message: str) -> bool:
-        if code != self.code:
+        if code != self.code or is_pass_role_denial(code, message):
             return False
         return self.message_contains is None or self.message_contains.lower() in message.lower()
 
@@ -417,8 +417,6 @@ class Aws:
             if is_throttling_or_server_error(exc):
                 return True
             code, message, _ = error_code(exc)
-            if is_pass_role_denial(code, message):
-                return False
             return any(t.matches(code, message) for t in transients)
 
         deadline = policy.transient_deadline_seconds if transients else None
