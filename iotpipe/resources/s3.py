@@ -1,4 +1,9 @@
-"""S3: the archive bucket (Firehose output, quarantine, IoT rule errors, Athena results)."""
+"""S3: the archive bucket (Firehose output, quarantine, IoT rule errors, Athena results).
+
+The archive is the only complete copy of every reading, so the bucket is versioned: an object
+deleted or overwritten by mistake stays recoverable for `archive.noncurrent_version_expire_days`,
+after which the lifecycle removes the old version and then the delete marker left alone.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from iotpipe.engine.model import Change, Resource
+from iotpipe.errors import AwsError
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
@@ -36,8 +42,17 @@ def tls_only_policy(bucket_arn: str) -> dict[str, Any]:
     }
 
 
+# DeleteObjects takes at most 1,000 keys a request (S3 API reference, DeleteObjects).
+DELETE_BATCH = 1000
+# Firehose answers DescribeDeliveryStream with this once a deleted stream is gone.
+STREAM_GONE = ("ResourceNotFoundException",)
+
+
 def lifecycle_rules(ctx: StackContext) -> list[dict[str, Any]]:
-    """Archive to cheaper storage as it ages; expire what is only kept for a while."""
+    """Archive to cheaper storage as it ages; expire what is only kept for a while.
+
+    The minimum days S3 allows between classes are checked by the config (`ArchiveSection`).
+    """
     names, archive = ctx.names, ctx.config.archive
     expire = [
         ("quarantine", names.quarantine_prefix, archive.quarantine_expire_days),
@@ -50,10 +65,7 @@ def lifecycle_rules(ctx: StackContext) -> list[dict[str, Any]]:
             "id": "readings-tiering",
             "prefix": names.archive_prefix,
             # Big Firehose objects suit IA/Glacier IR (128 KiB minimum billed size per object).
-            "transitions": [
-                [archive.transition_to_ia_days, "STANDARD_IA"],
-                [archive.transition_to_glacier_days, "GLACIER_IR"],
-            ],
+            "transitions": [[days, cls] for days, cls in archive.transitions()],
         },
         *(
             {"id": f"{rule}-expiry", "prefix": prefix, "expire_days": days}
@@ -61,6 +73,15 @@ def lifecycle_rules(ctx: StackContext) -> list[dict[str, Any]]:
         ),
         # Parts of uploads that never completed are billed but invisible.
         {"id": "abort-incomplete-uploads", "prefix": "", "abort_incomplete_days": 7},
+        # Versioning keeps what is deleted or expired above as noncurrent versions: remove them
+        # after a grace period, then the delete markers nothing is left behind. S3 refuses
+        # ExpiredObjectDeleteMarker in a rule with Expiration Days, hence a rule of its own.
+        {
+            "id": "noncurrent-versions",
+            "prefix": "",
+            "noncurrent_expire_days": archive.noncurrent_version_expire_days,
+            "expired_delete_markers": True,
+        },
     ]
 
 
@@ -75,6 +96,10 @@ def _rule_input(rule: dict[str, Any]) -> dict[str, Any]:
         out["Transitions"] = [{"Days": d, "StorageClass": c} for d, c in rule["transitions"]]
     if "expire_days" in rule:
         out["Expiration"] = {"Days": rule["expire_days"]}
+    if rule.get("expired_delete_markers"):
+        out["Expiration"] = {"ExpiredObjectDeleteMarker": True}
+    if "noncurrent_expire_days" in rule:
+        out["NoncurrentVersionExpiration"] = {"NoncurrentDays": rule["noncurrent_expire_days"]}
     if "abort_incomplete_days" in rule:
         out["AbortIncompleteMultipartUpload"] = {
             "DaysAfterInitiation": rule["abort_incomplete_days"]
@@ -92,6 +117,10 @@ def _rule_spec(rule: dict[str, Any]) -> dict[str, Any]:
         spec["transitions"] = [[t.get("Days"), t["StorageClass"]] for t in rule["Transitions"]]
     if "Days" in rule.get("Expiration", {}):
         spec["expire_days"] = rule["Expiration"]["Days"]
+    if "NoncurrentDays" in rule.get("NoncurrentVersionExpiration", {}):
+        spec["noncurrent_expire_days"] = rule["NoncurrentVersionExpiration"]["NoncurrentDays"]
+    if rule.get("Expiration", {}).get("ExpiredObjectDeleteMarker"):
+        spec["expired_delete_markers"] = True
     if rule.get("AbortIncompleteMultipartUpload"):
         days = rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"]
         spec["abort_incomplete_days"] = days
@@ -111,6 +140,7 @@ class ArchiveBucket(Resource):
             "public_access_block": PUBLIC_ACCESS_BLOCKED,
             "ownership": "BucketOwnerEnforced",
             "policy": tls_only_policy(names.archive_bucket_arn),
+            "versioning": "Enabled",
             "lifecycle": lifecycle_rules(self.ctx),
         }
 
@@ -122,12 +152,13 @@ class ArchiveBucket(Resource):
         def read(operation: str, *missing: str):
             return lambda: aws.call("s3", operation, resource=label, missing=missing, Bucket=bucket)
 
-        tagging, encryption, block, ownership, policy, lifecycle = aws.gather(
+        tagging, encryption, block, ownership, policy, versioning, lifecycle = aws.gather(
             read("get_bucket_tagging", "NoSuchTagSet"),
             read("get_bucket_encryption", "ServerSideEncryptionConfigurationNotFoundError"),
             read("get_public_access_block", "NoSuchPublicAccessBlockConfiguration"),
             read("get_bucket_ownership_controls", "OwnershipControlsNotFoundError"),
             read("get_bucket_policy", "NoSuchBucketPolicy"),
+            read("get_bucket_versioning"),
             read("get_bucket_lifecycle_configuration", "NoSuchLifecycleConfiguration"),
         )
         rules = (encryption or {}).get("ServerSideEncryptionConfiguration", {}).get("Rules", [])
@@ -142,6 +173,8 @@ class ArchiveBucket(Resource):
             .get("Rules", [{}])[0]
             .get("ObjectOwnership"),
             "policy": json.loads(policy["Policy"]) if policy else None,
+            # A bucket never versioned has no Status at all.
+            "versioning": (versioning or {}).get("Status"),
             "lifecycle": [_rule_spec(r) for r in (lifecycle or {}).get("Rules", [])],
         }
 
@@ -203,6 +236,14 @@ class ArchiveBucket(Resource):
                     Bucket=self.name,
                     Policy=json.dumps(want[field]),
                 )
+            elif field == "versioning":
+                aws.call(
+                    "s3",
+                    "put_bucket_versioning",
+                    resource=self.label,
+                    Bucket=self.name,
+                    VersioningConfiguration={"Status": want[field]},
+                )
             elif field == "lifecycle":
                 aws.call(
                     "s3",
@@ -213,43 +254,103 @@ class ArchiveBucket(Resource):
                 )
 
     def delete(self, aws: Aws) -> None:
+        # A Firehose stream being deleted can still flush a buffer into the bucket: emptying it
+        # before the stream is gone would leave objects, and DeleteBucket would fail.
+        wait_for_stream_gone(aws, self.ctx.names.archive_delivery_stream, self.label)
         empty_bucket(aws, self.name, self.label)
         aws.call(
             "s3", "delete_bucket", resource=self.label, missing=("NoSuchBucket",), Bucket=self.name
         )
 
 
-def empty_bucket(aws: Aws, bucket: str, label: str) -> None:
-    """Delete every object version and delete marker, 1,000 per call."""
-    batch: list[dict[str, str]] = []
+def wait_for_stream_gone(aws: Aws, stream: str, label: str) -> None:
+    """Wait until the delivery stream writing into the bucket no longer exists."""
 
-    def flush() -> None:
-        if batch:
-            aws.call(
-                "s3",
-                "delete_objects",
+    def gone() -> bool:
+        found = aws.call(
+            "firehose",
+            "describe_delivery_stream",
+            resource=label,
+            missing=STREAM_GONE,
+            DeliveryStreamName=stream,
+        )
+        if found is None:
+            return True
+        status = found["DeliveryStreamDescription"].get("DeliveryStreamStatus")
+        if status == "DELETING_FAILED":
+            raise AwsError(
+                f"Firehose delivery stream {stream} failed to delete, and may still write here",
                 resource=label,
-                Bucket=bucket,
-                Delete={"Objects": list(batch), "Quiet": True},
+                hint="delete the stream in the Firehose console, then run `down` again",
             )
-            batch.clear()
+        return False
 
-    params: dict[str, Any] = {"Bucket": bucket}
+    aws.wait_for(
+        gone,
+        resource=label,
+        what=f"for Firehose delivery stream {stream} to finish deleting (it may still flush "
+        "objects into the bucket)",
+    )
+
+
+def empty_bucket(aws: Aws, bucket: str, label: str) -> None:
+    """Delete every object version and delete marker, a page (at most 1,000) per DeleteObjects.
+
+    Each pass lists from the start again instead of following page markers past keys it has
+    just deleted: what is listed next is exactly what is left, whatever was written meanwhile.
+    """
+    previous: list[tuple[str, str]] | None = None
     while True:
         page = aws.call(
-            "s3", "list_object_versions", resource=label, missing=("NoSuchBucket",), **params
+            "s3",
+            "list_object_versions",
+            resource=label,
+            missing=("NoSuchBucket",),
+            Bucket=bucket,
+            MaxKeys=DELETE_BATCH,
         )
         if page is None:
             return
-        for item in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]:
-            batch.append({"Key": item["Key"], "VersionId": item["VersionId"]})
-            if len(batch) == 1000:
-                flush()
-        if not page.get("IsTruncated"):
-            break
-        params["KeyMarker"] = page.get("NextKeyMarker")
-        params["VersionIdMarker"] = page.get("NextVersionIdMarker")
-    flush()
+        listed = [
+            (item["Key"], item["VersionId"])
+            for item in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]
+        ]
+        if not listed:
+            return
+        if listed == previous:
+            raise AwsError(
+                f"{len(listed)} object version(s) remain after DeleteObjects reported them "
+                f"deleted, e.g. {listed[0][0]}",
+                resource=label,
+                hint="check the bucket in the S3 console, then run `down` again",
+            )
+        for start in range(0, len(listed), DELETE_BATCH):
+            _delete_versions(aws, bucket, label, listed[start : start + DELETE_BATCH])
+        previous = listed
+
+
+def _delete_versions(aws: Aws, bucket: str, label: str, versions: list[tuple[str, str]]) -> None:
+    reply = aws.call(
+        "s3",
+        "delete_objects",
+        resource=label,
+        Bucket=bucket,
+        Delete={"Objects": [{"Key": k, "VersionId": v} for k, v in versions], "Quiet": True},
+    )
+    # DeleteObjects answers 200 even when it deletes nothing: each refused key is in Errors.
+    errors = (reply or {}).get("Errors") or []
+    if errors:
+        shown = ", ".join(
+            f"{e.get('Key')} (version {e.get('VersionId')}): {e.get('Code')}: {e.get('Message')}"
+            for e in errors[:5]
+        )
+        more = f" and {len(errors) - 5} more" if len(errors) > 5 else ""
+        raise AwsError(
+            f"DeleteObjects could not delete {len(errors)} object version(s): {shown}{more}",
+            resource=label,
+            code=errors[0].get("Code"),
+            hint="check the bucket policy and any Object Lock retention, then run `down` again",
+        )
 
 
 def resources(ctx: StackContext) -> list[Resource]:
