@@ -35,6 +35,8 @@ STALE_AFTER_DAYS = 180
 # Firehose accepts records of up to 1,000 KiB; Timestream up to 100 records per WriteRecords.
 FIREHOSE_MAX_RECORD_BYTES = 1000 * KB
 TIMESTREAM_RECORDS_PER_WRITE = 100
+# SNS reuses a KMS data key for up to 5 minutes per publishing principal.
+SNS_DATA_KEY_REUSE_SECONDS = 300
 # S3 storage is priced at steady state: once twelve months of readings are held.
 STEADY_STATE_DAYS = 365
 
@@ -200,7 +202,8 @@ class Assumptions:
     parquet_compression_ratio: float = 6.0
     athena_queries_per_day: int = 100
     crawler_dpus: float = 2.0
-    alarms: int = 12
+    # None: as many alarms as `up` deploys for the config.
+    alarms: int | None = None
     dashboards: int = 1
     custom_metrics: int = 4
     log_bytes_per_invocation: int = 1000
@@ -221,12 +224,17 @@ class Assumptions:
             f"Athena runs {self.athena_queries_per_day} queries a day, each scanning one day of "
             "the archive (at most the workgroup's per-query cutoff)",
             f"a crawler run uses {self.crawler_dpus:g} DPUs for the billing minimum",
-            f"CloudWatch: {self.alarms} alarms, {self.dashboards} dashboard, "
+            f"CloudWatch: {self.alarm_count(config)} alarms, {self.dashboards} dashboard, "
             f"{self.custom_metrics} custom metrics, {self.log_bytes_per_invocation} bytes of "
             "log per invocation",
             "device-state writes per batch: the distinct devices expected in a batch drawn from "
             "the devices of one shard",
         ]
+
+    def alarm_count(self, config: Config) -> int:
+        from iotpipe.resources.cloudwatch import alarm_count
+
+        return alarm_count(config) if self.alarms is None else self.alarms
 
     def compression_ratio(self, config: Config) -> float:
         if config.archive.format == "parquet":
@@ -606,7 +614,7 @@ def estimate(
     add(
         cw,
         "alarms",
-        a.alarms,
+        a.alarm_count(config),
         "alarm-months",
         p("cloudwatch", "standard_alarm_month"),
         meter="cloudwatch.alarms",
@@ -634,6 +642,28 @@ def estimate(
         "GB",
         p("cloudwatch", "logs_ingested_per_gb"),
         meter="cloudwatch.logs_ingested_gb",
+    )
+
+    # KMS: the alerts topic's customer managed key (CloudWatch cannot use the free AWS managed
+    # one). SNS asks KMS for a data key at most every 5 minutes per publisher, two requests each
+    # (SNS developer guide, "Estimating AWS KMS costs"): the most an alarm that kept notifying
+    # all month would cost.
+    add(
+        "KMS",
+        "customer managed key (alerts topic)",
+        1,
+        "key-months",
+        p("kms", "key_month"),
+        note="each of its first two yearly rotations adds the same again",
+    )
+    add(
+        "KMS",
+        "requests (SNS data keys, at most)",
+        HOURS_PER_MONTH * 3600 / SNS_DATA_KEY_REUSE_SECONDS * 2,
+        "requests",
+        p("kms", "requests_per_10k"),
+        10_000,
+        meter="kms.requests",
     )
 
     # Negligible: alerts are rare, and the dead-letter queue stays empty while the pipeline works.

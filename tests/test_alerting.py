@@ -199,16 +199,10 @@ def test_the_documented_table_refuses_what_aws_does_not_publish():
         assert source.startswith("https://docs.aws.amazon.com/"), source
 
 
-@pytest.mark.parametrize("timeseries", [False, True])
-def test_cost_prices_the_alarms_up_deploys_and_the_key(cli, endpoint, config_file, timeseries):
-    config_file.write_text(
-        f'[stack]\nname = "test"\n[timeseries]\nenabled = {"true" if timeseries else "false"}\n'
-    )
+def test_cost_prices_the_alarms_up_deploys_and_the_key(cli, endpoint):
     assert cli("up", "--yes").exit_code == 0
     deployed = len(stack_alarms(endpoint))
-    config = Config.model_validate(
-        {"stack": {"name": "test"}, "timeseries": {"enabled": timeseries}}
-    )
+    config = Config.model_validate({"stack": {"name": "test"}})
     items = cost_report(config, load_prices(), date(2025, 7, 1)).configured.items
     alarms = next(i for i in items if i.service == "CloudWatch" and i.item == "alarms")
     assert alarms.quantity == deployed

@@ -83,12 +83,12 @@ def test_default_500k_a_day_line_items_match_hand_arithmetic():
 
 def test_default_and_naive_totals_at_500k_a_day():
     report = cost_report(config(), load_prices(), TODAY)
-    assert report.configured.total == 41.55
-    assert report.naive.total == 179.32
-    # Always Free covers the dashboard, 10 of the 12 alarms, the processor's metrics, logs and
-    # Lambda: $5.66, the same for both designs.
-    assert report.configured.total_after_allowances == 35.89
-    assert report.naive.total_after_allowances == 173.63
+    assert report.configured.total == 42.7
+    assert report.naive.total == 180.47
+    # Always Free covers the dashboard, 10 of the 13 alarms, the processor's metrics, logs,
+    # Lambda and the alerts key's requests: $5.71, the same for both designs.
+    assert report.configured.total_after_allowances == 36.99
+    assert report.naive.total_after_allowances == 174.73
     savings = {s.optimisation: s.monthly_saving for s in report.savings}
     assert savings == {
         "Basic Ingest": 15.2,
@@ -103,20 +103,20 @@ def test_default_and_naive_totals_at_500k_a_day():
 
 def test_timestream_adds_its_writes_and_storage():
     report = cost_report(config(timeseries=True), load_prices(), TODAY)
-    assert report.configured.total == 49.12
-    assert report.naive.total == 186.88
+    assert report.configured.total == 50.27
+    assert report.naive.total == 188.04
     assert report.configured.by_service()["Timestream"] == pytest.approx(7.56, abs=0.005)
 
 
 def test_default_and_naive_totals_at_100x():
     report = cost_report(config(readings_per_day=50_000_000, devices=100_000), load_prices(), TODAY)
-    assert report.configured.total == 2089.61
-    assert report.naive.total == 3726.94
+    assert report.configured.total == 2090.77
+    assert report.naive.total == 3728.09
     with_ts = cost_report(
         config(timeseries=True, readings_per_day=50_000_000, devices=100_000), load_prices(), TODAY
     )
-    assert with_ts.configured.total == 2838.75
-    assert with_ts.naive.total == 4476.07
+    assert with_ts.configured.total == 2839.9
+    assert with_ts.naive.total == 4477.22
     # Past a billion messages a month IoT messaging drops to the second tier.
     messages = 50_000_000 * 30.4
     assert line(report.naive, "IoT Core", "messaging").monthly_cost == pytest.approx(
@@ -145,7 +145,7 @@ def test_always_free_allowances_cover_at_most_what_is_used():
     small = cost_report(config(), load_prices(), TODAY).configured
     credits = {i.meter: i for i in small.allowances}
     assert credits["cloudwatch.dashboards"].monthly_cost == pytest.approx(-3.0)
-    assert credits["cloudwatch.alarms"].quantity == 10  # of 12: two are paid for
+    assert credits["cloudwatch.alarms"].quantity == 10  # of 13: three are paid for
     assert credits["cloudwatch.alarms"].monthly_cost == pytest.approx(-1.0)
     # 525,312 requests a month sit inside the first million: all free.
     requests = line(small, "Lambda", "requests")
@@ -170,6 +170,7 @@ def test_always_free_allowances_cover_at_most_what_is_used():
         "dynamodb",
         "sns",
         "sqs",
+        "kms",
     }
 
 
@@ -234,16 +235,16 @@ def test_cost_json_breakdown(cli):
     assert result.exit_code == 0, result
     data = result.json
     assert data["totals"] == {
-        "configured": 41.55,
-        "naive": 179.32,
+        "configured": 42.7,
+        "naive": 180.47,
         "saving": 137.77,
-        "configured_after_always_free": 35.89,
-        "naive_after_always_free": 173.63,
+        "configured_after_always_free": 36.99,
+        "naive_after_always_free": 174.73,
     }
     assert data["price_age_days"] == (date.today() - load_prices().taken).days
     for item in data["line_items"]:
         assert set(item) >= {"service", "item", "quantity", "unit", "unit_price", "monthly_cost"}
-    assert sum(i["monthly_cost"] for i in data["line_items"]) == pytest.approx(41.55, abs=0.005)
+    assert sum(i["monthly_cost"] for i in data["line_items"]) == pytest.approx(42.7, abs=0.005)
     assert all(i["monthly_cost"] < 0 for i in data["always_free_allowances"])
     assert {s["optimisation"] for s in data["savings"]} >= {"Basic Ingest", "daily crawler"}
     if data["prices_stale"]:
@@ -253,8 +254,8 @@ def test_cost_json_breakdown(cli):
 def test_cost_overrides_and_table(cli):
     result = cli("cost", "--readings-per-day", "50000000", "--devices", "100000")
     assert result.exit_code == 0, result
-    assert "$2,089.61" in result.stdout
-    assert "$3,726.94" in result.stdout
+    assert "$2,090.77" in result.stdout
+    assert "$3,728.09" in result.stdout
     assert "Always Free" in result.stdout
     assert "Basic Ingest" in result.stdout
 
@@ -282,7 +283,7 @@ def test_bad_overrides_exit_2_naming_the_option(cli, faults, args, option):
 def test_validate_shows_the_monthly_total(cli):
     result = cli("validate", "--output", "json")
     assert result.exit_code == 0, result
-    assert result.json["monthly_cost_usd"] == 41.55
-    assert result.json["monthly_cost_after_always_free_usd"] == 35.89
+    assert result.json["monthly_cost_usd"] == 42.7
+    assert result.json["monthly_cost_after_always_free_usd"] == 36.99
     table = cli("validate")
-    assert "$41.55 at list prices, $35.89 after" in table.stdout
+    assert "$42.70 at list prices, $36.99 after" in table.stdout
