@@ -1,8 +1,10 @@
 """Simulated sensor readings, and publishing them as devices do.
 
 `ReadingGenerator` makes realistic series per device: temperature following the day (plus noise),
-humidity moving against it, a battery draining slowly; it can mix in malformed messages (bad
-JSON, missing metrics, non-finite values, timestamps in the future) for the quarantine to catch.
+humidity moving against it, a battery draining slowly, one reading a minute ending at the present
+(never in the future: the processor quarantines a reading stamped ahead of its clock); it can mix
+in malformed messages (bad JSON, missing metrics, non-finite values, timestamps in the future) for
+the quarantine to catch.
 
 Publishers:
 - `MqttPublisher`, for AWS: one MQTT connection per device over TLS on port 8883, authenticated
@@ -22,7 +24,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -91,6 +93,7 @@ class Reading:
     thing: str
     payload: bytes
     malformed: str | None = None  # which kind of malformed message, or None
+    ts: int = 0  # epoch ms the payload is stamped with (for a malformed one, the intended time)
 
 
 class ReadingGenerator:
@@ -130,7 +133,13 @@ class ReadingGenerator:
         }
 
     def readings(self, count: int) -> Iterator[Reading]:
-        """`count` readings, devices in turn, time advancing one interval per round."""
+        """`count` readings, devices in turn, time advancing one interval per round.
+
+        The series ends no later than now: a start that would put the last round in the future
+        is moved back (and `start_ms` says where the series really starts)."""
+        rounds = -(-count // len(self.things))
+        latest_start = int(time.time() * 1000) - max(0, rounds - 1) * self.interval_ms
+        self.start_ms = min(self.start_ms, latest_start)
         for i in range(count):
             thing = self.things[i % len(self.things)]
             ts = self.start_ms + (i // len(self.things)) * self.interval_ms
@@ -138,9 +147,9 @@ class ReadingGenerator:
             message = {"ts": ts, "seq": self._seq[thing], "metrics": self._metrics(thing, ts)}
             if self.malformed_every and i % self.malformed_every == self.malformed_every - 1:
                 kind = MALFORMED_KINDS[(i // self.malformed_every) % len(MALFORMED_KINDS)]
-                yield Reading(thing, malformed_payload(kind, message), kind)
+                yield Reading(thing, malformed_payload(kind, message), kind, ts)
             else:
-                yield Reading(thing, json.dumps(message).encode())
+                yield Reading(thing, json.dumps(message).encode(), ts=ts)
 
 
 def malformed_payload(kind: str, message: dict[str, Any]) -> bytes:
@@ -300,12 +309,45 @@ class MqttPublisher:
 
 @dataclass
 class SimulationResult:
-    sent: int = 0
+    sent: int = 0  # each one acknowledged by the endpoint (QoS 1 PUBACK, or the HTTP answer)
     malformed: int = 0
     seconds: float = 0.0
+    # Readings stamped after the moment they were sent: the processor would quarantine them.
+    future: int = 0
+    # Each device's newest well-formed reading sent (epoch ms), to look for in its device state.
+    newest: dict[str, int] = field(default_factory=dict)
+    # Devices whose device state shows that newest reading, where the pipeline could be asked.
+    confirmed: int | None = None
+    confirm_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sent": self.sent, "malformed": self.malformed, "seconds": round(self.seconds, 2)}
+        found: dict[str, Any] = {
+            "sent": self.sent,
+            "malformed": self.malformed,
+            "future": self.future,
+            "seconds": round(self.seconds, 2),
+            "devices": len(self.newest),
+        }
+        if self.confirmed is not None:
+            found["devices_confirmed"] = self.confirmed
+        return found
+
+    def summary(self, target: str) -> str:
+        """One line: what was sent, what the endpoint took, and what the pipeline showed."""
+        valid = self.sent - self.malformed
+        line = f"sent {self.sent:,} readings in {self.seconds:.1f} s; {target} accepted all"
+        if self.malformed:
+            line += f" ({self.malformed:,} malformed on purpose, for the quarantine)"
+        line += f"; {'none' if not self.future else f'{self.future:,}'} stamped in the future"
+        if self.confirmed is None:
+            return line + f"; {valid:,} well-formed readings for the processor"
+        line += (
+            f"; device state shows the newest reading of {self.confirmed} of "
+            f"{len(self.newest)} device(s) after {self.confirm_seconds:.0f} s"
+        )
+        if self.confirmed < len(self.newest):
+            line += " (the rest are not processed yet, or were refused: see the quarantine)"
+        return line
 
 
 def simulate(
@@ -329,9 +371,60 @@ def simulate(
             publisher.publish(reading.thing, by_name[reading.thing].topic, reading.payload)
             result.sent += 1
             result.malformed += reading.malformed is not None
+            result.future += reading.ts > int(time.time() * 1000)
+            if reading.malformed is None:
+                result.newest[reading.thing] = max(reading.ts, result.newest.get(reading.thing, 0))
             if on_sent is not None:
                 on_sent(result.sent)
     finally:
         publisher.close()
     result.seconds = time.monotonic() - started
     return result
+
+
+CONFIRM_POLL_SECONDS = 0.5
+
+
+def confirm_device_state(
+    aws: Aws,
+    table: str,
+    result: SimulationResult,
+    *,
+    timeout_seconds: float,
+    on_poll: Callable[[int], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """How many devices' state shows the newest reading sent, waiting up to `timeout_seconds`
+    for the pipeline to process them; sets `result.confirmed`. A missing table counts none."""
+    started = time.monotonic()
+    keys = [{"device_id": {"S": thing}} for thing in result.newest]
+    confirmed = 0
+    while True:
+        confirmed = 0
+        for start in range(0, len(keys), 100):  # BatchGetItem takes 100 keys
+            pending: dict[str, Any] = {
+                table: {"Keys": keys[start : start + 100], "ProjectionExpression": "device_id, ts"}
+            }
+            while pending:
+                found = aws.call(
+                    "dynamodb",
+                    "batch_get_item",
+                    resource=f"table {table}",
+                    missing=("ResourceNotFoundException",),
+                    RequestItems=pending,
+                )
+                if found is None:
+                    break
+                for item in found.get("Responses", {}).get(table, []):
+                    thing, ts = item["device_id"]["S"], int(item.get("ts", {}).get("N", 0))
+                    confirmed += ts >= result.newest.get(thing, 0)
+                pending = found.get("UnprocessedKeys") or {}
+        if on_poll is not None:
+            on_poll(confirmed)
+        elapsed = time.monotonic() - started
+        if confirmed == len(keys) or elapsed >= timeout_seconds:
+            break
+        sleep(CONFIRM_POLL_SECONDS)
+    result.confirmed = confirmed
+    result.confirm_seconds = time.monotonic() - started
+    return confirmed

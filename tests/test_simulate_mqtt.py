@@ -188,6 +188,13 @@ def test_readings_reach_the_broker_on_the_device_topic_from_the_device_client_id
     )
 
     assert code == 0, capsys.readouterr()
+    captured = capsys.readouterr()
+    # Without a pipeline to ask, the summary says what the broker acknowledged.
+    summary = next(
+        line for line in (captured.out + captured.err).splitlines() if line.startswith("sent 5 ")
+    )
+    assert "; AWS IoT Core accepted all; none stamped in the future" in summary
+    assert summary.endswith("; 5 well-formed readings for the processor")
     # The broker's plugins hear of a message just after it is acknowledged.
     deadline = time.monotonic() + 10
     while len(RECEIVED) < 5 and time.monotonic() < deadline:
@@ -195,6 +202,7 @@ def test_readings_reach_the_broker_on_the_device_topic_from_the_device_client_id
     assert [(c, t, q) for c, t, _, q in RECEIVED] == [(THING, TOPIC, 1)] * 5
     payloads = [json.loads(p) for _, _, p, _ in RECEIVED]
     assert [p["seq"] for p in payloads] == [1, 2, 3, 4, 5]
+    assert max(p["ts"] for p in payloads) <= int(time.time() * 1000), "never in the future"
     assert set(payloads[0]["metrics"]) == {"temperature", "humidity", "battery"}
 
 

@@ -10,6 +10,9 @@ import typer
 
 from iotpipe.commands.common import get_app
 
+# How long `simulate` against an emulator waits for the pipeline to show the readings.
+CONFIRM_SECONDS = 10.0
+
 
 def simulate(
     ctx: typer.Context,
@@ -32,7 +35,7 @@ def simulate(
 ) -> None:
     """Send readings: over MQTT/TLS with each device's certificate to AWS IoT Core, or to the
     emulator's IoT data plane when --endpoint-url / AWS_ENDPOINT_URL points at one."""
-    from iotpipe.simulate import HttpPublisher, MqttPublisher, load_devices
+    from iotpipe.simulate import HttpPublisher, MqttPublisher, confirm_device_state, load_devices
     from iotpipe.simulate import simulate as run_simulation
 
     app = get_app(ctx)
@@ -42,18 +45,37 @@ def simulate(
     if endpoint:
         publisher = HttpPublisher(app.aws)
         target = f"the IoT data plane at {endpoint}"
+        accepted_by = "the IoT data plane"
     else:
         publisher = MqttPublisher(devices, ca_file=ca_file)
         target = f"{devices[0].endpoint}:{devices[0].port} over MQTT/TLS"
+        accepted_by = "AWS IoT Core"  # each publish waited for its PUBACK
     out.info(f"sending {readings:,} readings from {len(devices)} device(s) to {target}")
     with out.progress("publishing", total=readings) as progress:
         result = run_simulation(
             devices, publisher, readings=readings, rate=rate, on_sent=lambda _: progress.advance()
         )
+    if endpoint and result.newest:
+        # The emulator's pipeline (`local serve`) can be asked what it made of the readings;
+        # on AWS the CLI's identity may not read the device state, so the summary stops at IoT.
+        table = app.stack.names.device_state_table
+        with out.progress(
+            f"waiting for the pipeline: device state in {table}", total=len(result.newest)
+        ) as progress:
+            seen = [0]
+
+            def advance(confirmed: int) -> None:
+                for _ in range(confirmed - seen[0]):
+                    progress.advance()
+                seen[0] = max(seen[0], confirmed)
+
+            confirm_device_state(
+                app.aws, table, result, timeout_seconds=CONFIRM_SECONDS, on_poll=advance
+            )
     if out.json_mode:
         out.data(result.to_dict())
     else:
-        out.success(f"sent {result.sent:,} readings in {result.seconds:.1f} s")
+        out.success(result.summary(accepted_by))
 
 
 def register(app: typer.Typer) -> None:
