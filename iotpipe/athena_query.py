@@ -200,9 +200,13 @@ class AthenaQuery:
     def _fetch(self, result: QueryResult, execution: dict[str, Any], max_rows: int | None) -> None:
         # SELECT results start with a header row on the first page; DDL results have none.
         skip_header = execution.get("StatementType", "DML") == "DML"
-        params: dict[str, Any] = {"QueryExecutionId": result.query_id, "MaxResults": PAGE_SIZE}
-        while True:
-            page = self.aws.call("athena", "get_query_results", resource=self.label, **params)
+        for page in self.aws.pages(
+            "athena",
+            "get_query_results",
+            resource=self.label,
+            QueryExecutionId=result.query_id,
+            MaxResults=PAGE_SIZE,
+        ):
             result.pages += 1
             result_set = page.get("ResultSet", {})
             if result.pages == 1:
@@ -217,13 +221,11 @@ class AthenaQuery:
                     result.truncated = True
                     return
                 result.rows.append([cell.get("VarCharValue") for cell in row.get("Data", [])])
-            token = page.get("NextToken")
-            if not token:
+            if not page.get("NextToken"):
                 return
             if max_rows is not None and len(result.rows) >= max_rows:
                 result.truncated = True
                 return
-            params["NextToken"] = token
 
 
 def _is_cutoff(reason: str) -> bool:
