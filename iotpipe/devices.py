@@ -19,6 +19,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -27,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from iotpipe.aws import Aws
+from iotpipe.aws import Aws, Transient
 from iotpipe.errors import AwsError, IotpipeError, UsageError
 from iotpipe.naming import Names
 
@@ -50,6 +51,14 @@ PRIVATE_KEY_FILE = "private.pem.key"
 DEVICE_FILE = "device.json"
 
 _NOT_FOUND = ("ResourceNotFoundException",)
+# DetachThingPrincipal "is asynchronous. It might take several seconds for the detachment to
+# propagate" (IoT API reference); meanwhile AWS refuses to delete the thing ("Cannot delete.
+# Thing X is still attached to one or more principals") and the certificate ("Things must be
+# detached before deletion (arn: ...)").
+DETACH_PENDING = (
+    Transient("thing-still-attached", "InvalidRequestException", "still attached"),
+    Transient("certificate-still-attached", "DeleteConflictException", "must be detached"),
+)
 
 
 # Input ---------------------------------------------------------------------------------------
@@ -486,8 +495,11 @@ class Fleet:
         return cert
 
     def _retire(self, name: str, cert: _Cert) -> None:
-        if cert.status == "ACTIVE":
-            self._call("update_certificate", name, certificateId=cert.id, newStatus="INACTIVE")
+        # REVOKED, not INACTIVE: anyone allowed iot:UpdateCertificate could re-activate an
+        # inactive certificate, while "once a certificate is revoked, its status can't be
+        # changed" (IoT developer guide, revoke-ca-cert.html).
+        if cert.status != "REVOKED":
+            self._call("update_certificate", name, certificateId=cert.id, newStatus="REVOKED")
         self._call("detach_thing_principal", name, thingName=name, principal=cert.arn)
         self._detach_policies(name, cert)
 
@@ -618,16 +630,27 @@ class Fleet:
     def certificates(self, name: str) -> list[dict[str, str]]:
         return [{"id": c.id, "status": c.status} for c in self._certificates(name)]
 
-    def revoke(self, name: str, *, delete: bool = False) -> dict[str, Any]:
-        """Deactivate and detach every certificate of the device (and with `delete`, delete the
-        certificates, the shadow and the thing). Safe to repeat."""
+    def revoke(
+        self, name: str, *, delete: bool = False, credentials: Path | None = None
+    ) -> dict[str, Any]:
+        """Revoke and detach every certificate of the device (and with `delete`, delete the
+        certificates, the shadow and the thing); remove its credentials under `credentials`.
+        Safe to repeat."""
         self.require(name)
         certs = self._certificates(name)
         for cert in certs:
             self._retire(name, cert)
-            if delete:
-                self._call("delete_certificate", name, certificateId=cert.id)
         if delete:
+            self._wait_detached(name, certs)
+            for cert in certs:
+                self.aws.call(
+                    "iot",
+                    "delete_certificate",
+                    resource=f"device {name}",
+                    retry_on=DETACH_PENDING,
+                    missing=_NOT_FOUND,
+                    certificateId=cert.id,
+                )
             self.data.call(
                 "iot-data",
                 "delete_thing_shadow",
@@ -635,13 +658,43 @@ class Fleet:
                 missing=_NOT_FOUND,
                 thingName=name,
             )
-            self._call("delete_thing", name, thingName=name)
+            self.aws.call(
+                "iot",
+                "delete_thing",
+                resource=f"device {name}",
+                retry_on=DETACH_PENDING,
+                missing=_NOT_FOUND,
+                thingName=name,
+            )
+        removed = None
+        if credentials is not None:
+            removed = remove_credentials(credentials / name, name, {c.id for c in certs})
         return {
             "name": name,
             "certificates": [c.id for c in certs],
-            "deactivated": [c.id for c in certs if c.status == "ACTIVE"],
+            "revoked": [c.id for c in certs if c.status != "REVOKED"],
             "deleted": delete,
+            "credentials_removed": str(removed) if removed else None,
         }
+
+    def _wait_detached(self, name: str, certs: list[_Cert]) -> None:
+        """DetachThingPrincipal takes effect after a few seconds; the thing and certificates
+        can be deleted only then."""
+        arns = {cert.arn for cert in certs}
+
+        def detached() -> bool:
+            listed = self.aws.paginate(
+                "iot",
+                "list_thing_principals",
+                resource=f"device {name}",
+                key="principals",
+                thingName=name,
+            )
+            return not arns.intersection(listed)
+
+        self.aws.wait_for(
+            detached, resource=f"device {name}", what="for its certificates to be detached"
+        )
 
     # AWS helpers -----------------------------------------------------------------------------
     def _call(self, operation: str, name: str, **params: Any) -> Any:
@@ -717,6 +770,18 @@ def _write_private(path: Path, text: str, *, replace: bool) -> None:
             os.link(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def remove_credentials(directory: Path, name: str, certificate_ids: set[str]) -> Path | None:
+    """Delete a revoked device's credential folder, if it is the one `register` wrote for one
+    of these certificates (a folder of another device or certificate is left alone)."""
+    info = _read_device_file(directory)
+    if info is None or info.get("thing_name") != name:
+        return None
+    if info.get("certificate_id") not in certificate_ids:
+        return None
+    shutil.rmtree(directory)
+    return directory
 
 
 def _read_device_file(directory: Path) -> dict[str, Any] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 from iotpipe.aws import Aws
 from iotpipe.config import Config
@@ -91,9 +92,13 @@ def build_resources(ctx: StackContext) -> list[Resource]:
     return [resource for module in modules for resource in module.resources(ctx)]
 
 
-def build_teardown_resources(ctx: StackContext) -> list[Resource]:
-    """Everything the stack may own, including optional parts the config has since switched off."""
+def build_teardown_resources(ctx: StackContext, credentials: Path | None = None) -> list[Resource]:
+    """Everything the stack may own, including optional parts the config has since switched off,
+    and its registered devices (whose credential folders are under `credentials`)."""
+    from iotpipe.resources import iot
+
     everything = ctx.config.model_copy(
         update={"timeseries": ctx.config.timeseries.model_copy(update={"enabled": True})}
     )
-    return build_resources(StackContext(everything, ctx.aws))
+    whole = StackContext(everything, ctx.aws)
+    return [*build_resources(whole), iot.device_fleet(whole, credentials)]

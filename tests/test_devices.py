@@ -169,7 +169,7 @@ def test_rerun_creates_nothing_and_makes_no_change(register, cli, iot, out_dir, 
     assert (out_dir / "a-1" / "private.pem.key").read_text() == key
 
 
-def test_rotate_leaves_exactly_one_active_certificate(register, iot, iot_data, out_dir):
+def test_rotate_leaves_exactly_one_active_certificate(register, iot, iot_data, out_dir, aws_clock):
     assert register("pump-7").exit_code == 0
     old = certificates_of(iot, "pump-7")[0]
     old_key = (out_dir / "pump-7" / "private.pem.key").read_text()
@@ -177,32 +177,34 @@ def test_rotate_leaves_exactly_one_active_certificate(register, iot, iot_data, o
     rotated = register("pump-7", "--rotate")
 
     assert rotated.exit_code == 0, rotated
+    aws_clock.advance(10)  # DetachThingPrincipal takes effect seconds later
     new = assert_registered(iot, iot_data, out_dir, "pump-7")
     assert new["certificateId"] != old["certificateId"]
     assert all_certificates(iot) == {
-        old["certificateId"]: "INACTIVE",
+        old["certificateId"]: "REVOKED",
         new["certificateId"]: "ACTIVE",
     }
     assert policies_of(iot, old["certificateArn"]) == []
     assert (out_dir / "pump-7" / "private.pem.key").read_text() != old_key
 
 
-def test_revoke_deactivates_and_detaches_then_delete_removes_everything(register, cli, iot):
+def test_revoke_revokes_and_detaches_then_delete_removes_everything(register, cli, iot, aws_clock):
     assert register("valve-1").exit_code == 0
     cert = certificates_of(iot, "valve-1")[0]
 
     revoked = cli("devices", "revoke", "valve-1", "--yes")
 
     assert revoked.exit_code == 0, revoked
+    aws_clock.advance(10)  # DetachThingPrincipal takes effect seconds later
     assert iot.list_thing_principals(thingName="valve-1")["principals"] == []
-    assert all_certificates(iot) == {cert["certificateId"]: "INACTIVE"}
+    assert all_certificates(iot) == {cert["certificateId"]: "REVOKED"}
     assert policies_of(iot, cert["certificateArn"]) == []
 
     assert register("valve-1", "--force").exit_code == 0
     second = certificates_of(iot, "valve-1")[0]
     deleted = cli("devices", "revoke", "valve-1", "--delete", "--yes", "--output", "json")
     assert deleted.exit_code == 0, deleted
-    assert deleted.json["deactivated"] == [second["certificateId"]]
+    assert deleted.json["revoked"] == [second["certificateId"]]
     assert "valve-1" not in things(iot)
     assert second["certificateId"] not in all_certificates(iot)
 

@@ -192,7 +192,7 @@ def test_up_succeeds_with_30_percent_of_calls_throttled(cli, faults, endpoint) -
     assert faults.mutating_calls == []
 
 
-def test_down_keeps_data_stores_unless_asked(cli, endpoint) -> None:
+def test_down_keeps_data_stores_unless_asked(cli, endpoint, aws_clock) -> None:
     assert cli("up", "--yes").exit_code == 0
     result = cli("down", "--yes", "--output", "json")
     assert result.exit_code == 0, result
@@ -207,6 +207,9 @@ def test_down_keeps_data_stores_unless_asked(cli, endpoint) -> None:
     assert gone.exit_code == 0, gone
     assert client(endpoint, "s3").list_buckets()["Buckets"] == []
     assert client(endpoint, "dynamodb").list_tables()["TableNames"] == []
+    # The deprecated thing type is deleted by a later down, five minutes after its deprecation.
+    aws_clock.advance(301)
+    assert cli("down", "--yes").exit_code == 0
     assert cli("down", "--yes", "-o", "json").json["steps"] == []
 
 
@@ -240,7 +243,7 @@ def test_dependencies_order_the_plan(endpoint) -> None:
 
 @pytest.mark.exhaustive
 def test_down_interrupted_at_any_mutating_call_then_rerun_removes_everything(
-    cli, faults, endpoint, emulator
+    cli, faults, endpoint, emulator, aws_clock
 ) -> None:
     assert cli("up", "--yes").exit_code == 0
     faults.calls.clear()
@@ -255,6 +258,9 @@ def test_down_interrupted_at_any_mutating_call_then_rerun_removes_everything(
         faults.crash_at_mutating = None
         assert crashed.exit_code == 1, f"crash at mutating call {k}: {crashed}"
         assert cli("down", "--yes", "--delete-data").exit_code == 0, f"re-run after {k}"
+        # A thing type is deleted five minutes after its deprecation, by a later down.
+        aws_clock.advance(301)
+        assert cli("down", "--yes", "--delete-data").exit_code == 0, f"last run after {k}"
         leftovers = {key: state for key, state in snapshot(endpoint).items() if state}
         assert leftovers == {}, f"left behind after a crash at call {k}"
 

@@ -293,9 +293,13 @@ def revoke(
         bool,
         typer.Option("--delete", help="Also delete the certificates, the shadow and the thing."),
     ] = False,
+    out_dir: Annotated[
+        Path, typer.Option(help="Where `register` wrote credentials: <out-dir>/<thing>/ goes.")
+    ] = Path("devices"),
     yes: YesOption = False,
 ) -> None:
-    """Deactivate the device's certificates and detach them from the thing and from policies.
+    """Revoke the device's certificates (for good: a revoked certificate cannot be re-activated),
+    detach them from the thing and from policies, and remove its credential folder.
 
     Without --delete the thing stays (register it again for new credentials); certificates
     revoked earlier are no longer attached to it and are not deleted by a later --delete.
@@ -305,7 +309,7 @@ def revoke(
     fleet = _fleet(app)
     fleet.require(name)
     certificates = fleet.certificates(name)
-    what = f"deactivate and detach {len(certificates)} certificate(s) of {name}"
+    what = f"revoke and detach {len(certificates)} certificate(s) of {name}"
     if delete:
         what += ", then delete them, its shadow and the thing"
     if not app.out.json_mode:
@@ -315,13 +319,15 @@ def revoke(
             title=f"Revoke {name}",
         )
     app.out.confirm(f"This will {what}. Continue?", yes=yes)
-    result = fleet.revoke(name, delete=delete)
+    result = fleet.revoke(name, delete=delete, credentials=out_dir)
     if app.out.json_mode:
         app.out.data(result)
     else:
+        removed = result["credentials_removed"]
         app.out.success(
-            f"revoked {name}: {len(result['certificates'])} certificate(s) inactive and detached"
+            f"revoked {name}: {len(result['certificates'])} certificate(s) revoked and detached"
             + ("; thing deleted" if delete else "")
+            + (f"; credentials {removed} removed" if removed else "")
         )
 
 

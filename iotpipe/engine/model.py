@@ -32,6 +32,15 @@ class Unavailable(AwsError):
         self.reason = reason
 
 
+class Deferred(AwsError):
+    """AWS allows this step only later (e.g. deleting a thing type five minutes after its
+    deprecation): the step is left for a later run, which the reason says how to make."""
+
+    def __init__(self, reason: str, *, resource: str) -> None:
+        super().__init__(reason, resource=resource)
+        self.reason = reason
+
+
 class Action(StrEnum):
     CREATE = "create"
     UPDATE = "update"
@@ -115,6 +124,14 @@ class Resource(ABC):
     def notes(self, observed: dict[str, Any]) -> list[str]:
         """Facts about the observed state worth showing with the plan (none by default)."""
         return []
+
+    def keep_note(self, observed: dict[str, Any]) -> str:
+        """Why `down` without --delete-data keeps this data store."""
+        return "data store (use --delete-data to remove)"
+
+    def delete_note(self, observed: dict[str, Any]) -> str | None:
+        """What deleting the observed resource takes with it, when that is worth showing."""
+        return None
 
     def owner(self, observed: dict[str, Any]) -> str | None:
         """The stack that owns the observed resource, or None when nothing records one."""

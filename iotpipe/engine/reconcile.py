@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from iotpipe.aws import NOT_YET_VISIBLE, Aws
-from iotpipe.engine.model import Action, Plan, Resource, Step, Unavailable
+from iotpipe.engine.model import Action, Deferred, Plan, Resource, Step, Unavailable
 from iotpipe.errors import AwsError, IotpipeError
 
 MAX_WORKERS = 8
@@ -133,10 +133,25 @@ def plan_down(aws: Aws, resources: list[Resource], stack: str, *, delete_data: b
         if owner != stack:
             steps.append(Step(Action.KEEP, r, note=f"not owned by stack {stack!r}"))
         elif r.data_store and not delete_data:
-            steps.append(Step(Action.KEEP, r, note="data store (use --delete-data to remove)"))
+            steps.append(Step(Action.KEEP, r, note=r.keep_note(current)))
         else:
-            steps.append(Step(Action.DELETE, r))
+            steps.append(Step(Action.DELETE, r, note=r.delete_note(current)))
+    _keep_what_kept_resources_need(steps)
     return Plan(steps)
+
+
+def _keep_what_kept_resources_need(steps: list[Step]) -> None:
+    """A resource that stays keeps what it depends on (devices keep their thing type)."""
+    by_key = {s.resource.key: s for s in steps}
+    kept = [s for s in steps if s.action is Action.KEEP]
+    while kept:
+        step = kept.pop()
+        for dep in step.resource.depends_on:
+            needed = by_key.get(dep)
+            if needed is not None and needed.action is Action.DELETE:
+                needed.action = Action.KEEP
+                needed.note = f"kept: {step.resource.label} needs it"
+                kept.append(needed)
 
 
 @dataclass
@@ -264,7 +279,7 @@ def execute(
                 if error is None:
                     finished.add(step.resource.key)
                     notify(step, "done", None)
-                elif isinstance(error, Unavailable) and step.resource.optional:
+                elif _left_for_later(step, error):
                     _skip(step, error.reason)
                     finished.add(step.resource.key)
                     notify(step, "skipped", error)
@@ -276,6 +291,12 @@ def execute(
         if isinstance(error, IotpipeError):
             raise error
         raise AwsError(f"{step.action} failed: {error}", resource=step.resource.label) from error
+
+
+def _left_for_later(step: Step, error: BaseException) -> bool:
+    """An optional service unavailable, or a step AWS allows only later: not a failure."""
+    optional = isinstance(error, Unavailable) and step.resource.optional
+    return optional or isinstance(error, Deferred)
 
 
 def _skip(step: Step, reason: str) -> None:

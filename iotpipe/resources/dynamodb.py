@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from iotpipe.aws import Transient
 from iotpipe.engine.model import Change, Resource
+from iotpipe.errors import AwsError
+from iotpipe.resources.deletion import DELETING, wait_while_deleting
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
@@ -12,6 +15,17 @@ if TYPE_CHECKING:
 
 DEVICE_KEY = "device_id"
 TTL_ATTRIBUTE = "expires_at"
+# UpdateContinuousBackups on a table created moments ago answers this ("Backups are being enabled
+# for the table: X. Please retry later") until DynamoDB has set backups up: seconds, sometimes
+# minutes (aws-amplify/amplify-backend #1654; ContinuousBackupsUnavailableException in the API
+# reference: "Backups have not yet been enabled for this table").
+BACKUPS_BEING_ENABLED = Transient(
+    "backups-being-enabled", "ContinuousBackupsUnavailableException", None
+)
+# UpdateTimeToLive (API reference): "Any additional UpdateTimeToLive calls for the same table
+# during this one hour duration result in a ValidationException", with this text (quoted in
+# aws/aws-cdk #13720).
+TTL_CHANGED_RECENTLY = "modified multiple times within a fixed interval"
 
 
 class DeviceStateTable(Resource):
@@ -31,7 +45,7 @@ class DeviceStateTable(Resource):
             "point_in_time_recovery": self.ctx.config.device_state.point_in_time_recovery,
         }
 
-    def observe(self, aws: Aws) -> dict[str, Any] | None:
+    def _describe(self, aws: Aws) -> dict[str, Any] | None:
         described = aws.call(
             "dynamodb",
             "describe_table",
@@ -39,9 +53,17 @@ class DeviceStateTable(Resource):
             missing=("ResourceNotFoundException",),
             TableName=self.name,
         )
-        if described is None or described["Table"]["TableStatus"] == "DELETING":
+        return described["Table"] if described else None
+
+    def _status(self, aws: Aws) -> str | None:
+        table = self._describe(aws)
+        return table["TableStatus"] if table else None
+
+    def observe(self, aws: Aws) -> dict[str, Any] | None:
+        table = self._describe(aws)
+        # A table still DELETING is as good as gone: `create` waits it out.
+        if table is None or table["TableStatus"] == DELETING:
             return None
-        table = described["Table"]
         types = {a["AttributeName"]: a["AttributeType"] for a in table["AttributeDefinitions"]}
         label, name = self.label, self.name
         tags, ttl, backups = aws.gather(
@@ -76,18 +98,33 @@ class DeviceStateTable(Resource):
         }
 
     def create(self, aws: Aws) -> None:
-        aws.call(
-            "dynamodb",
-            "create_table",
-            resource=self.label,
-            missing=("ResourceInUseException",),
-            TableName=self.name,
-            AttributeDefinitions=[{"AttributeName": DEVICE_KEY, "AttributeType": "S"}],
-            KeySchema=[{"AttributeName": DEVICE_KEY, "KeyType": "HASH"}],
-            BillingMode="PAY_PER_REQUEST",
-            Tags=self.ctx.tag_list,
-        )
+        def create() -> Any:
+            # ResourceInUseException: the table exists (another run made it), or is DELETING.
+            return aws.call(
+                "dynamodb",
+                "create_table",
+                resource=self.label,
+                missing=("ResourceInUseException",),
+                TableName=self.name,
+                AttributeDefinitions=[{"AttributeName": DEVICE_KEY, "AttributeType": "S"}],
+                KeySchema=[{"AttributeName": DEVICE_KEY, "KeyType": "HASH"}],
+                BillingMode="PAY_PER_REQUEST",
+                Tags=self.ctx.tag_list,
+            )
+
+        if create() is None and self._wait_out_deletion(aws, previous=True) is None:
+            create()
         self.wait_active(aws)
+
+    def _wait_out_deletion(self, aws: Aws, *, previous: bool) -> str | None:
+        """Wait for a deletion of this table still under way; its status after, None if gone."""
+        what = "the previous table of this name" if previous else "the table"
+        return wait_while_deleting(
+            aws,
+            resource=self.label,
+            status=lambda: self._status(aws),
+            message=f"waiting for AWS to finish deleting {what} (usually seconds)",
+        )
 
     def wait_active(self, aws: Aws) -> dict[str, Any]:
         def active() -> dict[str, Any] | None:
@@ -127,26 +164,44 @@ class DeviceStateTable(Resource):
                     SSESpecification={"Enabled": False},
                 )
                 self.wait_active(aws)
-            elif field == "ttl":
-                # AWS refuses a TTL change within an hour of the last one: only call on a real diff.
-                aws.call(
-                    "dynamodb",
-                    "update_time_to_live",
-                    resource=self.label,
-                    TableName=self.name,
-                    TimeToLiveSpecification={
-                        "AttributeName": want["ttl"]["attribute"],
-                        "Enabled": want["ttl"]["enabled"],
-                    },
-                )
             elif field == "point_in_time_recovery":
                 aws.call(
                     "dynamodb",
                     "update_continuous_backups",
                     resource=self.label,
+                    retry_on=(BACKUPS_BEING_ENABLED,),
                     TableName=self.name,
                     PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": want[field]},
                 )
+        # Last: AWS may refuse it for up to an hour, and every other change is made by then.
+        if any(change.field == "ttl" for change in changes):
+            self._update_ttl(aws, want["ttl"])
+
+    def _update_ttl(self, aws: Aws, ttl: dict[str, Any]) -> None:
+        # AWS refuses a TTL change within an hour of the last one: only call on a real diff.
+        try:
+            aws.call(
+                "dynamodb",
+                "update_time_to_live",
+                resource=self.label,
+                TableName=self.name,
+                TimeToLiveSpecification={
+                    "AttributeName": ttl["attribute"],
+                    "Enabled": ttl["enabled"],
+                },
+            )
+        except AwsError as exc:
+            if exc.code != "ValidationException" or TTL_CHANGED_RECENTLY not in str(exc):
+                raise
+            state = "on" if ttl["enabled"] else "off"
+            raise AwsError(
+                f"cannot turn time to live {state} for {ttl['attribute']!r} yet: DynamoDB accepts "
+                "one TTL change per table per hour, and this table's TTL was changed within the "
+                "last hour (outside iotpipe, or by an earlier run)",
+                resource=self.label,
+                code=exc.code,
+                hint="run `iotpipe up` again in an hour; everything else is already applied",
+            ) from None
 
     def delete(self, aws: Aws) -> None:
         aws.call(
@@ -156,6 +211,8 @@ class DeviceStateTable(Resource):
             missing=("ResourceNotFoundException",),
             TableName=self.name,
         )
+        # AWS keeps the name until the deletion finishes: a later `up` could not create it.
+        self._wait_out_deletion(aws, previous=False)
 
 
 def resources(ctx: StackContext) -> list[Resource]:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from iotpipe.engine.model import Change, Resource
 from iotpipe.errors import AwsError
 from iotpipe.resharding import ReshardPlan, plan_for_stream, reshard_steps
+from iotpipe.resources.deletion import DELETING, wait_while_deleting
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
@@ -40,7 +41,7 @@ class ReadingsStream(Resource):
         path = " -> ".join(str(n) for n in [have, *reshard_steps(have, want)])
         return [f"reshards in UpdateShardCount steps AWS accepts: {path}"]
 
-    def observe(self, aws: Aws) -> dict[str, Any] | None:
+    def _summary(self, aws: Aws) -> dict[str, Any] | None:
         summary = aws.call(
             "kinesis",
             "describe_stream_summary",
@@ -48,10 +49,16 @@ class ReadingsStream(Resource):
             missing=("ResourceNotFoundException",),
             StreamName=self.name,
         )
-        if summary is None:
-            return None
-        desc = summary["StreamDescriptionSummary"]
-        if desc["StreamStatus"] == "DELETING":
+        return summary["StreamDescriptionSummary"] if summary else None
+
+    def _status(self, aws: Aws) -> str | None:
+        desc = self._summary(aws)
+        return desc["StreamStatus"] if desc else None
+
+    def observe(self, aws: Aws) -> dict[str, Any] | None:
+        desc = self._summary(aws)
+        # A stream still DELETING is as good as gone: `create` waits it out.
+        if desc is None or desc["StreamStatus"] == DELETING:
             return None
         tags = aws.call(
             "kinesis", "list_tags_for_stream", resource=self.label, StreamName=self.name
@@ -75,14 +82,30 @@ class ReadingsStream(Resource):
         }
         if "shard_count" in want:
             params["ShardCount"] = want["shard_count"]
-        aws.call(
-            "kinesis",
-            "create_stream",
-            resource=self.label,
-            missing=("ResourceInUseException",),
-            **params,
-        )
+
+        def create() -> Any:
+            # ResourceInUseException: the stream exists (another run made it), or is DELETING.
+            return aws.call(
+                "kinesis",
+                "create_stream",
+                resource=self.label,
+                missing=("ResourceInUseException",),
+                **params,
+            )
+
+        if create() is None and self._wait_out_deletion(aws) is None:
+            create()
         self.wait_active(aws)
+
+    def _wait_out_deletion(self, aws: Aws) -> str | None:
+        """Wait for a deletion of this stream still under way; its status after, None if gone."""
+        return wait_while_deleting(
+            aws,
+            resource=self.label,
+            status=lambda: self._status(aws),
+            message="AWS is still deleting the previous stream of this name; waiting until it "
+            "is gone (usually under a minute)",
+        )
 
     def wait_active(self, aws: Aws) -> dict[str, Any]:
         def active() -> dict[str, Any] | None:
@@ -178,6 +201,13 @@ class ReadingsStream(Resource):
             missing=("ResourceNotFoundException",),
             StreamName=self.name,
             EnforceConsumerDeletion=True,
+        )
+        # AWS keeps the name until the deletion finishes: a later `up` could not create it.
+        wait_while_deleting(
+            aws,
+            resource=self.label,
+            status=lambda: self._status(aws),
+            message="waiting for AWS to finish deleting the stream (usually under a minute)",
         )
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from iotpipe.aws import Transient
 from iotpipe.engine.model import Change, Resource
+from iotpipe.engine.reconcile import report_wait
+from iotpipe.errors import AwsError
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
@@ -13,6 +16,11 @@ if TYPE_CHECKING:
 # The longest SQS keeps a message: time enough to notice the alarm and replay the batch.
 RETENTION_SECONDS = 14 * 86_400
 QUEUE_MISSING = ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
+# DeleteQueue (SQS API reference): "When you delete a queue, you must wait at least 60 seconds
+# before creating a queue with the same name." CreateQueue answers this code until then.
+QUEUE_DELETED_RECENTLY = Transient(
+    "queue-deleted-recently", "AWS.SimpleQueueService.QueueDeletedRecently"
+)
 
 
 class DeadLetterQueue(Resource):
@@ -62,14 +70,27 @@ class DeadLetterQueue(Resource):
 
     def create(self, aws: Aws) -> None:
         # CreateQueue with the same name and attributes is idempotent.
-        aws.call(
-            "sqs",
-            "create_queue",
-            resource=self.label,
-            QueueName=self.name,
-            Attributes=self.desired()["attributes"],
-            tags=self.ctx.tags,
-        )
+        params = {
+            "QueueName": self.name,
+            "Attributes": self.desired()["attributes"],
+            "tags": self.ctx.tags,
+        }
+        try:
+            aws.call("sqs", "create_queue", resource=self.label, **params)
+        except AwsError as exc:
+            if exc.code != QUEUE_DELETED_RECENTLY.code:
+                raise
+            # The queue was deleted moments ago (`down` then `up`): AWS refuses the name for 60 s.
+            report_wait(
+                "SQS refuses a queue name for 60 s after the queue was deleted; retrying until then"
+            )
+            aws.call(
+                "sqs",
+                "create_queue",
+                resource=self.label,
+                retry_on=(QUEUE_DELETED_RECENTLY,),
+                **params,
+            )
 
     def update(self, aws: Aws, changes: list[Change]) -> None:
         url = self._url(aws)

@@ -12,9 +12,11 @@ A rule is a function registered for a (service, operation) pair:
 - `@after("kinesis", "DeleteStream")` runs after a successful reply; it may record what happened
   (a deletion time) or return a changed reply body (a status AWS shows and moto does not).
 
-Time-based rules read `clock`, which the tests control: it runs `speed` times faster than real
-time (by default the inverse of `IOTPIPE_RETRY_SCALE`, so the code's shortened sleeps and the
-emulator's shortened waits keep AWS's proportions) and `advance()` jumps it forward.
+Time-based rules read `clock`, which the tests control. It follows real time, and the code's own
+waits: `IOTPIPE_RETRY_SCALE` shortens every retry and wait sleep of the code (tests set 0.01), and
+each such sleep moves the clock on by the time it stands for (a 0.6 s sleep at 0.01 is AWS's
+60 s), so AWS's delays keep their proportion to the code's waits without slowing the suite.
+`advance()` jumps it forward.
 
 Every rule's state belongs to one emulated account; `reset()` forgets it with the account.
 `docs/AWS-FIDELITY.md` lists the rules and the differences that remain.
@@ -49,29 +51,35 @@ class AwsRefusal(ServiceException):
 
 
 class Clock:
-    """Emulated seconds: real time times `speed`, plus whatever `advance` added."""
+    """Emulated seconds: real time, plus whatever `advance` (and the code's sleeps) added."""
 
-    def __init__(self, speed: float = 1.0) -> None:
-        self.speed = speed
+    def __init__(self) -> None:
         self._origin = time.monotonic()
         self._offset = 0.0
         self._lock = threading.Lock()
 
     def now(self) -> float:
         with self._lock:
-            return self._offset + (time.monotonic() - self._origin) * self.speed
+            return self._offset + time.monotonic() - self._origin
 
     def advance(self, seconds: float) -> None:
         with self._lock:
             self._offset += seconds
 
 
-def _default_speed() -> float:
-    scale = float(os.environ.get("IOTPIPE_RETRY_SCALE", "1") or "1")
-    return 1.0 / scale if scale > 0 else 1.0
+clock = Clock()
 
 
-clock = Clock(_default_speed())
+def _follow_code_sleeps() -> None:
+    """A sleep of the code shortened by IOTPIPE_RETRY_SCALE stands for a longer one on AWS."""
+    from iotpipe.aws import add_sleep_hook
+
+    try:
+        scale = float(os.environ.get("IOTPIPE_RETRY_SCALE", "1") or "1")
+    except ValueError:
+        scale = 1.0
+    if 0 < scale < 1:
+        add_sleep_hook(lambda seconds: clock.advance(seconds / scale - seconds))
 
 
 @dataclass
@@ -153,6 +161,7 @@ def install() -> None:
         return
     for name in RULE_MODULES:
         importlib.import_module(f"{__name__}.{name}")
+    _follow_code_sleeps()
     from moto.core.responses import BaseResponse
 
     original = BaseResponse.call_action
