@@ -183,6 +183,8 @@ def operator_policy(names: Names) -> dict[str, Any]:
             ],
             function_arn,
         ),
+        # The plan's GetLayerVersionByArn check, and CreateFunction/UpdateFunctionConfiguration
+        # naming the layer, are authorized as lambda:GetLayerVersion on the layer version.
         _statement(
             "PowertoolsLayer",
             ["lambda:GetLayerVersion"],
