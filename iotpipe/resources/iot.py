@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from iotpipe.aws import IAM_PROPAGATION
-from iotpipe.engine.model import STACK_TAG, Change, Resource
-from iotpipe.errors import AwsError
+from iotpipe.devices import DEFAULT_CONCURRENCY, Fleet
+from iotpipe.engine.model import STACK_TAG, Change, Deferred, Resource
+from iotpipe.errors import AwsError, IotpipeError
 from iotpipe.resources.iam import ServiceRole, allow, policy_document, trust_policy
 
 if TYPE_CHECKING:
@@ -24,6 +28,8 @@ if TYPE_CHECKING:
 
 THING = "${iot:Connection.Thing.ThingName}"
 SQL_VERSION = "2016-03-23"
+# "Before you can delete a thing type, wait for five minutes after you deprecate it."
+DEPRECATION_WAIT = timedelta(minutes=5)
 # AWS keeps at most five versions of an IoT policy.
 MAX_POLICY_VERSIONS = 5
 # Statement ids allow only letters and digits; stack names are lowercase, so "X" stands for "-".
@@ -140,6 +146,22 @@ class SensorThingType(Resource):
             )
 
     def delete(self, aws: Aws) -> None:
+        users = list(
+            aws.paginate(
+                "iot",
+                "list_things",
+                resource=self.label,
+                key="things",
+                thingTypeName=self.name,
+            )
+        )
+        if users:
+            # AWS refuses to delete a thing type that things still use.
+            raise AwsError(
+                f"{len(users)} thing(s) still use the type, e.g. {users[0]['thingName']}",
+                resource=self.label,
+                hint="`iotpipe down --delete-data` revokes and deletes the stack's devices",
+            )
         aws.call(
             "iot",
             "deprecate_thing_type",
@@ -148,24 +170,119 @@ class SensorThingType(Resource):
             thingTypeName=self.name,
             undoDeprecate=False,
         )
+        try:
+            aws.call(
+                "iot",
+                "delete_thing_type",
+                resource=self.label,
+                missing=("ResourceNotFoundException",),
+                thingTypeName=self.name,
+            )
+        except AwsError as exc:
+            if exc.code != "InvalidRequestException":
+                raise
+            # AWS deletes a thing type only five minutes after its deprecation (IoT developer
+            # guide, delete-thing-types.html): rather than hold `down` for that long, the
+            # deprecated type is left for the next `down`, which says so.
+            raise Deferred(
+                f"deprecated, not yet deleted: AWS deletes a thing type only 5 minutes after "
+                f"its deprecation; run `iotpipe down` again after {self._deletable_at(aws)} to "
+                "remove it (`iotpipe up` in the meantime takes it back into use)",
+                resource=self.label,
+            ) from exc
 
-        # AWS deletes a thing type only five minutes after it was deprecated.
-        def deleted() -> bool | None:
-            try:
-                aws.call(
-                    "iot",
-                    "delete_thing_type",
-                    resource=self.label,
-                    missing=("ResourceNotFoundException",),
-                    thingTypeName=self.name,
-                )
-            except AwsError as exc:
-                if exc.code != "InvalidRequestException":
-                    raise
-                return None
-            return True
+    def _deletable_at(self, aws: Aws) -> str:
+        found = aws.call(
+            "iot",
+            "describe_thing_type",
+            resource=self.label,
+            missing=("ResourceNotFoundException",),
+            thingTypeName=self.name,
+        )
+        since = ((found or {}).get("thingTypeMetadata") or {}).get("deprecationDate")
+        if not isinstance(since, datetime):
+            return "5 minutes"
+        return (since + DEPRECATION_WAIT).astimezone(UTC).strftime("%H:%M:%S UTC")
 
-        aws.wait_for(deleted, resource=self.label, what="for AWS to allow deleting the type")
+
+class DeviceFleet(Resource):
+    """The stack's registered devices (things of its thing type, their certificates, shadows).
+
+    `iotpipe devices` creates them, never `up`; `down` keeps them, with the thing type and the
+    policy they need, unless --delete-data, which revokes and deletes every one of them and the
+    credential folders `devices register` wrote for them.
+    """
+
+    kind = "iot.devices"
+    data_store = True
+
+    def __init__(
+        self, ctx: StackContext, thing_type: SensorThingType, policy: DevicePolicy
+    ) -> None:
+        super().__init__(ctx, thing_type.name, depends_on=(thing_type.key, policy.key))
+        self.credentials: Path | None = None
+
+    @property
+    def label(self) -> str:
+        return f"devices of thing type {self.name}"
+
+    def _fleet(self, aws: Aws) -> Fleet:
+        basic_ingest = self.ctx.config.iot.basic_ingest
+        return Fleet(aws, self.ctx.names, basic_ingest=basic_ingest)
+
+    def desired(self) -> dict[str, Any]:
+        return {}
+
+    def observe(self, aws: Aws) -> dict[str, Any] | None:
+        found = aws.call(
+            "iot",
+            "describe_thing_type",
+            resource=self.label,
+            missing=("ResourceNotFoundException",),
+            thingTypeName=self.name,
+        )
+        if found is None:
+            return None
+        devices = sorted(thing["name"] for thing in self._fleet(aws).list())
+        if not devices:
+            return None
+        owner = _owner_from_text(found.get("thingTypeProperties", {}).get("thingTypeDescription"))
+        return {"devices": devices, "owner": owner}
+
+    def owner(self, observed: dict[str, Any]) -> str | None:
+        return observed.get("owner")
+
+    def keep_note(self, observed: dict[str, Any]) -> str:
+        return (
+            f"{_some(observed['devices'])} kept with their certificates "
+            "(`down --delete-data` revokes and deletes them)"
+        )
+
+    def delete_note(self, observed: dict[str, Any]) -> str | None:
+        return f"revokes and deletes {_some(observed['devices'])}"
+
+    def create(self, aws: Aws) -> None:
+        raise IotpipeError("internal: devices are registered by `iotpipe devices register`")
+
+    def update(self, aws: Aws, changes: list[Change]) -> None:
+        raise IotpipeError("internal: devices are registered by `iotpipe devices register`")
+
+    def delete(self, aws: Aws) -> None:
+        fleet = self._fleet(aws)
+        names = [thing["name"] for thing in fleet.list()]
+        with ThreadPoolExecutor(max_workers=DEFAULT_CONCURRENCY) as pool:
+            futures = [
+                pool.submit(fleet.revoke, name, delete=True, credentials=self.credentials)
+                for name in names
+            ]
+            for future in futures:
+                future.result()
+
+
+def _some(devices: list[str], shown: int = 5) -> str:
+    listed = ", ".join(devices[:shown])
+    more = f" and {len(devices) - shown} more" if len(devices) > shown else ""
+    return f"{len(devices)} device(s): {listed}{more}"
 
 
 class DevicePolicy(Resource):
@@ -381,6 +498,16 @@ def rule_role(ctx: StackContext) -> ServiceRole:
         ),
         description="Lets the IoT telemetry rule write readings to Kinesis and failures to S3",
     )
+
+
+def device_fleet(ctx: StackContext, credentials: Path | None) -> DeviceFleet:
+    """The stack's devices, for `down`; their credential folders are under `credentials`."""
+    names = ctx.names
+    fleet = DeviceFleet(
+        ctx, SensorThingType(ctx, names.thing_type), DevicePolicy(ctx, names.device_policy)
+    )
+    fleet.credentials = credentials
+    return fleet
 
 
 def resources(ctx: StackContext) -> list[Resource]:
