@@ -28,9 +28,10 @@ UNSCOPED_ACTIONS: dict[str, str] = {
     "logs:DescribeLogGroups": "observes the stack's log groups (looked up by name prefix)",
     "sns:Unsubscribe": "up removes alert e-mails dropped from the config",
     "glue:CreateCrawler": "scoped instead by the aws:RequestTag condition on the stack tag",
+    "kms:CreateKey": "scoped instead by the aws:RequestTag condition on the stack tag",
 }
 # Unscoped actions that carry a condition of their own, in their own statements.
-_CONDITIONED = ("lambda:CreateEventSourceMapping", "glue:CreateCrawler")
+_CONDITIONED = ("lambda:CreateEventSourceMapping", "glue:CreateCrawler", "kms:CreateKey")
 
 # The service each of the stack's roles is passed to (iam:PassedToService).
 ROLE_SERVICES: dict[str, str] = {
@@ -138,6 +139,55 @@ def operator_policy(names: Names) -> dict[str, Any]:
                 "dynamodb:UntagResource",
             ],
             names.arn("dynamodb", f"table/{prefix}"),
+        ),
+        # The alerts topic's customer managed key (iotpipe/resources/kms.py). Its id is random, so
+        # the account's keys are the narrowest ARN. Reading, aliasing and turning rotation on
+        # follow CreateKey at once, before a new key's tag may authorize anything (tags take up to
+        # five minutes to count in KMS authorization); what changes or removes a key is allowed
+        # only on a key carrying the stack's tag.
+        _statement(
+            "CreateAlertsKey",
+            ["kms:CreateKey"],
+            "*",
+            {"StringEquals": {f"aws:RequestTag/{STACK_TAG}": stack}},
+        ),
+        _statement(
+            "AlertsKey",
+            [
+                "kms:DescribeKey",
+                "kms:GetKeyPolicy",
+                "kms:GetKeyRotationStatus",
+                "kms:ListResourceTags",
+                "kms:EnableKeyRotation",
+            ],
+            names.arn("kms", "key/*"),
+        ),
+        # CreateKey with tags needs kms:TagResource too; only the stack's own tag may be set.
+        _statement(
+            "TagAlertsKey",
+            ["kms:TagResource"],
+            names.arn("kms", "key/*"),
+            {
+                "StringEquals": {f"aws:RequestTag/{STACK_TAG}": stack},
+                "ForAllValues:StringEquals": {"aws:TagKeys": [STACK_TAG]},
+            },
+        ),
+        _statement(
+            "AlertsKeyLifecycle",
+            [
+                "kms:PutKeyPolicy",
+                "kms:EnableKey",
+                "kms:ScheduleKeyDeletion",
+                "kms:CancelKeyDeletion",
+            ],
+            names.arn("kms", "key/*"),
+            {"StringEquals": {f"aws:ResourceTag/{STACK_TAG}": stack}},
+        ),
+        # An alias action names both the alias (only the stack's) and the key it points to.
+        _statement(
+            "AlertsKeyAlias",
+            ["kms:CreateAlias", "kms:DeleteAlias"],
+            [names.arn("kms", f"alias/{names.alerts_topic}"), names.arn("kms", "key/*")],
         ),
         _statement(
             "AlertsTopic",

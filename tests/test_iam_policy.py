@@ -34,6 +34,7 @@ SERVICES = {
     "cloudwatch",
     "timestream-write",
     "sts",
+    "kms",
 }
 IAM_PREFIX = {"timestream-write": "timestream"}
 # boto3 operations whose IAM action is not their own name.
@@ -173,6 +174,15 @@ def test_the_policy_allows_every_call_the_stack_makes(policy):
         if action not in allowed
     )
     assert missing == []
+
+
+def test_kms_actions_are_exactly_the_calls_the_alerts_key_needs(policy):
+    calls = {a for s, o in _aws_calls() if s == "kms" for a in _iam_actions(s, o)}
+    assert "kms:ScheduleKeyDeletion" in calls
+    assert {a for a in allowed_actions(policy) if a.startswith("kms:")} == calls
+    # What changes or removes a key needs the stack's tag on it.
+    lifecycle = next(s for s in statements(policy) if s["Sid"] == "AlertsKeyLifecycle")
+    assert lifecycle["Condition"] == {"StringEquals": {"aws:ResourceTag/iotpipe:stack": "plant-7"}}
 
 
 def test_log_groups_of_the_stack_are_covered(policy):
