@@ -209,11 +209,16 @@ class ProgressHandle:
         elif text:
             self._output.detail(text)
 
-    def step_event(self, step: Step, event: str, error: BaseException | None) -> None:
+    def step_event(self, step: Step, event: str, error: BaseException | str | None) -> None:
         """Adapter for the engine's progress callback."""
         label = f"{step.action} {step.resource.kind} {step.resource.name}"
         if event == "start":
             self.current(label)
+        elif event == "waiting":
+            # A long wait inside a step: on the bar, or as a line of its own without one.
+            self.current(f"{label}: {error}")
+            if self._progress.disable:
+                self._output.err.print(escape(f"{label}: {error}"), highlight=False)
         elif event == "done":
             self.advance(f"done: {label}")
         elif event == "skipped":

@@ -7,6 +7,7 @@ first failure stops new steps from starting (running ones finish) before it is r
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -20,8 +21,27 @@ MAX_WORKERS = 8
 # Observing is read-only and latency-bound: more of it runs side by side (throttling is retried).
 OBSERVE_WORKERS = 48
 
-# (step, event, error) with event one of "start", "done", "failed".
-ProgressCallback = Callable[[Step, str, BaseException | None], None]
+# (step, event, detail) with event one of "start", "done", "failed", "skipped" (detail: the
+# error, if any) or "waiting" (detail: what the running step waits for, as a sentence).
+ProgressCallback = Callable[[Step, str, BaseException | str | None], None]
+
+# The running step's way to report a long wait; one per worker thread.
+_running = threading.local()
+
+
+def report_wait(message: str) -> None:
+    """Tell the user what the running step is waiting for (AWS finishing a deletion, say)."""
+    notify = getattr(_running, "notify", None)
+    if notify is not None:
+        notify(message)
+
+
+def _apply_reporting(aws: Aws, step: Step, notify: ProgressCallback) -> None:
+    _running.notify = lambda message: notify(step, "waiting", message)
+    try:
+        apply_step(aws, step)
+    finally:
+        _running.notify = None
 
 
 def order(resources: Iterable[Resource]) -> list[Resource]:
@@ -267,7 +287,7 @@ def execute(
                         notify(step, "skipped", None)
                         continue
                     notify(step, "start", None)
-                    running[pool.submit(apply_step, aws, step)] = step
+                    running[pool.submit(_apply_reporting, aws, step, notify)] = step
                 if not running and pending and any(d <= finished for d in pending.values()):
                     continue
             if not running:
