@@ -131,12 +131,14 @@ def test_a_second_ttl_change_within_the_hour_says_when_to_retry(cli, endpoint, a
         TimeToLiveSpecification={"AttributeName": "expires_at", "Enabled": False},
     )
 
-    refused = cli("up", "--yes")
+    deferred = cli("up", "--yes")
 
-    assert refused.exit_code == 1, refused
-    assert "one TTL change per table per hour" in refused.stderr
-    assert "run `iotpipe up` again in an hour" in refused.stderr
-    assert "Traceback" not in refused.stderr
+    # Not a failure with AWS's raw text: the change is left for a later run, said plainly.
+    assert deferred.exit_code == 0, deferred
+    assert "dynamodb.table test-device-state skipped" in deferred.stderr
+    assert "one TTL change per table per hour" in deferred.stderr
+    assert "run `iotpipe up` again in an hour" in deferred.stderr
+    assert "Traceback" not in deferred.stderr
 
     aws_clock.advance(3_600)
     assert cli("up", "--yes").exit_code == 0

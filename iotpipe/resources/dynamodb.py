@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from iotpipe.aws import Transient
-from iotpipe.engine.model import Change, Resource
+from iotpipe.engine.model import Change, Deferred, Resource
 from iotpipe.errors import AwsError
 from iotpipe.resources.deletion import DELETING, wait_while_deleting
 
@@ -194,13 +194,13 @@ class DeviceStateTable(Resource):
             if exc.code != "ValidationException" or TTL_CHANGED_RECENTLY not in str(exc):
                 raise
             state = "on" if ttl["enabled"] else "off"
-            raise AwsError(
-                f"cannot turn time to live {state} for {ttl['attribute']!r} yet: DynamoDB accepts "
+            # Not a failure: the rest of the stack goes on; the next `up` an hour on finishes it.
+            raise Deferred(
+                f"time to live not turned {state} for {ttl['attribute']!r} yet: DynamoDB accepts "
                 "one TTL change per table per hour, and this table's TTL was changed within the "
-                "last hour (outside iotpipe, or by an earlier run)",
+                "last hour (outside iotpipe, or by an earlier run); run `iotpipe up` again in an "
+                "hour",
                 resource=self.label,
-                code=exc.code,
-                hint="run `iotpipe up` again in an hour; everything else is already applied",
             ) from None
 
     def delete(self, aws: Aws) -> None:
