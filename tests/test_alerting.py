@@ -209,3 +209,19 @@ def test_cost_prices_the_alarms_up_deploys_and_the_key(cli, endpoint):
     key = next(i for i in items if i.service == "KMS" and i.item.startswith("customer managed key"))
     assert key.quantity == 1
     assert key.monthly_cost == pytest.approx(1.0)
+
+
+def test_a_key_whose_alias_cannot_be_made_is_not_left_behind(cli, endpoint, faults):
+    faults.fail("kms", "CreateAlias", "LimitExceededException", "too many aliases", times=None)
+    failed = cli("up", "--yes")
+    assert failed.exit_code == 1
+    assert "LimitExceededException" in failed.stderr
+    kms = client(endpoint, "kms")
+    keys = [kms.describe_key(KeyId=k["KeyId"])["KeyMetadata"] for k in kms.list_keys()["Keys"]]
+    made = [k for k in keys if k["KeyManager"] == "CUSTOMER"]
+    # The key that no alias would ever find again waits for its deletion instead of costing $1
+    # a month.
+    assert made and all(k["KeyState"] == "PendingDeletion" for k in made)
+    faults.rules.clear()
+    assert cli("up", "--yes").exit_code == 0
+    assert_cloudwatch_may_use_the_topic_key(endpoint)

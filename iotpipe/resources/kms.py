@@ -17,10 +17,12 @@ the deletion and enables the key again, and one that finds no alias creates a ne
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import TYPE_CHECKING, Any
 
 from iotpipe.engine.model import Change, Resource
+from iotpipe.errors import AwsError
 from iotpipe.resources import cloudwatch
 
 if TYPE_CHECKING:
@@ -178,8 +180,10 @@ class AlertsKey(Resource):
                 "kms", "create_alias", resource=self.label, AliasName=self.alias, TargetKeyId=key_id
             )
         except BaseException:
-            # Without its alias nothing would ever find (or delete) the new key.
-            self._schedule_deletion(aws, key_id)
+            # Without its alias nothing would ever find (or delete) the new key; the alias error
+            # is the one to report, whatever becomes of this clean-up.
+            with contextlib.suppress(AwsError):
+                self._schedule_deletion(aws, key_id)
             raise
         aws.call("kms", "enable_key_rotation", resource=self.label, KeyId=key_id)
 
