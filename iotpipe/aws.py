@@ -484,13 +484,20 @@ class Aws:
         return [future.result() for future in futures]
 
     def pages(
-        self, service: str, operation: str, *, resource: str, **params: Any
+        self,
+        service: str,
+        operation: str,
+        *,
+        resource: str,
+        missing: Iterable[str] = (),
+        **params: Any,
     ) -> Iterator[dict[str, Any]]:
         """Yield each page of a paginated operation, each fetched under the retry policy.
 
         Paging follows botocore's pagination model for the operation: its input and output tokens
         (several for some, e.g. S3's KeyMarker and VersionIdMarker), and the "more results" flag
-        where a service has one (S3's IsTruncated).
+        where a service has one (S3's IsTruncated). An error whose code is in `missing` (see
+        `call`) ends the listing: there is nothing (more) to list.
         """
         client = self.client(service)
         api_name = client.meta.method_to_api_mapping.get(operation, operation)
@@ -500,10 +507,16 @@ class Aws:
         def fetch(**kwargs: Any) -> Any:
             if first_page_only and any(kwargs.get(t) for t in config.get("input_token", ())):
                 kwargs = {k: v for k, v in kwargs.items() if k not in first_page_only}
-            return self.call(service, operation, resource=resource, **kwargs)
+            page = self.call(service, operation, resource=resource, missing=missing, **kwargs)
+            if page is None:
+                raise _Absent
+            return page
 
         model = client.meta.service_model.operation_model(api_name)
-        yield from botocore.paginate.Paginator(fetch, config, model).paginate(**params)
+        try:
+            yield from botocore.paginate.Paginator(fetch, config, model).paginate(**params)
+        except _Absent:
+            return
 
     def paginate(
         self,
@@ -512,6 +525,7 @@ class Aws:
         *,
         resource: str,
         key: str | tuple[str, ...] | None = None,
+        missing: Iterable[str] = (),
         **params: Any,
     ) -> Iterator[Any]:
         """Yield every item under `key` across all pages (see `pages`).
@@ -528,7 +542,7 @@ class Aws:
                 result_keys = result_keys[0]
             key = str(result_keys)
         keys = (key,) if isinstance(key, str) else key
-        for page in self.pages(service, operation, resource=resource, **params):
+        for page in self.pages(service, operation, resource=resource, missing=missing, **params):
             for name in keys:
                 # A result key may be a path into the page (Athena's "ResultSet.Rows").
                 items = jmespath.search(name, page) if "." in name else page.get(name)
@@ -544,6 +558,10 @@ class Aws:
             if isinstance(config.get(name), str):
                 config[name] = [config[name]]
         return config
+
+
+class _Absent(Exception):
+    """A page answered with a `missing` code: the listing ends."""
 
 
 # Operations that take their filters on the first page only: Kinesis ListShards refuses

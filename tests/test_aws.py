@@ -196,3 +196,40 @@ def test_list_shards_sends_the_stream_on_the_first_page_only(aws) -> None:
 def test_an_operation_with_several_result_keys_needs_one_named(aws) -> None:
     with pytest.raises(TypeError, match="Contents"):
         list(aws.paginate("s3", "list_objects_v2", resource="bucket", Bucket="b"))
+
+
+def test_paginate_follows_several_tokens_and_keys_and_a_missing_code(aws) -> None:
+    # ListObjectVersions pages with KeyMarker and VersionIdMarker together.
+    aws.call("s3", "create_bucket", resource="bucket", Bucket="versioned")
+    aws.call(
+        "s3",
+        "put_bucket_versioning",
+        resource="bucket",
+        Bucket="versioned",
+        VersioningConfiguration={"Status": "Enabled"},
+    )
+    for i in range(3):
+        for _ in range(2):
+            aws.call("s3", "put_object", resource="b", Bucket="versioned", Key=f"k{i}", Body=b"")
+    aws.call("s3", "delete_object", resource="bucket", Bucket="versioned", Key="k0")
+    items = list(
+        aws.paginate(
+            "s3",
+            "list_object_versions",
+            resource="bucket",
+            key=("Versions", "DeleteMarkers"),
+            Bucket="versioned",
+            MaxKeys=2,
+        )
+    )
+    assert len(items) == 7
+    assert aws.calls["s3:ListObjectVersions"] >= 3
+    gone = aws.paginate(
+        "s3",
+        "list_object_versions",
+        resource="bucket",
+        key="Versions",
+        missing=("NoSuchBucket",),
+        Bucket="no-such-bucket",
+    )
+    assert list(gone) == []
