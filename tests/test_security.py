@@ -60,6 +60,10 @@ def test_no_wildcard_actions_and_star_resources_only_where_iam_has_no_resource(r
 def test_trust_policies_guard_against_the_confused_deputy(resources) -> None:
     for role in (r for r in resources if isinstance(r, ServiceRole)):
         for statement in role.trust["Statement"]:
+            if statement["Principal"] == {"Service": "glue.amazonaws.com"}:
+                # Glue documents no source keys on AssumeRole: a condition would lock it out.
+                assert "Condition" not in statement, role.name
+                continue
             condition = json.dumps(statement.get("Condition", {}))
             assert "aws:SourceAccount" in condition or "sts:ExternalId" in condition, role.name
             assert "123456789012" in condition, role.name

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from iotpipe.aws import IAM_PROPAGATION, Transient
 from iotpipe.engine.model import STACK_TAG, Change, Resource
-from iotpipe.resources.iam import ServiceRole, allow, policy_document, trust_policy
+from iotpipe.resources.iam import POLICY_VERSION, ServiceRole, allow, policy_document
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
@@ -246,39 +246,86 @@ class ArchiveTable(Resource):
         )
 
 
+# Glue documents its crawler role's trust policy without conditions ("Step 2: Create an IAM
+# role for AWS Glue", "Crawler prerequisites"): it does not say it sends aws:SourceAccount or
+# aws:SourceArn when it assumes a crawler role, and a condition on a key that is absent never
+# matches, so such a condition could leave the crawler unable to assume its role. Who may hand
+# this role to Glue is held by iam:PassRole instead, which cannot cross accounts.
+# https://docs.aws.amazon.com/glue/latest/dg/create-an-iam-role.html
+# https://docs.aws.amazon.com/glue/latest/dg/crawler-prereqs.html
+GLUE_TRUST_POLICY = {
+    "Version": POLICY_VERSION,
+    "Statement": [
+        {
+            "Effect": "Allow",
+            "Principal": {"Service": "glue.amazonaws.com"},
+            "Action": "sts:AssumeRole",
+        }
+    ],
+}
+
+# What a crawler of this one table does, scoped down from AWS's managed AWSGlueServiceRole
+# (glue:* on *, s3:GetBucketLocation/ListBucket, logs on arn:aws:logs:*:*:*:/aws-glue/*): read
+# the database and its tables, update the table's crawl statistics (UpdateTable; the LOG schema
+# policy keeps the declared schema), and list, add and update partitions.
+CRAWLER_CATALOG_ACTIONS = [
+    "glue:BatchCreatePartition",
+    "glue:BatchGetPartition",
+    "glue:BatchUpdatePartition",
+    "glue:CreatePartition",
+    "glue:GetDatabase",
+    "glue:GetPartition",
+    "glue:GetPartitions",
+    "glue:GetTable",
+    "glue:UpdatePartition",
+    "glue:UpdateTable",
+]
+
+
+def crawler_log_group_arn(ctx: StackContext) -> str:
+    """The log group Glue writes crawler runs to; CreateLogGroup is authorized on this ARN."""
+    return ctx.names.arn("logs", f"log-group:{CRAWLER_LOG_GROUP}")
+
+
 def crawler_role(ctx: StackContext) -> ServiceRole:
     names = ctx.names
     bucket = names.archive_bucket_arn
     list_readings = allow(["s3:ListBucket"], [bucket], sid="ListReadings")
     list_readings["Condition"] = {"StringLike": {"s3:prefix": [f"{names.archive_prefix}*"]}}
+    log_group = crawler_log_group_arn(ctx)
     policy = policy_document(
         allow(
-            [
-                "glue:BatchCreatePartition",
-                "glue:BatchGetPartition",
-                "glue:BatchUpdatePartition",
-                "glue:CreatePartition",
-                "glue:GetDatabase",
-                "glue:GetPartition",
-                "glue:GetPartitions",
-                "glue:GetTable",
-                "glue:UpdatePartition",
-            ],
+            CRAWLER_CATALOG_ACTIONS,
             [names.glue_catalog_arn, names.glue_database_arn, names.glue_table_arn],
             sid="CatalogTable",
         ),
-        list_readings,
-        allow(["s3:GetObject"], [f"{bucket}/{names.archive_prefix}*"], sid="ReadReadings"),
+        # GetTables is authorized on every table of the database it lists; reading only.
         allow(
-            ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
-            [names.arn("logs", f"log-group:{CRAWLER_LOG_GROUP}:*")],
+            ["glue:GetTables"],
+            [
+                names.glue_catalog_arn,
+                names.glue_database_arn,
+                names.arn("glue", f"table/{names.glue_database}/*"),
+            ],
+            sid="ListTables",
+        ),
+        list_readings,
+        # A crawler asks where the bucket is before it lists it (AWSGlueServiceRole allows it).
+        allow(["s3:GetBucketLocation"], [bucket], sid="LocateBucket"),
+        allow(["s3:GetObject"], [f"{bucket}/{names.archive_prefix}*"], sid="ReadReadings"),
+        # CreateLogGroup is checked against the group's ARN; the other two against its streams'
+        # (log-group:NAME:log-stream:STREAM), one per crawler run.
+        allow(["logs:CreateLogGroup"], [log_group], sid="CrawlerLogGroup"),
+        allow(
+            ["logs:CreateLogStream", "logs:PutLogEvents"],
+            [f"{log_group}:log-stream:*"],
             sid="CrawlerLogs",
         ),
     )
     return ServiceRole(
         ctx,
         names.role("crawler"),
-        trust=trust_policy("glue.amazonaws.com", names.account),
+        trust=GLUE_TRUST_POLICY,
         policy=policy,
         description=f"iotpipe {ctx.stack}: Glue crawler of the archive",
     )
