@@ -7,6 +7,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 from iotpipe.resharding import (
     ReshardRefused,
@@ -289,3 +290,45 @@ def test_a_stream_on_demand_in_aws_is_refused(cli, endpoint: str) -> None:
 
     assert result.exit_code == 1
     assert "on-demand in AWS" in result.stderr
+
+
+def test_every_step_is_one_the_emulator_accepts(cli, endpoint, faults) -> None:
+    # The emulator holds UpdateShardCount to AWS's limits (double / half per call): a call past
+    # them fails, so these pass only if each planned step stays inside them.
+    assert cli("up", "--yes").exit_code == 0
+    with pytest.raises(ClientError, match="cannot scale up over double"):
+        _kinesis(endpoint).update_shard_count(
+            StreamName=STREAM, TargetShardCount=4, ScalingType="UNIFORM_SCALING"
+        )
+
+    up = cli("reshard", "--target", "7", "--yes")
+    assert up.exit_code == 0, up
+    assert _open_shards(endpoint) == 7
+    down = cli("reshard", "--target", "2", "--yes")
+    assert down.exit_code == 0, down
+    assert _open_shards(endpoint) == 2
+    # 1 -> 2 -> 4 -> 7, then 7 -> 4 -> 2.
+    assert faults.calls.count(("kinesis", "UpdateShardCount")) == 5
+
+
+def test_the_daily_quota_is_refused_before_aws_refuses_it(cli, endpoint, faults) -> None:
+    assert cli("up", "--yes").exit_code == 0
+    kinesis = _kinesis(endpoint)
+    for count in [2, 1] * 5:
+        kinesis.update_shard_count(
+            StreamName=STREAM, TargetShardCount=count, ScalingType="UNIFORM_SCALING"
+        )
+    # AWS (and the emulator) now refuse an 11th scaling within 24 hours.
+    with pytest.raises(ClientError) as refused:
+        kinesis.update_shard_count(
+            StreamName=STREAM, TargetShardCount=2, ScalingType="UNIFORM_SCALING"
+        )
+    assert refused.value.response["Error"]["Code"] == "LimitExceededException"
+    faults.calls.clear()
+
+    result = cli("reshard", "--target", "2", "--yes")
+
+    assert result.exit_code == 1
+    assert "10 of AWS's 10 per rolling 24 hours have already run" in result.stderr
+    assert "once the oldest operation is more than 24 hours old" in result.stderr
+    assert ("kinesis", "UpdateShardCount") not in faults.calls
