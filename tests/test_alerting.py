@@ -225,3 +225,24 @@ def test_a_key_whose_alias_cannot_be_made_is_not_left_behind(cli, endpoint, faul
     faults.rules.clear()
     assert cli("up", "--yes").exit_code == 0
     assert_cloudwatch_may_use_the_topic_key(endpoint)
+
+
+def test_the_emulator_refuses_a_key_pending_deletion_what_aws_refuses(endpoint):
+    kms = client(endpoint, "kms")
+    key = kms.create_key()["KeyMetadata"]["KeyId"]
+    kms.disable_key(KeyId=key)
+    with pytest.raises(kms.exceptions.DisabledException):
+        kms.enable_key_rotation(KeyId=key)
+    kms.schedule_key_deletion(KeyId=key, PendingWindowInDays=7)
+    for refused in (
+        lambda: kms.enable_key(KeyId=key),
+        lambda: kms.enable_key_rotation(KeyId=key),
+        lambda: kms.schedule_key_deletion(KeyId=key, PendingWindowInDays=7),
+    ):
+        with pytest.raises(kms.exceptions.KMSInvalidStateException, match="pending deletion"):
+            refused()
+    # Cancelling is the way back: the key is then disabled, and can be enabled.
+    kms.cancel_key_deletion(KeyId=key)
+    kms.enable_key(KeyId=key)
+    kms.enable_key_rotation(KeyId=key)
+    assert kms.describe_key(KeyId=key)["KeyMetadata"]["KeyState"] == "Enabled"

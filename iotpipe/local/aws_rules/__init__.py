@@ -37,7 +37,18 @@ from typing import Any
 from moto.core.exceptions import ServiceException
 
 # The services whose rules live in this package, one module each.
-RULE_MODULES = ("iam", "iot", "sqs", "kinesis", "dynamodb", "firehose", "lambda_", "glue", "s3")
+RULE_MODULES = (
+    "iam",
+    "iot",
+    "sqs",
+    "kinesis",
+    "dynamodb",
+    "firehose",
+    "lambda_",
+    "glue",
+    "s3",
+    "kms",
+)
 
 
 class AwsRefusal(ServiceException):
