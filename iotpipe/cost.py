@@ -39,6 +39,36 @@ TIMESTREAM_RECORDS_PER_WRITE = 100
 SNS_DATA_KEY_REUSE_SECONDS = 300
 # S3 storage is priced at steady state: once twelve months of readings are held.
 STEADY_STATE_DAYS = 365
+# The S3 storage classes the archive's lifecycle uses (`ArchiveSection.transitions`), with their
+# price-file keys: storage, lifecycle transition into the class, and retrieval per GB read back.
+S3_CLASSES: dict[str, tuple[str, str, str | None, str | None]] = {
+    "STANDARD": ("S3 Standard", "standard_gb_month", None, None),
+    "STANDARD_IA": (
+        "S3 Standard-IA",
+        "standard_ia_gb_month",
+        "transition_to_standard_ia_per_thousand",
+        "standard_ia_retrieval_per_gb",
+    ),
+    "GLACIER_IR": (
+        "S3 Glacier Instant Retrieval",
+        "glacier_ir_gb_month",
+        "transition_to_glacier_ir_per_thousand",
+        "glacier_ir_retrieval_per_gb",
+    ),
+}
+
+
+def archive_storage_tiers(config: Config) -> list[tuple[str, int, int]]:
+    """(S3 storage class, first day, day after the last) of a reading's first year, as deployed."""
+    tiers, start, current = [], 0, "STANDARD"
+    for days, storage_class in config.archive.transitions():
+        end = min(days, STEADY_STATE_DAYS)
+        if end > start:
+            tiers.append((current, start, end))
+        start, current = max(start, end), storage_class
+    if start < STEADY_STATE_DAYS:
+        tiers.append((current, start, STEADY_STATE_DAYS))
+    return tiers
 
 
 # Prices ----------------------------------------------------------------------------------------
@@ -201,6 +231,9 @@ class Assumptions:
     gzip_compression_ratio: float = 5.0
     parquet_compression_ratio: float = 6.0
     athena_queries_per_day: int = 100
+    # Queries a month over a day old enough to be in infrequent-access storage (S3 charges a
+    # per-GB retrieval on top of Athena's scan).
+    athena_older_day_queries_per_month: int = 4
     crawler_dpus: float = 2.0
     # None: as many alarms as `up` deploys for the config.
     alarms: int | None = None
@@ -222,7 +255,12 @@ class Assumptions:
             f"the archive compresses {ratio:g}x ({config.archive.format}); S3 is priced at steady "
             f"state, once {STEADY_STATE_DAYS} days of readings are kept",
             f"Athena runs {self.athena_queries_per_day} queries a day, each scanning one day of "
-            "the archive (at most the workgroup's per-query cutoff)",
+            "the archive (at most the workgroup's per-query cutoff), the latest, still in S3 "
+            f"Standard; and {self.athena_older_day_queries_per_month} a month over an older day "
+            "in infrequent-access storage, which S3 charges per GB retrieved",
+            "no noncurrent versions at steady state: Firehose writes every object once; only "
+            "expired quarantine, error and query-result objects linger "
+            f"{config.archive.noncurrent_version_expire_days} days more, a negligible amount",
             f"a crawler run uses {self.crawler_dpus:g} DPUs for the billing minimum",
             f"CloudWatch: {self.alarm_count(config)} alarms, {self.dashboards} dashboard, "
             f"{self.custom_metrics} custom metrics, {self.log_bytes_per_invocation} bytes of "
@@ -532,28 +570,19 @@ def estimate(
             p("firehose", "format_conversion_per_gb"),
         )
 
-    # S3: the archive by lifecycle class, at steady state.
+    # S3: the archive by the lifecycle's storage classes, at steady state.
     archive = config.archive
     day_stored_gb = raw_bytes_per_day / a.compression_ratio(config) / GB
-    ia_from = min(archive.transition_to_ia_days, STEADY_STATE_DAYS)
-    glacier_from = min(archive.transition_to_glacier_days, STEADY_STATE_DAYS)
-    for cls_name, days, key in (
-        ("Standard", ia_from, "standard_gb_month"),
-        ("Standard-IA", glacier_from - ia_from, "standard_ia_gb_month"),
-        (
-            "Glacier Flexible Retrieval",
-            STEADY_STATE_DAYS - glacier_from,
-            "glacier_flexible_gb_month",
-        ),
-    ):
-        if days > 0:
-            add(
-                "S3",
-                f"archive in {cls_name} ({days} days)",
-                day_stored_gb * days,
-                "GB-month",
-                p("s3", key),
-            )
+    tiers = archive_storage_tiers(config)
+    for storage_class, first, after in tiers:
+        name, price, _, _ = S3_CLASSES[storage_class]
+        add(
+            "S3",
+            f"archive in {name} ({storage_class}, {after - first} days)",
+            day_stored_gb * (after - first),
+            "GB-month",
+            p("s3", price),
+        )
     flushes_per_day = max(
         SECONDS_PER_DAY / max(archive.buffer_seconds, 1),
         raw_bytes_per_day / (archive.buffer_mb * MB),
@@ -567,23 +596,38 @@ def estimate(
         p("s3", "put_requests_per_thousand"),
         1000,
     )
-    if archive.transition_to_ia_days < STEADY_STATE_DAYS:
+    for storage_class, first, _ in tiers:
+        transition = S3_CLASSES[storage_class][2]
+        if first > 0 and transition:
+            add(
+                "S3",
+                f"lifecycle transitions to {S3_CLASSES[storage_class][0]}",
+                objects,
+                "requests",
+                p("s3", transition),
+                1000,
+            )
+    add(
+        "S3",
+        "noncurrent versions (expired temporary objects)",
+        0,
+        "GB-month",
+        0.0,
+        1,
+        "negligible",
+    )
+    # A query over an older day reads infrequent-access objects: S3 charges per GB retrieved.
+    older = next(((c, f) for c, f, _ in tiers if S3_CLASSES[c][3]), None)
+    scanned = min(day_stored_gb * GB, config.catalog.bytes_scanned_cutoff_mb * MB)
+    scanned = max(scanned, p("athena", "minimum_mb_per_query") * MB)
+    if older is not None and a.athena_older_day_queries_per_month:
         add(
             "S3",
-            "lifecycle transitions to Standard-IA",
-            objects,
-            "requests",
-            p("s3", "transition_to_standard_ia_per_thousand"),
-            1000,
-        )
-    if archive.transition_to_glacier_days < STEADY_STATE_DAYS:
-        add(
-            "S3",
-            "lifecycle transitions to Glacier",
-            objects,
-            "requests",
-            p("s3", "transition_to_glacier_flexible_per_thousand"),
-            1000,
+            f"retrieval from {S3_CLASSES[older[0]][0]} "
+            f"({a.athena_older_day_queries_per_month} Athena queries/month over an older day)",
+            a.athena_older_day_queries_per_month * scanned / GB,
+            "GB",
+            p("s3", S3_CLASSES[older[0]][3]),
         )
 
     # Glue: crawler runs are billed per DPU-hour with a per-run minimum; the catalog holds two
@@ -599,12 +643,13 @@ def estimate(
     add("Glue", "Data Catalog (2 objects)", 2, "objects", 0.0, 1, "free below 1 million objects")
 
     # Athena: each query scans a day of the archive, capped by the workgroup's cutoff.
-    scanned = min(day_stored_gb * GB, config.catalog.bytes_scanned_cutoff_mb * MB)
-    scanned = max(scanned, p("athena", "minimum_mb_per_query") * MB)
     add(
         "Athena",
-        f"data scanned ({a.athena_queries_per_day} queries/day)",
-        a.athena_queries_per_day * DAYS_PER_MONTH * scanned / TB,
+        f"data scanned ({a.athena_queries_per_day} queries/day, "
+        f"{a.athena_older_day_queries_per_month}/month over older days)",
+        (a.athena_queries_per_day * DAYS_PER_MONTH + a.athena_older_day_queries_per_month)
+        * scanned
+        / TB,
         "TB",
         p("athena", "scanned_per_tb"),
     )

@@ -83,12 +83,12 @@ def test_default_500k_a_day_line_items_match_hand_arithmetic():
 
 def test_default_and_naive_totals_at_500k_a_day():
     report = cost_report(config(), load_prices(), TODAY)
-    assert report.configured.total == 42.7
-    assert report.naive.total == 180.47
+    assert report.configured.total == 42.68
+    assert report.naive.total == 180.45
     # Always Free covers the dashboard, 10 of the 13 alarms, the processor's metrics, logs,
-    # Lambda and the alerts key's requests: $5.71, the same for both designs.
-    assert report.configured.total_after_allowances == 36.99
-    assert report.naive.total_after_allowances == 174.73
+    # Lambda and the alerts key's requests: $5.72, the same for both designs.
+    assert report.configured.total_after_allowances == 36.96
+    assert report.naive.total_after_allowances == 174.7
     savings = {s.optimisation: s.monthly_saving for s in report.savings}
     assert savings == {
         "Basic Ingest": 15.2,
@@ -103,20 +103,20 @@ def test_default_and_naive_totals_at_500k_a_day():
 
 def test_timestream_adds_its_writes_and_storage():
     report = cost_report(config(timeseries=True), load_prices(), TODAY)
-    assert report.configured.total == 50.27
-    assert report.naive.total == 188.04
+    assert report.configured.total == 50.24
+    assert report.naive.total == 188.01
     assert report.configured.by_service()["Timestream"] == pytest.approx(7.56, abs=0.005)
 
 
 def test_default_and_naive_totals_at_100x():
     report = cost_report(config(readings_per_day=50_000_000, devices=100_000), load_prices(), TODAY)
-    assert report.configured.total == 2090.77
-    assert report.naive.total == 3728.09
+    assert report.configured.total == 2091.07
+    assert report.naive.total == 3728.39
     with_ts = cost_report(
         config(timeseries=True, readings_per_day=50_000_000, devices=100_000), load_prices(), TODAY
     )
-    assert with_ts.configured.total == 2839.9
-    assert with_ts.naive.total == 4477.22
+    assert with_ts.configured.total == 2840.2
+    assert with_ts.naive.total == 4477.52
     # Past a billion messages a month IoT messaging drops to the second tier.
     messages = 50_000_000 * 30.4
     assert line(report.naive, "IoT Core", "messaging").monthly_cost == pytest.approx(
@@ -235,16 +235,16 @@ def test_cost_json_breakdown(cli):
     assert result.exit_code == 0, result
     data = result.json
     assert data["totals"] == {
-        "configured": 42.7,
-        "naive": 180.47,
+        "configured": 42.68,
+        "naive": 180.45,
         "saving": 137.77,
-        "configured_after_always_free": 36.99,
-        "naive_after_always_free": 174.73,
+        "configured_after_always_free": 36.96,
+        "naive_after_always_free": 174.7,
     }
     assert data["price_age_days"] == (date.today() - load_prices().taken).days
     for item in data["line_items"]:
         assert set(item) >= {"service", "item", "quantity", "unit", "unit_price", "monthly_cost"}
-    assert sum(i["monthly_cost"] for i in data["line_items"]) == pytest.approx(42.7, abs=0.005)
+    assert sum(i["monthly_cost"] for i in data["line_items"]) == pytest.approx(42.68, abs=0.005)
     assert all(i["monthly_cost"] < 0 for i in data["always_free_allowances"])
     assert {s["optimisation"] for s in data["savings"]} >= {"Basic Ingest", "daily crawler"}
     if data["prices_stale"]:
@@ -254,8 +254,8 @@ def test_cost_json_breakdown(cli):
 def test_cost_overrides_and_table(cli):
     result = cli("cost", "--readings-per-day", "50000000", "--devices", "100000")
     assert result.exit_code == 0, result
-    assert "$2,090.77" in result.stdout
-    assert "$3,728.09" in result.stdout
+    assert "$2,091.07" in result.stdout
+    assert "$3,728.39" in result.stdout
     assert "Always Free" in result.stdout
     assert "Basic Ingest" in result.stdout
 
@@ -283,7 +283,7 @@ def test_bad_overrides_exit_2_naming_the_option(cli, faults, args, option):
 def test_validate_shows_the_monthly_total(cli):
     result = cli("validate", "--output", "json")
     assert result.exit_code == 0, result
-    assert result.json["monthly_cost_usd"] == 42.7
-    assert result.json["monthly_cost_after_always_free_usd"] == 36.99
+    assert result.json["monthly_cost_usd"] == 42.68
+    assert result.json["monthly_cost_after_always_free_usd"] == 36.96
     table = cli("validate")
-    assert "$42.70 at list prices, $36.99 after" in table.stdout
+    assert "$42.68 at list prices, $36.96 after" in table.stdout
