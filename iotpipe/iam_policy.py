@@ -90,6 +90,9 @@ def operator_policy(names: Names) -> dict[str, Any]:
                 "s3:DeleteBucketPolicy",
                 "s3:GetLifecycleConfiguration",
                 "s3:PutLifecycleConfiguration",
+                # The archive is versioned (iotpipe.resources.s3).
+                "s3:GetBucketVersioning",
+                "s3:PutBucketVersioning",
             ],
             names.archive_bucket_arn,
         ),
