@@ -159,7 +159,10 @@ def _up(cli, config=None) -> None:
 
 
 def test_up_waits_for_the_new_function_to_be_active(cli, processor_source, lambda_answers) -> None:
-    _up(cli)
+    result = cli("up", "--yes")
+    assert result.exit_code == 0, result
+    # The pause is explained on the progress line.
+    assert "Lambda is still creating the function (State Pending" in result.stderr
     answers = set(lambda_answers)
     # The code saw the function Pending, waited for it, and never ran into a refusal.
     assert ("CreateFunction", "Pending/None") in answers

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from iotpipe.aws import IAM_PROPAGATION, UPDATE_IN_PROGRESS
 from iotpipe.engine.model import Change, Resource
+from iotpipe.engine.reconcile import report_wait
 from iotpipe.errors import AwsError, ConfigError
 from iotpipe.packaging import CodeBundle, processor_bundle
 from iotpipe.resources.iam import ServiceRole, allow, policy_document, trust_policy
@@ -295,8 +296,17 @@ class ProcessorFunction(Resource):
                     f"the function is {state}, last update {update}: {reason}",
                     resource=self.label,
                 )
-            return (state == "Active" and update == "Successful") or None
+            if state == "Active" and update == "Successful":
+                return True
+            if not reported:
+                # Lambda refuses the next change meanwhile (ResourceConflictException): say why
+                # the step pauses rather than run into the refusal.
+                reported.append(state)
+                doing = "creating the function" if state == "Pending" else "applying the update"
+                report_wait(f"Lambda is still {doing} (State {state}, last update {update})")
+            return None
 
+        reported: list[str] = []
         aws.wait_for(ready, resource=self.label, what="for the function to be Active and settled")
 
     def create(self, aws: Aws) -> None:
