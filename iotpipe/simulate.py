@@ -48,6 +48,7 @@ class Device:
     port: int
     certificate: Path
     private_key: Path
+    certificate_id: str | None = None
 
     @classmethod
     def load(cls, directory: Path) -> Device:
@@ -62,6 +63,7 @@ class Device:
                 port=int(info.get("port", 8883)),
                 certificate=directory / info.get("certificate_file", "certificate.pem.crt"),
                 private_key=directory / info.get("private_key_file", "private.pem.key"),
+                certificate_id=info.get("certificate_id"),
             )
         except (OSError, ValueError, KeyError) as exc:
             raise UsageError(
@@ -86,6 +88,29 @@ def load_devices(devices_dir: Path) -> list[Device]:
             hint="register devices with `iotpipe devices register --out-dir DIR`",
         )
     return devices
+
+
+def active_devices(aws: Aws, devices: list[Device]) -> tuple[list[Device], list[str]]:
+    """The devices whose certificate is ACTIVE, and why each other one is left out: a revoked
+    or deleted device's credentials are never used."""
+    usable: list[Device] = []
+    left_out: list[str] = []
+    for device in devices:
+        reply = None
+        if device.certificate_id:
+            reply = aws.call(
+                "iot",
+                "describe_certificate",
+                resource=f"device {device.thing_name}",
+                missing=("ResourceNotFoundException",),
+                certificateId=device.certificate_id,
+            )
+        status = (reply or {}).get("certificateDescription", {}).get("status", "deleted")
+        if status == "ACTIVE":
+            usable.append(device)
+        else:
+            left_out.append(f"{device.thing_name} (certificate {status.lower()})")
+    return usable, left_out
 
 
 @dataclass(frozen=True)

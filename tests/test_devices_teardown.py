@@ -13,6 +13,8 @@ from pathlib import Path
 import botocore.exceptions
 import pytest
 
+from iotpipe.aws import Aws
+from iotpipe.simulate import active_devices, load_devices
 from tests.support import client
 
 THING_TYPE = "test-sensor"
@@ -69,9 +71,19 @@ def test_revoke_delete_waits_for_the_asynchronous_detach(cli, iot, stack_with_de
     assert list(statuses(iot).values()) == ["ACTIVE"]
 
 
-def test_simulate_never_uses_a_revoked_devices_credentials(cli, stack_with_devices, creds):
-    assert cli("devices", "revoke", "pump-1", "--yes", "--out-dir", str(creds)).exit_code == 0
-    assert sorted(p.name for p in creds.iterdir()) == ["pump-2"]
+def test_simulate_never_uses_a_revoked_devices_credentials(
+    cli, endpoint, stack_with_devices, creds, tmp_path
+):
+    # Revoked with another --out-dir, so the credentials stay where simulate looks.
+    elsewhere = str(tmp_path / "elsewhere")
+    assert cli("devices", "revoke", "pump-1", "--yes", "--out-dir", elsewhere).exit_code == 0
+    devices = load_devices(creds)
+    assert [d.thing_name for d in devices] == ["pump-1", "pump-2"]
+
+    usable, left_out = active_devices(Aws(region="us-east-1", endpoint_url=endpoint), devices)
+
+    assert [d.thing_name for d in usable] == ["pump-2"]
+    assert left_out == ["pump-1 (certificate revoked)"]
 
 
 def test_down_keeps_the_devices_and_the_thing_type_and_policy_they_need(

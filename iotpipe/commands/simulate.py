@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from iotpipe.commands.common import get_app
+from iotpipe.errors import UsageError
 
 # How long `simulate` against an emulator waits for the pipeline to show the readings.
 CONFIRM_SECONDS = 10.0
@@ -35,12 +36,25 @@ def simulate(
 ) -> None:
     """Send readings: over MQTT/TLS with each device's certificate to AWS IoT Core, or to the
     emulator's IoT data plane when --endpoint-url / AWS_ENDPOINT_URL points at one."""
-    from iotpipe.simulate import HttpPublisher, MqttPublisher, confirm_device_state, load_devices
+    from iotpipe.simulate import (
+        HttpPublisher,
+        MqttPublisher,
+        active_devices,
+        confirm_device_state,
+        load_devices,
+    )
     from iotpipe.simulate import simulate as run_simulation
 
     app = get_app(ctx)
     out = app.out
-    devices = load_devices(devices_dir)
+    devices, left_out = active_devices(app.aws, load_devices(devices_dir))
+    if left_out:
+        out.warn(f"not publishing as {len(left_out)} device(s): {', '.join(left_out)}")
+    if not devices:
+        raise UsageError(
+            f"no device under {devices_dir} has an active certificate",
+            hint="register devices with `iotpipe devices register --out-dir DIR`",
+        )
     endpoint = app.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
         publisher = HttpPublisher(app.aws)
