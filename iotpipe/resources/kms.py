@@ -133,35 +133,40 @@ class AlertsKey(Resource):
             return None
         meta = found["KeyMetadata"]
         key_id, state = meta["KeyId"], meta["KeyState"]
-        tags = aws.call(
-            "kms", "list_resource_tags", resource=self.label, missing=MISSING, KeyId=key_id
-        )
-        observed: dict[str, Any] = {
-            "tags": {t["TagKey"]: t["TagValue"] for t in (tags or {}).get("Tags", [])},
-            "state": state,
-            "rotation": None,
-            "policy": None,
-            "key_id": key_id,
-            "arn": meta["Arn"],
-            "deletion_date": str(meta["DeletionDate"]) if meta.get("DeletionDate") else None,
-        }
-        if state != "Enabled":
-            # KMS refuses rotation changes on a disabled or pending key; both are set once the
-            # key is enabled again.
-            return observed
-        rotation, policy = aws.gather(
-            lambda: aws.call("kms", "get_key_rotation_status", resource=self.label, KeyId=key_id),
-            lambda: aws.call(
+        enabled = state == "Enabled"
+
+        def tags() -> dict[str, Any] | None:
+            return aws.call(
+                "kms", "list_resource_tags", resource=self.label, missing=MISSING, KeyId=key_id
+            )
+
+        def rotation() -> dict[str, Any] | None:
+            # Reported off for a key pending deletion; set again once the key is enabled.
+            if not enabled:
+                return None
+            return aws.call("kms", "get_key_rotation_status", resource=self.label, KeyId=key_id)
+
+        def policy() -> dict[str, Any] | None:
+            if not enabled:
+                return None
+            return aws.call(
                 "kms",
                 "get_key_policy",
                 resource=self.label,
                 KeyId=key_id,
                 PolicyName=KEY_POLICY_NAME,
-            ),
-        )
-        observed["rotation"] = rotation.get("KeyRotationEnabled")
-        observed["policy"] = json.loads(policy["Policy"])
-        return observed
+            )
+
+        found_tags, found_rotation, found_policy = aws.gather(tags, rotation, policy)
+        return {
+            "tags": {t["TagKey"]: t["TagValue"] for t in (found_tags or {}).get("Tags", [])},
+            "state": state,
+            "rotation": found_rotation and found_rotation.get("KeyRotationEnabled"),
+            "policy": found_policy and json.loads(found_policy["Policy"]),
+            "key_id": key_id,
+            "arn": meta["Arn"],
+            "deletion_date": str(meta["DeletionDate"]) if meta.get("DeletionDate") else None,
+        }
 
     def create(self, aws: Aws) -> None:
         created = aws.call(
