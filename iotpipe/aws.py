@@ -97,7 +97,7 @@ IAM_PROPAGATION: tuple[Transient, ...] = (
     # arn:... Please check the role provided.", the role's own permissions not yet in force
     # ("... is not authorized to ..."), and "Access was denied when calling Glue. Please ensure
     # that the role specified in the data format conversion configuration has the necessary
-    # permissions." (firehose/delivery_stream.go, retryDeliveryStreamOp).
+    # permissions." (firehose/delivery_stream.go, the retry around CreateDeliveryStream).
     Transient("firehose-role", "InvalidArgumentException", "Firehose is unable to assume role"),
     Transient("firehose-role-access", "InvalidArgumentException", "is not authorized to"),
     Transient("firehose-glue-access", "InvalidArgumentException", "Access was denied"),
@@ -109,15 +109,14 @@ IAM_PROPAGATION: tuple[Transient, ...] = (
     # it is the caller's own missing permission, and fails fast.
     Transient("iot-role", "InvalidRequestException", "sts:AssumeRole"),
     # Glue CreateCrawler / UpdateCrawler: "Service is unable to assume provided role. Please verify
-    # role's TrustPolicy.", "... Please verify the role's TrustPolicy.", and the crawler role's
-    # permissions not yet in force ("User: arn:aws:sts::...:assumed-role/<role>/AWS-Crawler is not
-    # authorized to perform: ...") (glue/crawler.go, resourceCrawlerCreate).
+    # role's TrustPolicy.", "com.amazonaws.services.glue.model.AccessDeniedException: You need to
+    # enable AWS Security Token Service for this region. . Please verify the role's TrustPolicy.",
+    # and the crawler role's permissions not yet in force ("User: arn:aws:sts::...:assumed-role/
+    # <role>/AWS-Crawler is not authorized to perform: ..."), all as InvalidInputException
+    # (glue/crawler.go, resourceCrawlerCreate).
     Transient("glue-role", "InvalidInputException", "Service is unable to assume provided role"),
     Transient("glue-trust", "InvalidInputException", "Please verify the role's TrustPolicy"),
     Transient("glue-role-access", "InvalidInputException", "is not authorized"),
-    # The same Glue race has also been reported as AccessDeniedException: "... Service is unable
-    # to assume the role arn:... to access null. Please verify the role's TrustPolicy."
-    Transient("glue-trust-denied", "AccessDeniedException", "Please verify the role's TrustPolicy"),
 )
 
 

@@ -78,6 +78,7 @@ def test_the_texts_aws_sends_while_a_role_propagates_are_retried(code: str, mess
     [
         ("AccessDeniedException", PASS_ROLE_DENIED),  # Lambda, Glue, Firehose
         ("AccessDenied", PASS_ROLE_DENIED),
+        ("AccessDeniedException", "User: u is not authorized to perform: glue:CreateCrawler role"),
         ("UnauthorizedException", PASS_ROLE_DENIED),  # IoT
         ("UnauthorizedException", "User is not authorized to perform: iot:ReplaceTopicRule"),
         ("InvalidArgumentException", PASS_ROLE_DENIED),
