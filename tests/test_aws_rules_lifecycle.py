@@ -120,6 +120,11 @@ def test_point_in_time_recovery_is_refused_right_after_create(endpoint, aws_cloc
     dynamodb = _client(endpoint, "dynamodb")
     spec = {"PointInTimeRecoveryEnabled": True}
 
+    def backups() -> str:
+        described = dynamodb.describe_continuous_backups(TableName="t")
+        return described["ContinuousBackupsDescription"]["ContinuousBackupsStatus"]
+
+    assert backups() == "DISABLED"
     with pytest.raises(ClientError) as refused:
         dynamodb.update_continuous_backups(TableName="t", PointInTimeRecoverySpecification=spec)
     assert _error(refused) == (
@@ -128,6 +133,7 @@ def test_point_in_time_recovery_is_refused_right_after_create(endpoint, aws_cloc
     )
 
     aws_clock.advance(30)
+    assert backups() == "ENABLED"
     dynamodb.update_continuous_backups(TableName="t", PointInTimeRecoverySpecification=spec)
 
 

@@ -111,11 +111,16 @@ def pitr_config(tmp_path):
     return path
 
 
-def test_point_in_time_recovery_on_a_new_table_is_retried(cli, endpoint, pitr_config) -> None:
+def test_point_in_time_recovery_on_a_new_table_waits_for_backups(
+    cli, endpoint, faults, pitr_config
+) -> None:
     # DynamoDB refuses UpdateContinuousBackups for a while after CreateTable.
     result = cli("up", "--yes", config=pitr_config)
 
     assert result.exit_code == 0, result
+    assert "waiting for DynamoDB to finish enabling the new table's backups" in result.stderr
+    # It waited for backups to be enabled instead of being refused.
+    assert faults.calls.count(("dynamodb", "UpdateContinuousBackups")) == 1
     backups = client(endpoint, "dynamodb").describe_continuous_backups(
         TableName="test-device-state"
     )["ContinuousBackupsDescription"]

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from iotpipe.aws import Transient
 from iotpipe.engine.model import Change, Deferred, Resource
+from iotpipe.engine.reconcile import report_wait
 from iotpipe.errors import AwsError
 from iotpipe.resources.deletion import DELETING, wait_while_deleting
 
@@ -165,6 +166,7 @@ class DeviceStateTable(Resource):
                 )
                 self.wait_active(aws)
             elif field == "point_in_time_recovery":
+                self._wait_for_continuous_backups(aws)
                 aws.call(
                     "dynamodb",
                     "update_continuous_backups",
@@ -176,6 +178,33 @@ class DeviceStateTable(Resource):
         # Last: AWS may refuse it for up to an hour, and every other change is made by then.
         if any(change.field == "ttl" for change in changes):
             self._update_ttl(aws, want["ttl"])
+
+    def _wait_for_continuous_backups(self, aws: Aws) -> None:
+        """A new table's continuous backups are enabled seconds after it turns ACTIVE.
+
+        Until then DescribeContinuousBackups says DISABLED and UpdateContinuousBackups is refused:
+        wait for ENABLED first (the refusal is still retried, should it come anyway).
+        """
+
+        def status() -> str:
+            described = aws.call(
+                "dynamodb", "describe_continuous_backups", resource=self.label, TableName=self.name
+            )
+            return str(described["ContinuousBackupsDescription"].get("ContinuousBackupsStatus"))
+
+        if status() == "ENABLED":
+            return
+        report_wait("waiting for DynamoDB to finish enabling the new table's backups")
+        try:
+            aws.wait_for(
+                lambda: status() == "ENABLED",
+                resource=self.label,
+                what="for DynamoDB to enable continuous backups",
+                # As long as the refusal itself would be retried; then let AWS answer.
+                timeout_seconds=aws.policy.transient_deadline_seconds,
+            )
+        except AwsError:
+            return
 
     def _update_ttl(self, aws: Aws, ttl: dict[str, Any]) -> None:
         # AWS refuses a TTL change within an hour of the last one: only call on a real diff.

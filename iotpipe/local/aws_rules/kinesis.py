@@ -19,7 +19,8 @@ DELETE_SECONDS = 30.0
 SCALINGS_PER_DAY = 10
 DAY_SECONDS = 86_400.0
 MAX_SHARDS = 10_000
-# The operations the pipeline sends that see a stream; each first forgets finished deletions.
+# The control-plane operations that see a stream; each first forgets finished deletions. (Not the
+# data plane: AWS may accept records for a DELETING stream, and its calls stay unparsed and fast.)
 _SEES_STREAMS = (
     "CreateStream",
     "DeleteStream",
@@ -34,9 +35,6 @@ _SEES_STREAMS = (
     "IncreaseStreamRetentionPeriod",
     "DecreaseStreamRetentionPeriod",
     "StartStreamEncryption",
-    "PutRecord",
-    "PutRecords",
-    "GetShardIterator",
 )
 # Changes AWS refuses while the stream is not ACTIVE.
 _NEEDS_ACTIVE = (
