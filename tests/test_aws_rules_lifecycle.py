@@ -87,7 +87,10 @@ def test_a_deleted_delivery_stream_stays_deleting_and_keeps_its_name(endpoint, a
     assert described["DeliveryStreamDescription"]["DeliveryStreamStatus"] == "DELETING"
     with pytest.raises(ClientError) as refused:
         firehose.create_delivery_stream(**stream)
-    assert _error(refused)[0] == "ResourceInUseException"
+    assert _error(refused) == (
+        "ResourceInUseException",
+        f"Firehose f under accountId {ACCOUNT} already exists",
+    )
 
     aws_clock.advance(300)
     assert firehose.list_delivery_streams()["DeliveryStreamNames"] == []

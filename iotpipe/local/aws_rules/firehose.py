@@ -39,13 +39,14 @@ def forget_finished_deletions(call: Call) -> None:
 @before("firehose", "CreateDeliveryStream")
 def refuse_a_name_in_use(call: Call) -> None:
     # ResourceInUseException for a name that exists, DELETING or not (CreateDeliveryStream API
-    # reference: "The resource is already in use and not available for this operation"). AWS's
-    # exact text is not published; this is the form its other Firehose errors take.
+    # reference: "The resource is already in use and not available for this operation"), with
+    # AWS's text as a terraform apply quoted it (ministryofjustice/cloud-platform-environments
+    # #3960).
     name = call.params["DeliveryStreamName"]
     if name in _streams(call):
         raise AwsRefusal(
             "ResourceInUseException",
-            f"Firehose {name} under account {call.account_id} already exists.",
+            f"Firehose {name} under accountId {call.account_id} already exists",
         )
 
 
