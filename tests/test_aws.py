@@ -233,3 +233,16 @@ def test_paginate_follows_several_tokens_and_keys_and_a_missing_code(aws) -> Non
         Bucket="no-such-bucket",
     )
     assert list(gone) == []
+
+
+def test_a_transient_gets_its_attempts_even_when_calls_outlast_the_deadline(endpoint, faults):
+    # A shortened policy shortens sleeps, not the calls' own time: the deadline alone would end
+    # the retries of a slow emulator (or a slow network) before the role had a chance.
+    policy = RetryPolicy(
+        base_seconds=0.001, max_wait_seconds=0.001, max_attempts=4, transient_deadline_seconds=0
+    )
+    aws = Aws(region="us-east-1", endpoint_url=endpoint, policy=policy)
+    message = "AWS IoT (iot.amazonaws.com) is unable to assume role (sts:AssumeRole) on resource: x"
+    faults.fail("iot", "ListTopicRules", "InvalidRequestException", message, times=3)
+    aws.call("iot", "list_topic_rules", resource="iot.rule r", retry_on=IAM_PROPAGATION)
+    assert aws.retries["iot:list_topic_rules"] == 3
