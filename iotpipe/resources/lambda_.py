@@ -61,10 +61,15 @@ _MAX_PROBES = 16
 def _layer_unreadable(exc: AwsError) -> bool:
     """AWS's answer for a version of another account's layer that does not exist (or that the
     caller may not use): AccessDeniedException "... because no resource-based policy allows the
-    lambda:GetLayerVersion action"; ResourceNotFoundException for a layer of the caller's own."""
+    lambda:GetLayerVersion action" (older answers give no reason); ResourceNotFoundException for
+    a layer of the caller's own. A denial by the caller's own policies (identity-based, a
+    permissions boundary, a service control policy) names that instead."""
     if exc.code == "ResourceNotFoundException":
         return True
-    return exc.code == "AccessDeniedException" and "identity-based policy" not in str(exc)
+    text = str(exc)
+    return exc.code == "AccessDeniedException" and (
+        "resource-based policy" in text or " because " not in text
+    )
 
 
 def _layer_exists(aws: Aws, arn: str) -> bool:
