@@ -565,10 +565,11 @@ class _Absent(Exception):
     """A page answered with a `missing` code: the listing ends."""
 
 
-# Operations that take their filters on the first page only: Kinesis ListShards refuses
-# StreamName (and the rest) together with NextToken ("If you specify NextToken, you can't specify
-# StreamName", Kinesis API reference, ListShards), while botocore's paginator sends them on every
-# page.
+# Operations that take their filters on the first page only, while botocore's paginator sends
+# them on every page. Kinesis ListShards (API reference): StreamName and ExclusiveStartShardId
+# "You cannot specify this parameter if you specify the NextToken parameter"; "Don't specify
+# StreamName or StreamCreationTimestamp if you specify NextToken because the latter unambiguously
+# identifies the stream." The stream's ARN and the shard filter go with the first page too.
 _FIRST_PAGE_ONLY: dict[tuple[str, str], tuple[str, ...]] = {
     ("kinesis", "list_shards"): (
         "StreamName",
