@@ -29,6 +29,11 @@ UNSCOPED_ACTIONS: dict[str, str] = {
     "sns:Unsubscribe": "up removes alert e-mails dropped from the config",
     "glue:CreateCrawler": "scoped instead by the aws:RequestTag condition on the stack tag",
     "kms:CreateKey": "scoped instead by the aws:RequestTag condition on the stack tag",
+    "iot:ListThings": "down lists the stack's devices (the things of its thing type)",
+    "iot:DescribeEndpoint": "down deletes device shadows at the account's IoT data endpoint",
+    "iot:ListThingPrincipals": "down waits for a deleted device's certificates to be detached",
+    "iot:DetachThingPrincipal": "down detaches a deleted device's certificates from it",
+    "iot:ListAttachedPolicies": "down detaches the policies of a deleted device's certificates",
 }
 # Unscoped actions that carry a condition of their own, in their own statements.
 _CONDITIONED = ("lambda:CreateEventSourceMapping", "glue:CreateCrawler", "kms:CreateKey")
@@ -329,6 +334,21 @@ def operator_policy(names: Names) -> dict[str, Any]:
             "DetachDevicePolicy",
             ["iot:DetachPolicy"],
             [names.arn("iot", "cert/*")],
+        ),
+        # `down --delete-data` revokes and deletes the stack's devices; thing names are the
+        # user's and certificate ids random, so the account's things and certificates are the
+        # narrowest scope AWS offers.
+        _statement(
+            "DeleteStackDevices",
+            [
+                "iot:DescribeThing",
+                "iot:DeleteThing",
+                "iot:DeleteThingShadow",
+                "iot:DescribeCertificate",
+                "iot:UpdateCertificate",
+                "iot:DeleteCertificate",
+            ],
+            [names.arn("iot", "thing/*"), names.arn("iot", "cert/*")],
         ),
         _statement(
             "Timeseries",

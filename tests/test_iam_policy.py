@@ -103,13 +103,15 @@ def test_resource_star_only_for_actions_without_resource_level_permissions(polic
 
 
 def test_every_resource_is_the_stacks_own(policy):
-    # The few ARNs AWS gives no name to scope by: the managed KMS key, device certificates,
-    # event source mappings (scoped by function instead), AWS's public Powertools layer, and the
-    # account's Data Catalog (which every Glue database action names too).
+    # The few ARNs AWS gives no name to scope by: the managed KMS key, device certificates and
+    # things (named by the user, deleted by `down --delete-data`), event source mappings (scoped
+    # by function instead), AWS's public Powertools layer, and the account's Data Catalog (which
+    # every Glue database action names too).
     unnamed = {
         f"arn:aws:glue:us-east-1:{ACCOUNT}:catalog",
         f"arn:aws:kms:us-east-1:{ACCOUNT}:key/*",
         f"arn:aws:iot:us-east-1:{ACCOUNT}:cert/*",
+        f"arn:aws:iot:us-east-1:{ACCOUNT}:thing/*",
         f"arn:aws:lambda:us-east-1:{ACCOUNT}:event-source-mapping:*",
         "arn:aws:lambda:us-east-1:017000801446:layer:AWSLambdaPowertoolsPythonV3-*",
     }
