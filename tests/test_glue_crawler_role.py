@@ -129,3 +129,47 @@ def test_nothing_beyond_the_archive_table_and_its_logs(role, action, resource) -
 
 def test_the_role_documents_lint_clean(role) -> None:
     assert parliament_findings(role["policy"]) == [], json.dumps(role["policy"], indent=1)
+
+
+def _crawler_with_trust(endpoint: str, trust: dict[str, Any]) -> str | None:
+    """Create a crawler with a role of this trust; the error code if Glue still refuses it after
+    the attempts a new role needs to propagate (the emulator refuses its first few)."""
+    import botocore.exceptions
+
+    iam, glue = client(endpoint, "iam"), client(endpoint, "glue")
+    iam.create_role(RoleName="crawler-trust", AssumeRolePolicyDocument=json.dumps(trust))
+    glue.create_database(DatabaseInput={"Name": "trustdb"})
+    error = None
+    for _ in range(20):
+        try:
+            glue.create_crawler(
+                Name="trust-crawler",
+                Role=f"arn:aws:iam::{ACCOUNT}:role/crawler-trust",
+                DatabaseName="trustdb",
+                Targets={"S3Targets": [{"Path": "s3://bucket/readings/"}]},
+            )
+            return None
+        except botocore.exceptions.ClientError as exc:
+            error = exc.response["Error"]
+            assert "unable to assume provided role" in error["Message"], error
+    return error["Code"] if error else None
+
+
+def test_the_emulator_refuses_a_crawler_role_glue_cannot_assume(endpoint: str) -> None:
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "glue.amazonaws.com"},
+                "Action": "sts:AssumeRole",
+                "Condition": {"StringEquals": {"aws:SourceAccount": ACCOUNT}},
+            }
+        ],
+    }
+    assert _crawler_with_trust(endpoint, trust) == "InvalidInputException"
+
+
+def test_the_emulator_accepts_the_documented_glue_trust(endpoint: str, role) -> None:
+    assert _crawler_with_trust(endpoint, role["trust"]) is None
+    assert client(endpoint, "glue").get_crawler(Name="trust-crawler")["Crawler"]["Role"]
