@@ -100,3 +100,21 @@ def test_down_is_not_held_up_by_a_missing_layer_version(cli, tmp_path) -> None:
     config = write_config(tmp_path / "old.toml", processor={"powertools_layer_version": 99})
     result = cli("down", "--yes", config=config)
     assert result.exit_code == 0, result
+
+
+def test_a_region_without_the_layer_is_said_plainly(cli, faults) -> None:
+    faults.fail(
+        "lambda",
+        "GetLayerVersionByArn",
+        "AccessDeniedException",
+        "User: arn:aws:iam::123456789012:root is not authorized to perform: "
+        "lambda:GetLayerVersion on resource: the layer because no resource-based policy allows "
+        "the lambda:GetLayerVersion action",
+        status=403,
+        times=None,
+    )
+    result = cli("plan")
+    assert result.exit_code == 1, result
+    assert "no version of AWS's layer AWSLambdaPowertoolsPythonV3-python311-arm64" in result.stderr
+    assert faults.calls.count(("lambda", "GetLayerVersionByArn")) <= 20
+    assert "Traceback" not in result.stderr
