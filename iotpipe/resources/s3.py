@@ -11,6 +11,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from iotpipe.engine.model import Change, Resource
+from iotpipe.engine.reconcile import report_wait
 from iotpipe.errors import AwsError
 
 if TYPE_CHECKING:
@@ -265,8 +266,10 @@ class ArchiveBucket(Resource):
 
 def wait_for_stream_gone(aws: Aws, stream: str, label: str) -> None:
     """Wait until the delivery stream writing into the bucket no longer exists."""
+    reported = False
 
     def gone() -> bool:
+        nonlocal reported
         found = aws.call(
             "firehose",
             "describe_delivery_stream",
@@ -282,6 +285,12 @@ def wait_for_stream_gone(aws: Aws, stream: str, label: str) -> None:
                 f"Firehose delivery stream {stream} failed to delete, and may still write here",
                 resource=label,
                 hint="delete the stream in the Firehose console, then run `down` again",
+            )
+        if not reported:
+            reported = True
+            report_wait(
+                f"Firehose delivery stream {stream} is {status or 'still there'}: it may flush "
+                "objects into the bucket until it is gone, so the bucket is emptied after that"
             )
         return False
 
