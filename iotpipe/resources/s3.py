@@ -75,8 +75,9 @@ def lifecycle_rules(ctx: StackContext) -> list[dict[str, Any]]:
         # Parts of uploads that never completed are billed but invisible.
         {"id": "abort-incomplete-uploads", "prefix": "", "abort_incomplete_days": 7},
         # Versioning keeps what is deleted or expired above as noncurrent versions: remove them
-        # after a grace period, then the delete markers nothing is left behind. S3 refuses
-        # ExpiredObjectDeleteMarker in a rule with Expiration Days, hence a rule of its own.
+        # after a grace period, then the delete markers left with no version behind them.
+        # ExpiredObjectDeleteMarker "cannot be specified with Days or Date" (S3 API reference,
+        # LifecycleExpiration), hence a rule of its own.
         {
             "id": "noncurrent-versions",
             "prefix": "",
