@@ -119,7 +119,6 @@ class Emulator:
         request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")
         with urllib.request.urlopen(request) as response:
             response.read()
-        aws_rules.reset()
 
     def stop(self) -> None:
         self._server.stop()

@@ -210,7 +210,21 @@ def install() -> None:
         return status, headers, body
 
     BaseResponse.call_action = call_action
+    _forget_with_the_accounts()
     _installed = True
+
+
+def _forget_with_the_accounts() -> None:
+    """A reset of the emulator (`/moto-api/reset`, from any process) resets the rules' state."""
+    from moto.moto_api._internal.models import MotoAPIBackend
+
+    original = MotoAPIBackend.reset
+
+    def reset_too(backend: MotoAPIBackend) -> None:
+        original(backend)
+        reset()
+
+    MotoAPIBackend.reset = reset_too
 
 
 def _parameters(response: Any, operation: str) -> dict[str, Any]:
