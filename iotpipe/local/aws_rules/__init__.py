@@ -29,6 +29,7 @@ import json
 import os
 import threading
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -252,8 +253,16 @@ def _parameters(response: Any, operation: str) -> dict[str, Any]:
 
 def _refuse(response: Any, refusal: AwsRefusal) -> Any:
     from moto.core.responses import ActionResult
+    from moto.core.utils import get_service_model
 
-    status, headers, body = response.serialized(ActionResult(refusal))
+    with warnings.catch_warnings():
+        # moto warns of a code its model lacks; AWS sends such codes too.
+        warnings.simplefilter("ignore", UserWarning)
+        status, headers, body = response.serialized(ActionResult(refusal))
+    # The status comes from the service model's error shape; for a code the model lacks (Lambda's
+    # AccessDeniedException, say) it is the refusal's own.
+    if refusal.code not in get_service_model(response.boto3_service_name).shape_names:
+        status = refusal.http_status_code
     headers["status"] = str(status)
     return status, headers, body
 
