@@ -246,3 +246,37 @@ def test_the_bucket_is_emptied_only_once_the_delivery_stream_is_gone(
     assert looks[-1] < calls.index(("s3", "ListObjectVersions")), calls
     with pytest.raises(botocore.exceptions.ClientError):
         client(endpoint, "s3").head_bucket(Bucket=BUCKET)
+
+
+def test_the_emulator_refuses_the_lifecycle_a_too_early_config_would_send(
+    bare_bucket, endpoint: str
+) -> None:
+    """What the config refuses, S3 (and so the emulator) refuses too, had it been sent."""
+    from iotpipe.config import ArchiveSection, Config
+    from iotpipe.resources.s3 import _rule_input, lifecycle_rules
+
+    # Bypass the config's own check, as a config of another tool would.
+    config = Config().model_copy(
+        update={
+            "archive": ArchiveSection.model_construct(
+                **{**ArchiveSection().__dict__, "transition_to_ia_days": 7}
+            )
+        }
+    )
+    ctx = StackContext(config, Aws(region=REGION, endpoint_url=endpoint))
+    rules = [_rule_input(r) for r in lifecycle_rules(ctx)]
+    with pytest.raises(botocore.exceptions.ClientError) as caught:
+        bare_bucket.put_bucket_lifecycle_configuration(
+            Bucket="lifecycle-rules", LifecycleConfiguration={"Rules": rules}
+        )
+    assert caught.value.response["Error"]["Code"] == "InvalidArgument"
+    assert caught.value.response["Error"]["Message"] == (
+        "'Days' in Transition action must be greater than or equal to 30 for storageClass "
+        "'STANDARD_IA'"
+    )
+    # The defaults pass.
+    default = StackContext(Config(), Aws(region=REGION, endpoint_url=endpoint))
+    bare_bucket.put_bucket_lifecycle_configuration(
+        Bucket="lifecycle-rules",
+        LifecycleConfiguration={"Rules": [_rule_input(r) for r in lifecycle_rules(default)]},
+    )
