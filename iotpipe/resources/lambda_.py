@@ -17,6 +17,7 @@ from iotpipe.errors import AwsError, ConfigError
 from iotpipe.packaging import CodeBundle, processor_bundle
 from iotpipe.resources.iam import ServiceRole, allow, policy_document, trust_policy
 from iotpipe.resources.logs import LogGroup
+from iotpipe.resources.timestream import MAGNETIC_STORE_WRITES
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
@@ -165,6 +166,10 @@ def processor_environment(ctx: StackContext) -> dict[str, str]:
         "TIMESERIES_DATABASE": names.timeseries_database if timeseries else "",
         "TIMESERIES_TABLE": names.timeseries_table if timeseries else "",
         "TIMESERIES_MEMORY_RETENTION_HOURS": str(config.timeseries.memory_retention_hours),
+        # The time-series sink sends what the table takes: with magnetic-store writes, readings
+        # up to the magnetic retention old.
+        "TIMESERIES_MAGNETIC_STORE_WRITES": "true" if MAGNETIC_STORE_WRITES else "false",
+        "TIMESERIES_MAGNETIC_RETENTION_DAYS": str(config.timeseries.magnetic_retention_days),
         "ARCHIVE_DELIVERY_STREAM": names.archive_delivery_stream,
         "ARCHIVE_BUCKET": names.archive_bucket,
         "QUARANTINE_PREFIX": names.quarantine_prefix,
