@@ -29,6 +29,7 @@ _ACTION_STYLE = {
     Action.NOOP: ("=", "dim"),
     Action.KEEP: ("k", "cyan"),
     Action.SKIP: ("!", "yellow"),
+    Action.DEFER: ("...", "yellow"),
 }
 _STATE_STYLE = {
     "in sync": "green",

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from iotpipe.aws import Aws
+from iotpipe.aws import IAM_PROPAGATION, Aws
 from iotpipe.local.esm import KinesisPoller
 
 STREAM = "readings"
@@ -97,10 +97,12 @@ def make_pipeline(aws: Aws, tmp_path: Path, **mapping: Any) -> tuple[str, str]:
         RoleName="processor",
         AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}),
     )["Role"]["Arn"]
+    # A role created a moment ago is not yet assumable by Lambda (the emulator holds it to that).
     aws.call(
         "lambda",
         "create_function",
         resource="f",
+        retry_on=IAM_PROPAGATION,
         FunctionName=FUNCTION,
         Runtime="python3.11",
         Role=role,
@@ -124,6 +126,7 @@ def make_pipeline(aws: Aws, tmp_path: Path, **mapping: Any) -> tuple[str, str]:
         "lambda",
         "create_event_source_mapping",
         resource="esm",
+        retry_on=IAM_PROPAGATION,
         FunctionName=FUNCTION,
         EventSourceArn=stream_arn,
         **settings,

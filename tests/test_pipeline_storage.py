@@ -14,7 +14,7 @@ import pytest
 from parliament import analyze_policy_string
 
 from iotpipe import aws as aws_module
-from iotpipe.engine.model import Action, Change, Plan, Resource, Step, Unavailable
+from iotpipe.engine.model import Action, Change, Deferred, Plan, Resource, Step, Unavailable
 from iotpipe.engine.reconcile import execute, plan_up
 from iotpipe.resources.firehose import ARCHIVE_PREFIX, ERROR_PREFIX
 from tests.faults import Rule
@@ -902,6 +902,20 @@ def test_an_optional_resource_unavailable_at_create_is_skipped_with_its_dependen
     assert plan.skipped[0].note == "service closed to this account"
     assert plan.skipped[1].note == "skipped with fake/sink"
     assert other.created and not table.created
+
+
+def test_a_step_aws_allows_only_later_is_deferred_and_holds_back_nothing() -> None:
+    class Later(_Fake):
+        def update(self, aws: Any, changes: list[Change]) -> None:
+            raise Deferred("one TTL change per table per hour", resource=self.label)
+
+    table = Later("table", optional=False, fail_create=False)
+    function = _Fake("function", optional=False, fail_create=False, depends_on=(table.key,))
+    plan = Plan([Step(Action.UPDATE, table), Step(Action.CREATE, function)])
+    execute(_Converged(), plan)  # type: ignore[arg-type]
+    assert [s.action for s in plan.steps] == [Action.DEFER, Action.CREATE]
+    assert plan.deferred[0].note == "one TTL change per table per hour"
+    assert function.created
 
 
 def test_a_required_resource_that_is_unavailable_fails_the_run() -> None:

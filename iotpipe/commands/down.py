@@ -49,7 +49,7 @@ def down(
     for step in result.steps:
         if step.action is Action.KEEP and step.resource.kind == "iot.devices":
             app.out.warn(f"{step.resource.label}: {step.note}")
-    for step in result.skipped:
+    for step in [*result.skipped, *result.deferred]:
         app.out.warn(f"{step.resource.label}: {step.note}")
     if app.out.json_mode:
         app.out.data({**result.to_dict(), "seconds": round(seconds, 1)})

@@ -47,15 +47,20 @@ def simulate(
 
     app = get_app(ctx)
     out = app.out
-    devices, left_out = active_devices(app.aws, load_devices(devices_dir))
-    if left_out:
-        out.warn(f"not publishing as {len(left_out)} device(s): {', '.join(left_out)}")
-    if not devices:
-        raise UsageError(
-            f"no device under {devices_dir} has an active certificate",
-            hint="register devices with `iotpipe devices register --out-dir DIR`",
-        )
+    devices = load_devices(devices_dir)
     endpoint = app.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        # The emulator's data plane takes any publish; AWS IoT Core refuses a certificate that is
+        # not ACTIVE at connect ("Devices cannot use a certificate that is not in the ACTIVE
+        # state to reconnect", UpdateCertificate API reference), so only here is it checked.
+        devices, left_out = active_devices(app.aws, devices)
+        if left_out:
+            out.warn(f"not publishing as {len(left_out)} device(s): {', '.join(left_out)}")
+        if not devices:
+            raise UsageError(
+                f"no device under {devices_dir} has an active certificate",
+                hint="register devices with `iotpipe devices register --out-dir DIR`",
+            )
     if endpoint:
         publisher = HttpPublisher(app.aws)
         target = f"the IoT data plane at {endpoint}"

@@ -20,6 +20,9 @@ def up(ctx: typer.Context, yes: YesOption = False) -> None:
     # A skipped optional resource is not a failure: say why and how to stop seeing it.
     for step in result.skipped:
         app.out.warn(f"{step.resource.label} skipped: {step.note}")
+    # A change AWS allows only later is not a failure either: say when to finish it.
+    for step in result.deferred:
+        app.out.warn(f"{step.resource.label}: {step.note}")
     if app.out.json_mode:
         app.out.data(
             {**result.to_dict(), "applied": not result.is_empty, "seconds": round(seconds, 1)}

@@ -49,6 +49,7 @@ class Action(StrEnum):
     DELETE = "delete"
     KEEP = "keep"  # `down` leaves a data store, or a resource the stack does not own
     SKIP = "skip"  # an optional resource whose service this account cannot use
+    DEFER = "deferred"  # applied as far as AWS allows now; a later run finishes it
 
 
 @dataclass(frozen=True)
@@ -179,11 +180,16 @@ class Plan:
 
     @property
     def changes(self) -> list[Step]:
-        return [s for s in self.steps if s.action not in (Action.NOOP, Action.KEEP, Action.SKIP)]
+        unchanged = (Action.NOOP, Action.KEEP, Action.SKIP, Action.DEFER)
+        return [s for s in self.steps if s.action not in unchanged]
 
     @property
     def skipped(self) -> list[Step]:
         return [s for s in self.steps if s.action is Action.SKIP]
+
+    @property
+    def deferred(self) -> list[Step]:
+        return [s for s in self.steps if s.action is Action.DEFER]
 
     @property
     def is_empty(self) -> bool:

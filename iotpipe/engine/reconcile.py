@@ -299,7 +299,13 @@ def execute(
                 if error is None:
                     finished.add(step.resource.key)
                     notify(step, "done", None)
-                elif _left_for_later(step, error):
+                elif isinstance(error, Deferred):
+                    # Done as far as AWS allows now; what depends on it goes ahead.
+                    step.action = Action.DEFER
+                    step.note = error.reason
+                    finished.add(step.resource.key)
+                    notify(step, "skipped", error)
+                elif isinstance(error, Unavailable) and step.resource.optional:
                     _skip(step, error.reason)
                     finished.add(step.resource.key)
                     notify(step, "skipped", error)
@@ -311,12 +317,6 @@ def execute(
         if isinstance(error, IotpipeError):
             raise error
         raise AwsError(f"{step.action} failed: {error}", resource=step.resource.label) from error
-
-
-def _left_for_later(step: Step, error: BaseException) -> bool:
-    """An optional service unavailable, or a step AWS allows only later: not a failure."""
-    optional = isinstance(error, Unavailable) and step.resource.optional
-    return optional or isinstance(error, Deferred)
 
 
 def _skip(step: Step, reason: str) -> None:
