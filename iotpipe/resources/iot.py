@@ -96,6 +96,16 @@ def rule_sql(app: str) -> str:
     )
 
 
+def describe_thing_type(aws: Aws, name: str, label: str) -> dict[str, Any] | None:
+    return aws.call(
+        "iot",
+        "describe_thing_type",
+        resource=label,
+        missing=("ResourceNotFoundException",),
+        thingTypeName=name,
+    )
+
+
 class SensorThingType(Resource):
     kind = "iot.thing-type"
     # AWS cannot change a thing type's description; it can only deprecate and delete the type.
@@ -111,13 +121,7 @@ class SensorThingType(Resource):
         return _owner_from_text(observed.get("description"))
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        found = aws.call(
-            "iot",
-            "describe_thing_type",
-            resource=self.label,
-            missing=("ResourceNotFoundException",),
-            thingTypeName=self.name,
-        )
+        found = describe_thing_type(aws, self.name, self.label)
         if found is None:
             return None
         return {
@@ -192,13 +196,7 @@ class SensorThingType(Resource):
             ) from exc
 
     def _deletable_at(self, aws: Aws) -> str:
-        found = aws.call(
-            "iot",
-            "describe_thing_type",
-            resource=self.label,
-            missing=("ResourceNotFoundException",),
-            thingTypeName=self.name,
-        )
+        found = describe_thing_type(aws, self.name, self.label)
         since = ((found or {}).get("thingTypeMetadata") or {}).get("deprecationDate")
         if not isinstance(since, datetime):
             return "5 minutes"
@@ -234,13 +232,7 @@ class DeviceFleet(Resource):
         return {}
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        found = aws.call(
-            "iot",
-            "describe_thing_type",
-            resource=self.label,
-            missing=("ResourceNotFoundException",),
-            thingTypeName=self.name,
-        )
+        found = describe_thing_type(aws, self.name, self.label)
         if found is None:
             return None
         devices = sorted(thing["name"] for thing in self._fleet(aws).list())
