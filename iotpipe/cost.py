@@ -72,6 +72,23 @@ def archive_storage_tiers(config: Config) -> list[tuple[str, int, int]]:
 
 
 # Prices ----------------------------------------------------------------------------------------
+# The custom metrics the processor (lambda_src/processor/handler.py) emits, each one name under
+# one dimension set, so each billed as one metric-month; "timeseries" marks the one emitted only
+# with the time-series sink on. A test runs the handler and compares its EMF output with this.
+PROCESSOR_METRICS: dict[str, str] = {
+    "ReadingsReceived": "always",
+    "ReadingsValid": "always",
+    "ReadingsQuarantined": "always",
+    "ReadingsFailed": "always",
+    "DeviceStateWritten": "always",
+    "DeviceStateSkippedOlder": "always",
+    "ArchiveWritten": "always",
+    "Retries": "always",
+    "BatchAgeMs": "always",
+    "TimeSeriesWritten": "timeseries",
+}
+
+
 @dataclass(frozen=True)
 class Prices:
     region: str
@@ -238,7 +255,8 @@ class Assumptions:
     # None: as many alarms as `up` deploys for the config.
     alarms: int | None = None
     dashboards: int = 1
-    custom_metrics: int = 4
+    # None: as many as the processor emits for the config (PROCESSOR_METRICS).
+    custom_metrics: int | None = None
     log_bytes_per_invocation: int = 1000
 
     def notes(self, config: Config) -> list[str]:
@@ -263,11 +281,18 @@ class Assumptions:
             f"{config.archive.noncurrent_version_expire_days} days more, a negligible amount",
             f"a crawler run uses {self.crawler_dpus:g} DPUs for the billing minimum",
             f"CloudWatch: {self.alarm_count(config)} alarms, {self.dashboards} dashboard, "
-            f"{self.custom_metrics} custom metrics, {self.log_bytes_per_invocation} bytes of "
+            f"{self.custom_metric_count(config)} custom metrics, "
+            f"{self.log_bytes_per_invocation} bytes of "
             "log per invocation",
             "device-state writes per batch: the distinct devices expected in a batch drawn from "
             "the devices of one shard",
         ]
+
+    def custom_metric_count(self, config: Config) -> int:
+        if self.custom_metrics is not None:
+            return self.custom_metrics
+        emitted = {"always", "timeseries"} if config.timeseries.enabled else {"always"}
+        return sum(1 for needs in PROCESSOR_METRICS.values() if needs in emitted)
 
     def alarm_count(self, config: Config) -> int:
         from iotpipe.resources.cloudwatch import alarm_count
@@ -675,7 +700,7 @@ def estimate(
     add(
         cw,
         "custom metrics (processor)",
-        a.custom_metrics,
+        a.custom_metric_count(config),
         "metric-months",
         p("cloudwatch", "custom_metric_month"),
         meter="cloudwatch.custom_metrics",

@@ -360,3 +360,21 @@ def test_failures_are_reported_by_sequence_number(intercept, faults, sinks) -> N
         {"itemIdentifier": sequences[2]},
     ]
     assert failed_sequence_numbers(response) == {sequences[0], sequences[2]}
+
+
+def test_the_cost_model_counts_the_custom_metrics_the_processor_emits(
+    intercept, faults, sinks, capsys
+) -> None:
+    from iotpipe.config import parse_config
+    from iotpipe.cost import PROCESSOR_METRICS, Assumptions
+
+    now = now_ms()
+    handler.lambda_handler(kinesis_event(message("pump-1", ts=now - 1_000)), LambdaContext())
+
+    emitted = set(emf_metrics(capsys.readouterr().out))
+    # The processor tests run with the time-series sink on.
+    assert emitted == set(PROCESSOR_METRICS)
+    config = parse_config({"stack": {"name": "test"}, "timeseries": {"enabled": True}})
+    assert Assumptions().custom_metric_count(config) == len(emitted)
+    off = parse_config({"stack": {"name": "test"}})
+    assert Assumptions().custom_metric_count(off) == len(emitted) - 1
