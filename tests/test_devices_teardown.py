@@ -86,6 +86,15 @@ def test_simulate_never_uses_a_revoked_devices_credentials(
     assert left_out == ["pump-1 (certificate revoked)"]
 
 
+def test_plan_names_the_registered_devices(cli, stack_with_devices):
+    plan = cli("plan", "-v", "--output", "json")
+
+    assert plan.exit_code == 0, plan
+    [thing_type] = [s for s in plan.json["steps"] if s["kind"] == "iot.thing-type"]
+    assert thing_type["action"] == "no-change"
+    assert "registered devices: pump-1, pump-2" in thing_type["note"]
+
+
 def test_down_keeps_the_devices_and_the_thing_type_and_policy_they_need(
     cli, iot, stack_with_devices
 ):

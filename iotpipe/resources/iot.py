@@ -30,6 +30,8 @@ THING = "${iot:Connection.Thing.ThingName}"
 SQL_VERSION = "2016-03-23"
 # "Before you can delete a thing type, wait for five minutes after you deprecate it."
 DEPRECATION_WAIT = timedelta(minutes=5)
+# How many of the type's devices a plan names.
+PLAN_DEVICES = 5
 # AWS keeps at most five versions of an IoT policy.
 MAX_POLICY_VERSIONS = 5
 # Statement ids allow only letters and digits; stack names are lowercase, so "X" stands for "-".
@@ -121,13 +123,35 @@ class SensorThingType(Resource):
         return _owner_from_text(observed.get("description"))
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        found = describe_thing_type(aws, self.name, self.label)
+        found, users = aws.gather(
+            lambda: describe_thing_type(aws, self.name, self.label),
+            # The first few devices of the type, for the plan to name (one call, not the fleet).
+            lambda: aws.call(
+                "iot",
+                "list_things",
+                resource=self.label,
+                thingTypeName=self.name,
+                maxResults=PLAN_DEVICES + 1,
+            ),
+        )
         if found is None:
             return None
         return {
             "description": found.get("thingTypeProperties", {}).get("thingTypeDescription"),
             "deprecated": bool(found.get("thingTypeMetadata", {}).get("deprecated")),
+            "devices": [thing["thingName"] for thing in users.get("things", [])],
         }
+
+    def notes(self, observed: dict[str, Any]) -> list[str]:
+        devices = observed.get("devices") or []
+        if not devices:
+            return []
+        shown = ", ".join(devices[:PLAN_DEVICES])
+        more = " and more" if len(devices) > PLAN_DEVICES else ""
+        return [
+            f"registered devices: {shown}{more} (`down` keeps them; `down --delete-data` "
+            "revokes and deletes them)"
+        ]
 
     def create(self, aws: Aws) -> None:
         aws.call(
