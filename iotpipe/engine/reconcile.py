@@ -161,9 +161,9 @@ def plan_down(aws: Aws, resources: list[Resource], stack: str, *, delete_data: b
 
 
 def _keep_what_kept_resources_need(steps: list[Step]) -> None:
-    """A resource that stays keeps what it depends on (devices keep their thing type)."""
+    """A data store that stays keeps what it depends on (devices keep their thing type)."""
     by_key = {s.resource.key: s for s in steps}
-    kept = [s for s in steps if s.action is Action.KEEP]
+    kept = [s for s in steps if s.action is Action.KEEP and s.resource.data_store]
     while kept:
         step = kept.pop()
         for dep in step.resource.depends_on:
