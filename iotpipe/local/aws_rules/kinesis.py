@@ -19,6 +19,15 @@ DELETE_SECONDS = 30.0
 SCALINGS_PER_DAY = 10
 DAY_SECONDS = 86_400.0
 MAX_SHARDS = 10_000
+# Changes AWS refuses while the stream is not ACTIVE.
+_NEEDS_ACTIVE = (
+    "AddTagsToStream",
+    "UpdateShardCount",
+    "UpdateStreamMode",
+    "IncreaseStreamRetentionPeriod",
+    "DecreaseStreamRetentionPeriod",
+    "StartStreamEncryption",
+)
 # The control-plane operations that see a stream; each first forgets finished deletions. (Not the
 # data plane: AWS may accept records for a DELETING stream, and its calls stay unparsed and fast.)
 _SEES_STREAMS = (
@@ -29,21 +38,7 @@ _SEES_STREAMS = (
     "ListStreams",
     "ListShards",
     "ListTagsForStream",
-    "AddTagsToStream",
-    "UpdateShardCount",
-    "UpdateStreamMode",
-    "IncreaseStreamRetentionPeriod",
-    "DecreaseStreamRetentionPeriod",
-    "StartStreamEncryption",
-)
-# Changes AWS refuses while the stream is not ACTIVE.
-_NEEDS_ACTIVE = (
-    "AddTagsToStream",
-    "UpdateShardCount",
-    "UpdateStreamMode",
-    "IncreaseStreamRetentionPeriod",
-    "DecreaseStreamRetentionPeriod",
-    "StartStreamEncryption",
+    *_NEEDS_ACTIVE,
 )
 
 
