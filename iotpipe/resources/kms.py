@@ -102,6 +102,10 @@ class AlertsKey(Resource):
     def alias(self) -> str:
         return alias_name(self.ctx.names)
 
+    def _tags(self) -> list[dict[str, str]]:
+        """The stack's tags in KMS's own form (TagKey/TagValue, not Key/Value)."""
+        return [{"TagKey": k, "TagValue": v} for k, v in self.ctx.tags.items()]
+
     def _policy(self) -> dict[str, Any]:
         arns = [
             self.ctx.names.arn("cloudwatch", f"alarm:{spec.alarm_name(self.ctx.stack)}")
@@ -177,7 +181,7 @@ class AlertsKey(Resource):
             KeyUsage="ENCRYPT_DECRYPT",
             KeySpec="SYMMETRIC_DEFAULT",
             Policy=json.dumps(self._policy()),
-            Tags=[{"TagKey": k, "TagValue": v} for k, v in self.ctx.tags.items()],
+            Tags=self._tags(),
         )
         key_id = created["KeyMetadata"]["KeyId"]
         try:
@@ -212,7 +216,7 @@ class AlertsKey(Resource):
                     "tag_resource",
                     resource=self.label,
                     KeyId=key_id,
-                    Tags=[{"TagKey": k, "TagValue": v} for k, v in self.ctx.tags.items()],
+                    Tags=self._tags(),
                 )
             elif change.field == "policy":
                 aws.call(
