@@ -139,7 +139,7 @@ class SensorThingType(Resource):
         return {
             "description": found.get("thingTypeProperties", {}).get("thingTypeDescription"),
             "deprecated": bool(found.get("thingTypeMetadata", {}).get("deprecated")),
-            "devices": [thing["thingName"] for thing in users.get("things", [])],
+            "devices": sorted(thing["thingName"] for thing in users.get("things", [])),
         }
 
     def notes(self, observed: dict[str, Any]) -> list[str]:
