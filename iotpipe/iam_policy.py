@@ -8,9 +8,11 @@ resource; iam:PassRole is granted only for the stack's four service roles, each 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from iotpipe.engine.model import STACK_TAG
+from iotpipe.errors import IotpipeError
 from iotpipe.naming import Names
 from iotpipe.resources.iam import POLICY_VERSION
 
@@ -504,3 +506,41 @@ def operator_policy(names: Names) -> dict[str, Any]:
         ),
     ]
     return {"Version": POLICY_VERSION, "Statement": statements}
+
+
+# A customer managed policy holds at most 6,144 characters, whitespace not counted (IAM and AWS
+# STS quotas, "IAM and STS character limits"); `aws iam create-policy` refuses a larger one.
+MANAGED_POLICY_CHARACTERS = 6144
+
+
+def policy_characters(document: dict[str, Any]) -> int:
+    """The size IAM holds a policy document to: its characters, whitespace not counted."""
+    return len("".join(json.dumps(document).split()))
+
+
+def split_policy(document: dict[str, Any], limit: int = MANAGED_POLICY_CHARACTERS) -> list[dict]:
+    """The document's statements, in order, as few documents as fit `limit` each."""
+    documents: list[dict[str, Any]] = []
+    for statement in document["Statement"]:
+        if documents:
+            candidate = {**documents[-1], "Statement": [*documents[-1]["Statement"], statement]}
+            if policy_characters(candidate) <= limit:
+                documents[-1] = candidate
+                continue
+        alone = {"Version": document["Version"], "Statement": [statement]}
+        if policy_characters(alone) > limit:
+            raise IotpipeError(f"internal: policy statement {statement['Sid']} exceeds {limit}")
+        documents.append(alone)
+    return documents
+
+
+# Who needs which policy. Each job's policy is printed as customer managed policy documents.
+JOBS: dict[str, str] = {
+    "deploy": "plan, up, down and status: the person or CI role that deploys and tears down",
+}
+
+
+def job_policies(names: Names, jobs: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Each job's policy as documents that each fit a customer managed policy."""
+    builders = {"deploy": operator_policy}
+    return {job: split_policy(builders[job](names)) for job in (jobs or list(JOBS))}

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 from typing import Any
 
+import botocore.exceptions
 import botocore.session
 import pytest
 
-from iotpipe.iam_policy import ROLE_SERVICES, UNSCOPED_ACTIONS, operator_policy
+from iotpipe.iam_policy import (
+    JOBS,
+    MANAGED_POLICY_CHARACTERS,
+    ROLE_SERVICES,
+    UNSCOPED_ACTIONS,
+    job_policies,
+    operator_policy,
+    policy_characters,
+)
 from iotpipe.naming import Names
 from tests.policy_lint import parliament_findings, required_resource_types
+from tests.support import client
 
 ACCOUNT = "123456789012"
 NAMES = Names(stack="plant-7", app="sensors", region="us-east-1", account=ACCOUNT)
@@ -199,25 +210,68 @@ def test_log_groups_of_the_stack_are_covered(policy):
         assert any(group.startswith(p.rstrip("*")) for p in patterns), group
 
 
+def _merged(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    statements = [statement for document in documents for statement in document["Statement"]]
+    return {"Version": documents[0]["Version"], "Statement": statements}
+
+
 def test_cli_prints_the_policy_for_a_given_account(cli, faults):
     faults.calls.clear()
     result = cli("iam-policy", "--account-id", "210987654321")
     assert result.exit_code == 0, result
-    policy = result.json
+    assert set(result.json) == set(JOBS)
+    policy = _merged(result.json["deploy"])
     assert "arn:aws:kinesis:us-east-1:210987654321:stream/test-*" in [
         r for s in policy["Statement"] for r in as_list(s["Resource"])
     ]
-    assert parliament_findings(policy) == []
+    for document in result.json["deploy"]:
+        assert parliament_findings(document) == []
     assert faults.calls == []
 
 
 def test_cli_asks_sts_for_the_account_when_not_given(cli, faults):
     faults.calls.clear()
-    result = cli("iam-policy")
+    result = cli("iam-policy", "--job", "deploy")
     assert result.exit_code == 0, result
     assert ("sts", "GetCallerIdentity") in faults.calls
-    resources = [r for s in result.json["Statement"] for r in as_list(s["Resource"])]
+    resources = [r for s in _merged(result.json)["Statement"] for r in as_list(s["Resource"])]
     assert f"arn:aws:dynamodb:us-east-1:{ACCOUNT}:table/test-*" in resources
+
+
+def test_cli_rejects_an_unknown_job(cli, faults):
+    faults.calls.clear()
+    result = cli("iam-policy", "--job", "admin")
+    assert result.exit_code == 2, result
+    assert "--job" in result.stderr and "deploy" in result.stderr
+    assert faults.calls == []
+
+
+@pytest.mark.parametrize(
+    "names",
+    [NAMES, Names(stack="a" * 24, app="sensors", region="ap-southeast-4", account=ACCOUNT)],
+    ids=["default", "longest-stack-name"],
+)
+def test_every_document_is_a_policy_aws_accepts(endpoint, names):
+    documents = job_policies(names)["deploy"]
+    # Together they grant exactly the deploy policy, which alone is too large for one.
+    assert _merged(documents) == operator_policy(names)
+    assert policy_characters(operator_policy(names)) > MANAGED_POLICY_CHARACTERS
+    iam = client(endpoint, "iam")
+    for number, document in enumerate(documents, start=1):
+        assert policy_characters(document) <= MANAGED_POLICY_CHARACTERS
+        sids = [st["Sid"] for st in document["Statement"]]
+        assert len(sids) == len(set(sids))
+        # The emulator holds CreatePolicy to IAM's size quota, as AWS does.
+        iam.create_policy(PolicyName=f"deploy-{number}", PolicyDocument=json.dumps(document))
+
+
+def test_a_document_too_large_for_one_policy_is_refused_by_the_emulator(endpoint):
+    too_large = {"Version": "2012-10-17", "Statement": operator_policy(NAMES)["Statement"]}
+    with pytest.raises(botocore.exceptions.ClientError) as refused:
+        client(endpoint, "iam").create_policy(
+            PolicyName="deploy", PolicyDocument=json.dumps(too_large)
+        )
+    assert refused.value.response["Error"]["Code"] == "LimitExceeded"
 
 
 def test_cli_rejects_a_malformed_account_id(cli, faults):

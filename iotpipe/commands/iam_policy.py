@@ -1,4 +1,4 @@
-"""`iotpipe iam-policy`: the least-privilege policy needed to run up / down / plan / status."""
+"""`iotpipe iam-policy`: the least-privilege policies a person or CI role needs, by job."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typer
 
 from iotpipe.commands.common import get_app
 from iotpipe.errors import UsageError
-from iotpipe.iam_policy import operator_policy
+from iotpipe.iam_policy import JOBS, job_policies
 from iotpipe.naming import Names
 
 
@@ -19,12 +19,26 @@ def iam_policy(
         str | None,
         typer.Option(help="AWS account id (12 digits); default: asked of STS for the credentials."),
     ] = None,
+    job: Annotated[
+        str | None,
+        typer.Option(help=f"Only this job's documents: {', '.join(JOBS)}."),
+    ] = None,
 ) -> None:
-    """Print the IAM policy (JSON) a person or CI role needs to run up/down/plan/status."""
+    """Print the least-privilege IAM policies for this stack, by job, as JSON.
+
+    deploy: plan, up, down and status; give it to the person or CI role that deploys and tears
+    the stack down.
+
+    Each job's policy comes as a list of documents, each small enough for a customer managed
+    policy (6,144 characters, whitespace not counted): create one policy per document
+    (`aws iam create-policy --policy-document file://...`) and attach them all.
+    """
     app = get_app(ctx)
     config = app.config
     if account_id is not None and not re.fullmatch(r"\d{12}", account_id):
         raise UsageError(f"--account-id must be 12 digits, not {account_id!r}")
+    if job is not None and job not in JOBS:
+        raise UsageError(f"--job must be one of {', '.join(JOBS)}, not {job!r}")
     aws = app.aws
     names = Names(
         stack=config.stack.name,
@@ -33,7 +47,8 @@ def iam_policy(
         account=account_id or aws.account_id,
         partition=aws.partition,
     )
-    app.out.data(operator_policy(names))
+    policies = job_policies(names, [job] if job else None)
+    app.out.data(policies[job] if job else policies)
 
 
 def register(app: typer.Typer) -> None:
