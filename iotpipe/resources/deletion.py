@@ -38,3 +38,30 @@ def wait_while_deleting(
 
     aws.wait_for(finished, resource=resource, what="for AWS to finish deleting it")
     return last[0]
+
+
+def create_once_deleted(
+    aws: Aws,
+    *,
+    resource: str,
+    create: Callable[[], object | None],
+    status: Callable[[], str | None],
+    what: str,
+) -> str | None:
+    """Create the resource; should its name still be held by a deletion under way, wait that out
+    and create it again.
+
+    `create()` returns None when AWS answers ResourceInUseException. Returns None once created,
+    else the status of whatever holds the name (ACTIVE: another run created it).
+    """
+    if create() is not None:
+        return None
+    held_by = wait_while_deleting(
+        aws,
+        resource=resource,
+        status=status,
+        message=f"AWS is still deleting the previous {what} of this name; waiting until it is gone",
+    )
+    if held_by is None:
+        create()
+    return held_by

@@ -8,7 +8,7 @@ from iotpipe.aws import Transient
 from iotpipe.engine.model import Change, Deferred, Resource
 from iotpipe.engine.reconcile import report_wait
 from iotpipe.errors import AwsError
-from iotpipe.resources.deletion import DELETING, wait_while_deleting
+from iotpipe.resources.deletion import DELETING, create_once_deleted, wait_while_deleting
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
@@ -113,19 +113,14 @@ class DeviceStateTable(Resource):
                 Tags=self.ctx.tag_list,
             )
 
-        if create() is None and self._wait_out_deletion(aws, previous=True) is None:
-            create()
-        self.wait_active(aws)
-
-    def _wait_out_deletion(self, aws: Aws, *, previous: bool) -> str | None:
-        """Wait for a deletion of this table still under way; its status after, None if gone."""
-        what = "the previous table of this name" if previous else "the table"
-        return wait_while_deleting(
+        create_once_deleted(
             aws,
             resource=self.label,
+            create=create,
             status=lambda: self._status(aws),
-            message=f"waiting for AWS to finish deleting {what} (usually seconds)",
+            what="table",
         )
+        self.wait_active(aws)
 
     def wait_active(self, aws: Aws) -> dict[str, Any]:
         def active() -> dict[str, Any] | None:
@@ -241,7 +236,12 @@ class DeviceStateTable(Resource):
             TableName=self.name,
         )
         # AWS keeps the name until the deletion finishes: a later `up` could not create it.
-        self._wait_out_deletion(aws, previous=False)
+        wait_while_deleting(
+            aws,
+            resource=self.label,
+            status=lambda: self._status(aws),
+            message="waiting for AWS to finish deleting the table (usually seconds)",
+        )
 
 
 def resources(ctx: StackContext) -> list[Resource]:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from iotpipe.aws import IAM_PROPAGATION
 from iotpipe.engine.model import Change, Resource
 from iotpipe.errors import AwsError
-from iotpipe.resources.deletion import DELETING, wait_while_deleting
+from iotpipe.resources.deletion import DELETING, create_once_deleted, wait_while_deleting
 from iotpipe.resources.iam import ServiceRole, allow, policy_document, trust_policy
 from iotpipe.resources.logs import LogGroup
 
@@ -265,35 +265,26 @@ class ArchiveDeliveryStream(Resource):
                 Tags=self.ctx.tag_list,
             )
 
-        if create() is None:
-            status = self._wait_out_deletion(aws, previous=True)
-            if status is None:
-                create()
-            elif status == "DELETING_FAILED":
-                raise AwsError(
-                    "the previous delivery stream of this name failed to delete "
-                    "(DELETING_FAILED), so the name is still taken",
-                    resource=self.label,
-                    hint=f"aws firehose delete-delivery-stream --delivery-stream-name {self.name} "
-                    "--allow-force-delete, then run `iotpipe up` again",
-                )
+        held_by = create_once_deleted(
+            aws,
+            resource=self.label,
+            create=create,
+            status=lambda: self._status(aws),
+            what="delivery stream",
+        )
+        if held_by == "DELETING_FAILED":
+            raise AwsError(
+                "the previous delivery stream of this name failed to delete "
+                "(DELETING_FAILED), so the name is still taken",
+                resource=self.label,
+                hint=f"aws firehose delete-delivery-stream --delivery-stream-name {self.name} "
+                "--allow-force-delete, then run `iotpipe up` again",
+            )
         self.wait_active(aws)
 
     def _status(self, aws: Aws) -> str | None:
         stream = self._describe(aws)
         return stream["DeliveryStreamStatus"] if stream else None
-
-    def _wait_out_deletion(self, aws: Aws, *, previous: bool) -> str | None:
-        """Wait for a deletion of this stream still under way; its status after, None if gone."""
-        what = "the previous delivery stream of this name" if previous else "the delivery stream"
-        return wait_while_deleting(
-            aws,
-            resource=self.label,
-            status=lambda: self._status(aws),
-            # DeleteDeliveryStream (API reference): "A stream may remain in the DELETING state
-            # for several minutes."
-            message=f"waiting for AWS to finish deleting {what} (it can take several minutes)",
-        )
 
     def wait_active(self, aws: Aws) -> dict[str, Any]:
         def active() -> dict[str, Any] | None:
@@ -350,7 +341,15 @@ class ArchiveDeliveryStream(Resource):
         )
         # AWS keeps the name until the deletion finishes (and the stream can still deliver
         # buffered objects meanwhile): wait, so a later `up` can create it again.
-        self._wait_out_deletion(aws, previous=False)
+        wait_while_deleting(
+            aws,
+            resource=self.label,
+            status=lambda: self._status(aws),
+            # DeleteDeliveryStream (API reference): "A stream may remain in the DELETING state
+            # for several minutes."
+            message="waiting for AWS to finish deleting the delivery stream (it can take several "
+            "minutes)",
+        )
 
 
 def resources(ctx: StackContext) -> list[Resource]:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from iotpipe.engine.model import Change, Resource
 from iotpipe.errors import AwsError
 from iotpipe.resharding import ReshardPlan, plan_for_stream, reshard_steps
-from iotpipe.resources.deletion import DELETING, wait_while_deleting
+from iotpipe.resources.deletion import DELETING, create_once_deleted, wait_while_deleting
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
@@ -93,19 +93,14 @@ class ReadingsStream(Resource):
                 **params,
             )
 
-        if create() is None and self._wait_out_deletion(aws) is None:
-            create()
-        self.wait_active(aws)
-
-    def _wait_out_deletion(self, aws: Aws) -> str | None:
-        """Wait for a deletion of this stream still under way; its status after, None if gone."""
-        return wait_while_deleting(
+        create_once_deleted(
             aws,
             resource=self.label,
+            create=create,
             status=lambda: self._status(aws),
-            message="AWS is still deleting the previous stream of this name; waiting until it "
-            "is gone (usually under a minute)",
+            what="stream",
         )
+        self.wait_active(aws)
 
     def wait_active(self, aws: Aws) -> dict[str, Any]:
         def active() -> dict[str, Any] | None:
