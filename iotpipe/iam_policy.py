@@ -15,6 +15,7 @@ from iotpipe.engine.model import STACK_TAG
 from iotpipe.errors import IotpipeError
 from iotpipe.naming import Names
 from iotpipe.resources.iam import POLICY_VERSION
+from iotpipe.resources.lambda_ import POWERTOOLS_ACCOUNT
 
 # Actions that support no resource-level permission in IAM (Resource must be "*"), and why the
 # commands need them.
@@ -47,9 +48,6 @@ ROLE_SERVICES: dict[str, str] = {
     "firehose": "firehose.amazonaws.com",
     "crawler": "glue.amazonaws.com",
 }
-
-# AWS's public Powertools for AWS Lambda (Python) layer, which the processor function uses.
-POWERTOOLS_LAYER_ACCOUNT = "017000801446"
 
 
 def _statement(
@@ -248,7 +246,7 @@ def operator_policy(names: Names) -> dict[str, Any]:
         _statement(
             "PowertoolsLayer",
             ["lambda:GetLayerVersion"],
-            f"arn:{partition}:lambda:{region}:{POWERTOOLS_LAYER_ACCOUNT}:layer:"
+            f"arn:{partition}:lambda:{region}:{POWERTOOLS_ACCOUNT}:layer:"
             "AWSLambdaPowertoolsPythonV3-*",
         ),
         # Event source mappings have ids, not names: scope them by the function they feed.

@@ -15,6 +15,7 @@ import urllib.request
 from typing import Any
 
 from iotpipe.local import aws_rules
+from iotpipe.resources.lambda_ import POWERTOOLS_ACCOUNT
 
 _patched = False
 
@@ -55,10 +56,6 @@ def _patch_moto() -> None:
     _patched = True
 
 
-# AWS publishes the Powertools for AWS Lambda layers from this account, usable by every account.
-AWS_LAYER_PUBLISHER = "017000801446"
-
-
 def _resolve_public_layers() -> None:
     # moto resolves a layer ARN in the caller's own account only; AWS lets every account use the
     # layers AWS publishes, so accept those as AWS does (the Lambda rules refuse the versions AWS
@@ -75,7 +72,7 @@ def _resolve_public_layers() -> None:
     def get_layers_data(function: LambdaFunction, arns: list[str]) -> list[dict[str, Any]]:
         return [
             {"Arn": arn, "CodeSize": 0}
-            if arn.split(":")[4] == AWS_LAYER_PUBLISHER
+            if arn.split(":")[4] == POWERTOOLS_ACCOUNT
             else original(function, [arn])[0]
             for arn in arns
         ]

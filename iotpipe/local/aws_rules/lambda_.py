@@ -19,6 +19,7 @@ import re
 from typing import Any
 
 from iotpipe.local.aws_rules import AwsRefusal, Call, after, before, clock, lock
+from iotpipe.resources.lambda_ import POWERTOOLS_ACCOUNT
 
 # How long a new function stays Pending, and an update InProgress, in emulated seconds. AWS takes
 # a few seconds for a zip function outside a VPC (a minute or more inside one); short enough that
@@ -164,13 +165,12 @@ def refuse_invoke_while_pending(call: Call) -> None:
 # --- AWS's public Powertools layer -------------------------------------------------------------
 
 # Powertools for AWS Lambda (Python) v3: one layer per Python version and architecture, published
-# from this account with the same version numbers in every commercial region. The latest version
-# its documentation lists is 27 ("Lambda Layer" table,
+# from POWERTOOLS_ACCOUNT with the same version numbers in every commercial region. The latest
+# version its documentation lists is 27 ("Lambda Layer" table,
 # https://docs.powertools.aws.dev/lambda/python/latest/getting-started/install/#lambda-layer);
 # every version from 1 up to it is taken to exist in every region (AWS offers no way to list
 # another account's layer versions: ListLayerVersions needs lambda:ListLayerVersions, which
 # Powertools does not grant).
-POWERTOOLS_PUBLISHER = "017000801446"
 POWERTOOLS_LAYER = re.compile(r"AWSLambdaPowertoolsPythonV3-python3(10|11|12|13|14)-(x86_64|arm64)")
 POWERTOOLS_LATEST_VERSION = 27
 
@@ -188,7 +188,7 @@ LAYER_NOT_READABLE = (
 def published_layer_version(arn: str) -> dict[str, Any] | None:
     """GetLayerVersionByArn's answer for a version of AWS's Powertools layer that exists."""
     parts = arn.split(":")
-    if len(parts) != 8 or parts[4] != POWERTOOLS_PUBLISHER or not parts[7].isdigit():
+    if len(parts) != 8 or parts[4] != POWERTOOLS_ACCOUNT or not parts[7].isdigit():
         return None
     name, version = parts[6], int(parts[7])
     match = POWERTOOLS_LAYER.fullmatch(name)
@@ -211,7 +211,7 @@ def published_layer_version(arn: str) -> dict[str, Any] | None:
 def _refuse_unpublished(call: Call, arns: list[str]) -> None:
     for arn in arns:
         parts = arn.split(":")
-        ours = len(parts) > 4 and parts[4] == POWERTOOLS_PUBLISHER
+        ours = len(parts) > 4 and parts[4] == POWERTOOLS_ACCOUNT
         if ours and published_layer_version(arn) is None:
             user = f"arn:aws:iam::{call.account_id}:root"
             raise AwsRefusal(
