@@ -508,6 +508,8 @@ def operator_policy(names: Names) -> dict[str, Any]:
 
 # A customer managed policy holds at most 6,144 characters, whitespace not counted (IAM and AWS
 # STS quotas, "IAM and STS character limits"); `aws iam create-policy` refuses a larger one.
+# The emulator enforces the quota with its own count (aws_rules/iam.py), so the tests that create
+# these documents there check this one.
 MANAGED_POLICY_CHARACTERS = 6144
 
 
