@@ -3,17 +3,24 @@
 Athena bills $5 per TB scanned, rounded up to the megabyte with a 10 MB minimum per query
 (failed queries are free; cancelled ones pay for what they scanned). A query that outlives the
 caller (Ctrl-C, --timeout) is stopped in Athena so it stops scanning, and billing.
+
+The workgroup is shared: a `DROP TABLE readings` run through it drops the Glue table for everyone.
+So a statement is read by sqlglot (the tokens and the syntax tree, never a pattern over the text,
+so comments, case and whitespace change nothing) and only one read-only statement runs unless the
+caller allows writes.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
-from iotpipe.errors import IotpipeError
+from iotpipe.errors import IotpipeError, UsageError
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
@@ -25,6 +32,13 @@ PAGE_SIZE = 1000  # GetQueryResults' maximum
 POLL_FIRST_SECONDS = 0.2
 POLL_MAX_SECONDS = 2.0
 DONE_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+
+# The statements that only read (Athena's SQL reference: SELECT, WITH, SHOW, DESCRIBE, EXPLAIN).
+READ_ONLY_STATEMENTS = ("SELECT", "WITH", "SHOW", "DESCRIBE", "EXPLAIN")
+# Athena's own dialect in sqlglot: Trino for queries, Hive for DDL (SHOW, CREATE, MSCK, ...).
+SQL_DIALECT = "athena"
+# Host suffixes of AWS's endpoints (commercial, China, dual-stack, GovCloud's ISO partitions).
+_AWS_ENDPOINT_SUFFIXES = (".amazonaws.com", ".amazonaws.com.cn", ".api.aws", ".c2s.ic.gov")
 
 _INTEGER_TYPES = frozenset({"tinyint", "smallint", "integer", "int", "bigint"})
 _FLOAT_TYPES = frozenset({"float", "real", "double"})
@@ -38,6 +52,122 @@ class QueryInterrupted(IotpipeError):
     """Ctrl-C: the query was stopped in Athena."""
 
     exit_code = 130
+
+
+def _tokens(sql: str) -> list[Any]:
+    from sqlglot.dialects.dialect import Dialect
+    from sqlglot.errors import TokenError
+    from sqlglot.tokens import TokenType
+
+    try:
+        tokens = Dialect.get_or_raise(SQL_DIALECT).tokenize(sql)
+    except TokenError as exc:
+        raise UsageError(
+            f"cannot read the SQL: {exc}", hint="check that every quote and comment is closed"
+        ) from None
+    # The Athena dialect marks where Hive syntax starts with a token of no text.
+    marker = getattr(TokenType, "HIVE_TOKEN_STREAM", None)
+    return [t for t in tokens if t.token_type != marker]
+
+
+def single_statement(sql: str) -> str:
+    """`sql` as one statement: comments and trailing semicolons allowed, a second statement not.
+
+    Returns the statement's text, cut at its terminating semicolon.
+    """
+    from sqlglot.tokens import TokenType
+
+    statements, inside, begin, end = 0, False, 0, None
+    for token in _tokens(sql):
+        if token.token_type == TokenType.SEMICOLON:
+            if statements == 0:
+                begin = token.end + 1
+            elif inside and end is None:
+                end = token.start
+            inside = False
+        elif not inside:
+            statements, inside = statements + 1, True
+    if statements == 0:
+        raise UsageError("no SQL statement: the text holds only comments or semicolons")
+    if statements > 1:
+        raise UsageError(
+            f"{statements} SQL statements: give one statement at a time",
+            hint="Athena runs one statement per query; run each on its own",
+        )
+    return sql[begin:end].strip()
+
+
+def _article(keyword: str) -> str:
+    spoken_with_a_vowel = keyword[:1] in "AEIO" or keyword.startswith(("UN", "UPDATE"))
+    return f"an {keyword}" if spoken_with_a_vowel else f"a {keyword}"
+
+
+def _explained(tokens: list[Any]) -> str:
+    """The statement an EXPLAIN is about: its text after ANALYZE, VERBOSE or `(options)`."""
+    # sqlglot reads EXPLAIN as a command: the rest of the statement is one token of raw text.
+    rest = tokens[1].text if len(tokens) > 1 else ""
+    inner = _tokens(rest)
+    index = 0
+    while index < len(inner) and inner[index].text.upper() in ("ANALYZE", "VERBOSE"):
+        index += 1
+    options = (
+        index + 1 < len(inner)
+        and inner[index].text == "("
+        and inner[index + 1].text.upper() not in ("SELECT", "WITH", "(")
+    )
+    if options:
+        depth = 1
+        index += 1
+        while index < len(inner) and depth:
+            depth += {"(": 1, ")": -1}.get(inner[index].text, 0)
+            index += 1
+    return rest[inner[index].start :] if index < len(inner) else ""
+
+
+def writing_statement(sql: str) -> str | None:
+    """What `sql` (one statement) is when it is not read-only, e.g. "a DROP TABLE statement";
+    None for SELECT, WITH ... SELECT, SHOW, DESCRIBE and EXPLAIN of a read-only statement."""
+    import sqlglot
+    from sqlglot import exp
+    from sqlglot.errors import ParseError
+
+    tokens = _tokens(sql)
+    if not tokens:
+        return None
+    first = tokens[0].text.upper()
+    if first in ("SHOW", "DESCRIBE", "DESC"):
+        return None
+    if first == "EXPLAIN":
+        explained = _explained(tokens)
+        inner = writing_statement(explained) if explained else None
+        return f"an EXPLAIN of {inner}" if inner else None
+    # sqlglot warns on stderr when it falls back to reading a statement as a bare command.
+    logging.getLogger("sqlglot").setLevel(logging.ERROR)
+    try:
+        tree = sqlglot.parse_one(sql, read=SQL_DIALECT)
+    except ParseError as exc:
+        return f"a statement the SQL parser cannot read ({str(exc).splitlines()[0]})"
+    writes = (exp.DDL, exp.DML, exp.Drop, exp.Alter, exp.Into, exp.Command, exp.TruncateTable)
+    if isinstance(tree, exp.Query):
+        inside = tree.find(*writes)
+        if inside is None:
+            return None
+        if isinstance(inside, exp.Into):
+            return "a SELECT ... INTO statement"
+        return f"a query holding {_article(inside.key.upper())} statement"
+    if isinstance(tree, exp.Command):
+        return f"{_article(str(tree.this).upper())} statement"
+    keyword = tree.key.upper()
+    kind = tree.args.get("kind")
+    if isinstance(kind, str) and kind:
+        keyword += f" {kind.upper()}"
+    return f"{_article(keyword)} statement"
+
+
+def is_aws_endpoint(url: str) -> bool:
+    """True when `url` is one of AWS's own endpoints (not an emulator or a proxy)."""
+    host = (urlsplit(url).hostname or "").lower()
+    return host.endswith(_AWS_ENDPOINT_SUFFIXES)
 
 
 def billed_bytes(scanned: int) -> int:
@@ -114,6 +244,11 @@ class AthenaQuery:
         self.label = f"athena.workgroup {workgroup}"
         # Poll sleeps follow the retry policy's scale (tests shorten them).
         self._scale = aws.policy.base_seconds / 0.5
+
+    @property
+    def endpoint_url(self) -> str:
+        """Where the queries go: AWS's Athena endpoint, or the one given to the SDK."""
+        return str(self.aws.client("athena").meta.endpoint_url)
 
     def run(
         self,

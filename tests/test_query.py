@@ -12,7 +12,7 @@ from typing import Any
 import boto3
 import pytest
 
-from iotpipe.athena_query import MIN_BILLED_BYTES, billed_bytes, cost_usd
+from iotpipe.athena_query import MIN_BILLED_BYTES, billed_bytes, cost_usd, is_aws_endpoint
 from iotpipe.aws import add_client_hook
 
 WORKGROUP = "test"  # the stack's workgroup and Glue database are named after the stack
@@ -284,3 +284,134 @@ def test_billing_rounds_up_to_megabytes_with_a_10_mb_minimum() -> None:
     assert billed_bytes(0) == MIN_BILLED_BYTES
     assert billed_bytes(11 * 1024**2 + 1) == 12 * 1024**2
     assert cost_usd(1024**4) == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "DROP TABLE readings",
+        "drop   table\n\treadings",
+        "/* SELECT */ DROP TABLE readings",
+        "CREATE TABLE copy AS SELECT * FROM readings",
+        "WITH r AS (SELECT * FROM readings) INSERT INTO other SELECT * FROM r",
+        "INSERT INTO readings VALUES ('x', 1.0, 1)",
+        "MSCK REPAIR TABLE readings",
+        "ALTER TABLE readings ADD COLUMNS (extra string)",
+        "UNLOAD (SELECT * FROM readings) TO 's3://elsewhere/' WITH (format = 'JSON')",
+        "EXPLAIN ANALYZE DELETE FROM readings",
+        "SELECT * INTO copy FROM readings",
+    ],
+)
+def test_only_read_only_statements_run_without_allow_writes(cli, athena, faults, sql) -> None:
+    result = cli("query", sql)
+
+    assert result.exit_code == 2, result
+    assert "refusing to run" in result.stderr and "--allow-writes" in result.stderr
+    assert faults.calls == []  # refused before any AWS call
+
+
+def test_comments_in_a_sql_file_do_not_hide_a_write(cli, athena, faults, tmp_path) -> None:
+    sql_file = tmp_path / "cleanup.sql"
+    sql_file.write_text("-- just a report\n/* SELECT 1 */\nDrop Table readings;\n")
+
+    result = cli("query", "-f", str(sql_file))
+
+    assert result.exit_code == 2, result
+    assert "refusing to run a DROP TABLE statement" in result.stderr
+    assert faults.calls == []  # refused before any AWS call
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT 1",
+        "  with r AS (SELECT device_id FROM readings) select * from r  ",
+        "(SELECT 1) UNION ALL (SELECT 2)",
+        "SHOW TABLES",
+        "SHOW PARTITIONS readings",
+        "DESCRIBE readings",
+        "EXPLAIN SELECT count(*) FROM readings",
+        "EXPLAIN (FORMAT JSON) SELECT 1",
+        "EXPLAIN ANALYZE SELECT 1",
+        "/* daily report */ SELECT count(*) FROM readings; -- done",
+    ],
+)
+def test_read_only_statements_run(cli, endpoint: str, athena, sql) -> None:
+    seed_results(endpoint, _readings(1))
+
+    assert cli("query", sql).exit_code == 0
+
+
+def test_a_write_runs_with_allow_writes(cli, endpoint: str, athena) -> None:
+    seed_results(endpoint, [])
+
+    result = cli("query", "DROP TABLE scratch", "--allow-writes")
+
+    assert result.exit_code == 0, result
+    (query_id,) = athena.list_query_executions(WorkGroup=WORKGROUP)["QueryExecutionIds"]
+    sent = athena.get_query_execution(QueryExecutionId=query_id)["QueryExecution"]["Query"]
+    assert sent == "DROP TABLE scratch"
+
+
+@pytest.mark.parametrize("allow_writes", [False, True])
+def test_more_than_one_statement_is_refused(cli, athena, faults, allow_writes) -> None:
+    flags = ["--allow-writes"] if allow_writes else []
+
+    result = cli("query", "SELECT 1; DROP TABLE readings", *flags)
+
+    assert result.exit_code == 2, result
+    assert "2 SQL statements" in result.stderr
+    assert faults.calls == []  # refused before any AWS call
+
+
+def test_a_semicolon_inside_a_string_or_comment_is_not_a_second_statement(
+    cli, endpoint: str, athena
+) -> None:
+    seed_results(endpoint, _readings(1))
+
+    assert cli("query", "SELECT ';' /* ; */ FROM readings;").exit_code == 0
+
+    (query_id,) = athena.list_query_executions(WorkGroup=WORKGROUP)["QueryExecutionIds"]
+    sent = athena.get_query_execution(QueryExecutionId=query_id)["QueryExecution"]["Query"]
+    assert sent == "SELECT ';' /* ; */ FROM readings"
+
+
+def test_an_unterminated_string_is_a_usage_error(cli, athena) -> None:
+    result = cli("query", "SELECT 'oops FROM readings")
+
+    assert result.exit_code == 2
+    assert "cannot read the SQL" in result.stderr
+
+
+def test_athena_error_message_is_shown_without_a_state_change_reason(
+    cli, endpoint: str, athena, faults
+) -> None:
+    execution = _execution("FAILED", "")
+    status = execution["QueryExecution"]["Status"]
+    del status["StateChangeReason"]
+    status["AthenaError"] = {"ErrorCategory": 2, "ErrorMessage": "COLUMN_NOT_FOUND: line 1:8"}
+    faults.respond("athena", "GetQueryExecution", execution)
+
+    result = cli("query", "SELECT nope FROM readings")
+
+    assert result.exit_code == 1
+    assert "COLUMN_NOT_FOUND: line 1:8" in result.stderr
+
+
+def test_against_the_emulator_it_says_sql_is_not_executed(cli, endpoint: str, athena) -> None:
+    seed_results(endpoint, _readings(1))
+
+    result = cli("query", "SELECT * FROM readings")
+
+    assert result.exit_code == 0
+    assert f"{endpoint} is not AWS" in result.stderr
+    assert "does not execute SQL" in result.stderr
+    assert "iotpipe local query" in result.stderr
+
+
+def test_aws_endpoints_are_told_apart_from_others() -> None:
+    assert is_aws_endpoint("https://athena.us-east-1.amazonaws.com")
+    assert is_aws_endpoint("https://athena.cn-north-1.amazonaws.com.cn")
+    assert is_aws_endpoint("https://athena-fips.us-east-1.api.aws")
+    assert not is_aws_endpoint("http://127.0.0.1:4566")
+    assert not is_aws_endpoint("http://amazonaws.com.example.org")

@@ -8,21 +8,31 @@ from typing import Annotated
 
 import typer
 
-from iotpipe.athena_query import AthenaQuery, describe_scan
+from iotpipe.athena_query import (
+    READ_ONLY_STATEMENTS,
+    AthenaQuery,
+    describe_scan,
+    is_aws_endpoint,
+    single_statement,
+    writing_statement,
+)
 from iotpipe.commands.common import get_app
 from iotpipe.errors import UsageError
+
+SqlArgument = Annotated[
+    str | None,
+    typer.Argument(help='The SQL, or "-" to read it from stdin.', show_default=False),
+]
+SqlFileOption = Annotated[
+    Path | None,
+    typer.Option("--file", "-f", help="Read the SQL from this file.", show_default=False),
+]
 
 
 def query(
     ctx: typer.Context,
-    sql: Annotated[
-        str | None,
-        typer.Argument(help='The SQL, or "-" to read it from stdin.', show_default=False),
-    ] = None,
-    file: Annotated[
-        Path | None,
-        typer.Option("--file", "-f", help="Read the SQL from this file.", show_default=False),
-    ] = None,
+    sql: SqlArgument = None,
+    file: SqlFileOption = None,
     workgroup: Annotated[
         str | None, typer.Option(help="Athena workgroup (default: the stack's).")
     ] = None,
@@ -36,15 +46,40 @@ def query(
         float | None,
         typer.Option("--timeout", min=1, help="Stop the query in Athena after this many seconds."),
     ] = None,
+    allow_writes: Annotated[
+        bool,
+        typer.Option(
+            "--allow-writes",
+            help="Also run a statement that changes tables or data (CREATE, DROP, INSERT, MSCK "
+            "REPAIR, ...); without it only read-only statements run.",
+        ),
+    ] = False,
 ) -> None:
-    """Run SQL in the stack's Athena workgroup; print rows (table/csv/json) and data scanned."""
+    """Run one SQL statement in the stack's Athena workgroup; print rows (table/csv/json) and
+    data scanned. Only read-only statements (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN) run unless
+    --allow-writes is given: the workgroup and its tables are shared."""
     app = get_app(ctx)
-    text = _read_sql(sql, file)
+    text = read_sql(sql, file)
+    # Refused before any AWS call: the workgroup and its tables are everyone's.
+    if not allow_writes and (kind := writing_statement(text)):
+        raise UsageError(
+            f"refusing to run {kind}: `iotpipe query` runs only read-only statements "
+            f"({', '.join(READ_ONLY_STATEMENTS)}) unless --allow-writes is given",
+            hint="to change the catalog or the data for everyone who uses the workgroup, "
+            "add --allow-writes",
+        )
     out = app.out
     names = app.stack.names
     runner = AthenaQuery(
         app.aws, workgroup=workgroup or names.workgroup, database=database or names.glue_database
     )
+    if not is_aws_endpoint(runner.endpoint_url):
+        out.warn(
+            f"{runner.endpoint_url} is not AWS: an emulator such as moto (`iotpipe local serve`, "
+            "`iotpipe demo`) stores Athena queries but does not execute SQL, so what follows is "
+            "not computed from the archive; `iotpipe local query` runs the same SQL over the "
+            "emulator's archive with a local engine"
+        )
     with out.waiting("starting query") as update:
         result = runner.run(
             text,
@@ -65,11 +100,12 @@ def query(
     out.info(f"{shown} in {result.seconds:.1f} s; {describe_scan(result)}")
 
 
-def _read_sql(sql: str | None, file: Path | None) -> str:
+def read_sql(sql: str | None, file: Path | None, *, command: str = "iotpipe query") -> str:
+    """The one SQL statement given as an argument, on stdin (`-`) or in a file (-f)."""
+    example = f'{command} "SELECT device_id, ts FROM readings LIMIT 10"'
     if (sql is None) == (file is None):
         raise UsageError(
-            'give the SQL as an argument, "-" for stdin, or -f FILE (exactly one)',
-            hint='iotpipe query "SELECT device_id, ts FROM readings LIMIT 10"',
+            'give the SQL as an argument, "-" for stdin, or -f FILE (exactly one)', hint=example
         )
     if file is not None:
         try:
@@ -81,10 +117,9 @@ def _read_sql(sql: str | None, file: Path | None) -> str:
         text, source = sys.stdin.read(), "stdin"
     else:
         text, source = sql or "", "the argument"
-    text = text.strip().rstrip(";").strip()
-    if not text:
-        raise UsageError(f"no SQL in {source}")
-    return text
+    if not text.strip():
+        raise UsageError(f"no SQL in {source}", hint=example)
+    return single_statement(text)
 
 
 def register(app: typer.Typer) -> None:
