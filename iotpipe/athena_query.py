@@ -157,7 +157,9 @@ def writing_statement(sql: str) -> str | None:
         return f"a query holding {_article(inside.key.upper())} statement"
     if isinstance(tree, exp.Command):
         return f"{_article(str(tree.this).upper())} statement"
-    keyword = tree.key.upper()
+    # Named as written (sqlglot reads some statements of other dialects as something else),
+    # except after WITH, where the statement that follows is the one that writes.
+    keyword = tree.key.upper() if first == "WITH" else first
     kind = tree.args.get("kind")
     if isinstance(kind, str) and kind:
         keyword += f" {kind.upper()}"

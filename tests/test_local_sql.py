@@ -3,26 +3,26 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
+from pathlib import Path
 
+import duckdb
 import pytest
 
 from iotpipe.aws import Aws
 from iotpipe.errors import UsageError
-from iotpipe.local.sql import duckdb_type, run_query, translate
+from iotpipe.local.sql import duckdb_type, lock_down, run_query, translate
 from iotpipe.resources.glue import COLUMNS
 
 
-@pytest.fixture
-def aws(endpoint: str) -> Aws:
-    aws = Aws(endpoint_url=endpoint, region="us-east-1")
-    aws.call("s3", "create_bucket", resource="b", Bucket="archive")
-    aws.call("glue", "create_database", resource="g", DatabaseInput={"Name": "demo"})
+def _create_archive_table(aws: Aws, database: str) -> None:
+    aws.call("glue", "create_database", resource="g", DatabaseInput={"Name": database})
     aws.call(
         "glue",
         "create_table",
         resource="g",
-        DatabaseName="demo",
+        DatabaseName=database,
         TableInput={
             "Name": "readings",
             "TableType": "EXTERNAL_TABLE",
@@ -38,6 +38,21 @@ def aws(endpoint: str) -> Aws:
             },
         },
     )
+
+
+@pytest.fixture
+def aws(endpoint: str) -> Aws:
+    aws = Aws(endpoint_url=endpoint, region="us-east-1")
+    aws.call("s3", "create_bucket", resource="b", Bucket="archive")
+    _create_archive_table(aws, "demo")
+    return aws
+
+
+@pytest.fixture
+def stack_archive(aws: Aws) -> Aws:
+    """The archive table under the test stack's names too, with one reading: for the CLI."""
+    _create_archive_table(aws, "test")
+    _archive(aws, "readings/dt=2024-03-09/hour=07/o.gz", [_line("dev-1", 1, 20.0)])
     return aws
 
 
@@ -146,3 +161,87 @@ def test_local_query_prints_csv_and_json_like_query(cli, endpoint: str) -> None:
     as_json = cli("local", "query", sql, "-o", "json")
     assert as_json.exit_code == 0, as_json
     assert as_json.json["rows"] == [{"device_id": "d-1", "t": "21.5"}]
+
+
+def test_local_query_refuses_to_write_a_file(cli, stack_archive, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    result = cli("local", "query", "COPY (SELECT * FROM readings) TO 'out.csv'")
+
+    assert result.exit_code == 2, result
+    assert "refusing to run a COPY statement" in result.stderr
+    assert "read-only" in result.stderr
+    assert list(tmp_path.iterdir()) == [tmp_path / "iotpipe.toml"]
+
+
+def test_local_query_cannot_read_a_system_file(cli, stack_archive) -> None:
+    result = cli("local", "query", "SELECT * FROM read_csv('/etc/passwd', sep = ':')")
+
+    assert result.exit_code == 2, result
+    assert "reads only the archive" in result.stderr
+    assert "/etc/passwd" in result.stderr
+    assert "root" not in result.stdout + result.stderr.replace("/etc/passwd", "")
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "DROP TABLE readings",
+        "/* a report */ CREATE TABLE copy AS SELECT * FROM readings",
+        "ATTACH 'elsewhere.db'",
+        "INSTALL httpfs",
+        "SET enable_external_access = true",
+        "SELECT 1; SELECT 2",
+    ],
+)
+def test_local_query_runs_only_one_read_only_statement(cli, stack_archive, sql) -> None:
+    result = cli("local", "query", sql)
+
+    assert result.exit_code == 2, result
+    assert "refusing to run" in result.stderr or "2 SQL statements" in result.stderr
+
+
+@pytest.mark.parametrize("sql", ["", "   ", ";", "/* nothing */"])
+def test_local_query_without_sql_is_a_usage_error(cli, sql) -> None:
+    result = cli("local", "query", sql)
+
+    assert result.exit_code == 2, result
+    assert "no SQL" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_local_query_reads_sql_from_stdin_and_from_a_file(
+    cli, stack_archive, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("SELECT count(*) AS n FROM readings"))
+    from_stdin = cli("local", "query", "-", "-o", "json")
+    assert from_stdin.exit_code == 0, from_stdin
+    assert from_stdin.json["rows"] == [{"n": 1}]
+
+    sql_file = tmp_path / "report.sql"
+    sql_file.write_text("-- devices\nSELECT device_id FROM readings;\n")
+    from_file = cli("local", "query", "--file", str(sql_file), "-o", "json")
+    assert from_file.exit_code == 0, from_file
+    assert from_file.json["rows"] == [{"device_id": "dev-1"}]
+
+
+def test_show_describe_and_explain_run_locally(stack_archive) -> None:
+    for sql in ("SHOW TABLES", "DESCRIBE readings", "EXPLAIN SELECT count(*) FROM readings"):
+        result = run_query(stack_archive, database="test", table="readings", sql=sql)
+        assert result.rows, sql
+
+
+def test_a_locked_down_connection_touches_no_file_even_if_asked(tmp_path: Path) -> None:
+    connection = duckdb.connect(":memory:")
+    connection.execute("CREATE TABLE readings AS SELECT 1 AS n")
+    lock_down(connection, spill_directory=tmp_path / "spill")
+    target = tmp_path / "out.csv"
+
+    with pytest.raises(duckdb.PermissionException):
+        connection.execute(f"COPY readings TO '{target}'")
+    with pytest.raises(duckdb.PermissionException):
+        connection.execute("SELECT * FROM read_text('/etc/passwd')")
+    with pytest.raises(duckdb.Error, match="locked"):
+        connection.execute("SET enable_external_access = true")
+    assert not target.exists()
+    assert connection.execute("SELECT n FROM readings").fetchall() == [(1,)]

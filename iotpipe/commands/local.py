@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from iotpipe.commands.common import get_app
+from iotpipe.commands.query import SqlFileOption, read_sql
 
 local_app = typer.Typer(
     name="local",
@@ -47,19 +48,28 @@ def serve(
 @local_app.command("query")
 def query(
     ctx: typer.Context,
-    sql: Annotated[str, typer.Argument(help="Athena (Trino) SQL over the stack's archive.")],
+    sql: Annotated[
+        str | None,
+        typer.Argument(
+            help='Athena (Trino) SQL over the stack\'s archive, or "-" to read it from stdin.',
+            show_default=False,
+        ),
+    ] = None,
+    file: SqlFileOption = None,
     max_rows: Annotated[int | None, typer.Option("--max-rows", min=1)] = None,
 ) -> None:
     """Run Athena SQL over the archive in the emulator with the local engine (DuckDB); rows as
-    a table, csv or json (`--output`), like `iotpipe query`."""
+    a table, csv or json (`--output`), like `iotpipe query`. Read-only statements only (SELECT,
+    WITH, SHOW, DESCRIBE, EXPLAIN); the engine reads no file and reaches no network."""
     from iotpipe.local.demo import require_local_extra
-    from iotpipe.local.sql import run_query
+    from iotpipe.local.sql import check_read_only, run_query
 
+    text = check_read_only(read_sql(sql, file, command="iotpipe local query"))
     require_local_extra()
     app = get_app(ctx)
     names = app.stack.names
     result = run_query(
-        app.aws, database=names.glue_database, table=names.glue_table, sql=sql, max_rows=max_rows
+        app.aws, database=names.glue_database, table=names.glue_table, sql=text, max_rows=max_rows
     )
     out = app.out
     if out.json_mode:

@@ -7,6 +7,12 @@ and exposes them as the view `readings` (also `<glue database>.readings`) with t
 and its partition columns `dt` and `hour` taken from the object paths (Hive partitioning), as
 Athena does with partition projection. The SQL is translated from Trino to DuckDB by sqlglot;
 results are DuckDB's, labelled as local wherever they are shown.
+
+The engine reads the archive and nothing else: only one read-only statement is accepted (read by
+sqlglot, as `iotpipe query` reads it), and once the archive is loaded into its in-memory tables
+DuckDB is locked down as its "Securing DuckDB" guide describes: no file or network access, no
+extension loading, no Python variables as tables, and the configuration locked so no statement
+can undo it.
 """
 
 from __future__ import annotations
@@ -18,6 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from iotpipe.athena_query import (
+    READ_ONLY_STATEMENTS,
+    SQL_DIALECT,
+    single_statement,
+    writing_statement,
+)
 from iotpipe.errors import AwsError, UsageError
 
 if TYPE_CHECKING:
@@ -144,13 +156,48 @@ class LocalQueryResult:
         }
 
 
+# Run in this order once the archive is loaded; the last one makes every setting final.
+LOCKDOWN = (
+    "SET python_enable_replacements = false",
+    "SET autoinstall_known_extensions = false",
+    "SET autoload_known_extensions = false",
+    "SET allow_community_extensions = false",
+    "SET enable_external_access = false",
+    "SET lock_configuration = true",
+)
+
+
+def lock_down(connection: Any, *, spill_directory: Path) -> None:
+    """Close DuckDB to the filesystem, the network and extensions for good.
+
+    What a query needs beyond memory spills to `spill_directory` (the engine's own temporary
+    directory), set before the configuration is locked.
+    """
+    connection.execute(f"SET temp_directory = '{spill_directory.as_posix()}'")
+    for setting in LOCKDOWN:
+        connection.execute(setting)
+
+
+def check_read_only(sql: str) -> str:
+    """The one statement in `sql` if it only reads; UsageError (exit 2) otherwise."""
+    statement = single_statement(sql)
+    kind = writing_statement(statement)
+    if kind:
+        raise UsageError(
+            f"refusing to run {kind}: the local SQL engine runs only read-only statements "
+            f"({', '.join(READ_ONLY_STATEMENTS)})",
+            hint="it answers queries over the archive; it changes nothing and writes no file",
+        )
+    return statement
+
+
 def translate(sql: str) -> str:
     """Trino (Athena engine v3) SQL in DuckDB's dialect."""
     import sqlglot
     from sqlglot.errors import ParseError
 
     try:
-        statements = sqlglot.transpile(sql, read="trino", write="duckdb")
+        statements = sqlglot.transpile(sql, read=SQL_DIALECT, write="duckdb")
     except ParseError as exc:
         raise UsageError(f"cannot parse the SQL: {exc}") from None
     if len(statements) != 1:
@@ -248,22 +295,40 @@ class LocalSql:
             + f"columns={{{column_types}}})"
         )
 
+    def _open(self, has_objects: bool) -> Any:
+        """An in-memory database holding the archive as tables, locked down."""
+        import duckdb
+
+        spec = self.spec
+        connection = duckdb.connect(":memory:")
+        connection.execute("SET TimeZone = 'UTC'")
+        # Tables, not views over the files: once loaded, nothing needs the filesystem.
+        connection.execute(f'CREATE TABLE "{spec.table}" AS {self._view_sql(has_objects)}')
+        connection.execute(f'CREATE SCHEMA "{spec.database}"')
+        connection.execute(
+            f'CREATE VIEW "{spec.database}"."{spec.table}" AS SELECT * FROM main."{spec.table}"'
+        )
+        lock_down(connection, spill_directory=self.workdir / "spill")
+        return connection
+
     def run(self, sql: str, *, max_rows: int | None = None) -> LocalQueryResult:
         import duckdb
 
         started = time.monotonic()
-        translated = translate(sql)
+        statement = check_read_only(sql)
+        translated = translate(statement)
         objects, size = self._fetch()
-        spec = self.spec
-        connection = duckdb.connect(":memory:")
+        connection = self._open(objects > 0)
         try:
-            connection.execute("SET TimeZone = 'UTC'")
-            view = self._view_sql(objects > 0)
-            connection.execute(f'CREATE VIEW "{spec.table}" AS {view}')
-            connection.execute(f'CREATE SCHEMA "{spec.database}"')
-            connection.execute(f'CREATE VIEW "{spec.database}"."{spec.table}" AS {view}')
             try:
                 cursor = connection.execute(translated)
+            except duckdb.PermissionException as exc:
+                raise UsageError(
+                    "the local SQL engine reads only the archive: "
+                    + str(exc).splitlines()[0].removeprefix("Permission Error: "),
+                    hint=f"query the table {self.spec.table} (or {self.spec.database}."
+                    f"{self.spec.table}); files, the network and extensions are closed to it",
+                ) from None
             except duckdb.Error as exc:
                 raise UsageError(
                     f"the local SQL engine rejected the query: {exc}".splitlines()[0],
@@ -275,7 +340,7 @@ class LocalSql:
         finally:
             connection.close()
         return LocalQueryResult(
-            sql=sql,
+            sql=statement,
             translated=translated,
             columns=columns,
             types=types,
