@@ -21,9 +21,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from iotpipe.errors import IotpipeError, UsageError
+from iotpipe.permissions import Grant, reads, writes
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
+    from iotpipe.naming import Names
 
 PRICE_PER_TB_USD = 5.0
 BYTES_PER_TB = 1024**4
@@ -397,3 +399,42 @@ def describe_scan(result: QueryResult) -> str:
         f"data scanned: {_size(result.bytes_scanned)}; cost ${result.cost_usd:.6f} "
         f"at ${PRICE_PER_TB_USD:g} per TB{note}"
     )
+
+
+def grants(names: Names) -> list[Grant]:
+    """`iotpipe query`: the Athena calls, and what Athena checks the caller may do on the
+    caller's behalf while it runs the query (Athena user guide, "Identity and access
+    management in Athena": the catalog's database and table, reading the archive, writing the
+    results under the workgroup's output location)."""
+    bucket = names.archive_bucket_arn
+    catalog = [names.glue_catalog_arn, names.glue_database_arn, names.glue_table_arn]
+    return [
+        writes(
+            [
+                "athena:StartQueryExecution",
+                "athena:GetQueryExecution",
+                "athena:GetQueryResults",
+                "athena:StopQueryExecution",
+            ],
+            names.workgroup_arn,
+        ),
+        reads(["glue:GetDatabase", "glue:GetTable"], catalog),
+        reads(
+            ["s3:GetBucketLocation", "s3:ListBucket", "s3:ListBucketMultipartUploads"], bucket
+        ),
+        reads(
+            ["s3:GetObject"],
+            f"{bucket}/{names.archive_prefix}*",
+            why="the archived readings, under their key prefix",
+        ),
+        writes(
+            [
+                "s3:GetObject",
+                "s3:PutObject",
+                "s3:AbortMultipartUpload",
+                "s3:ListMultipartUploadParts",
+            ],
+            f"{bucket}/{names.athena_results_prefix}*",
+            why="the query results, under the workgroup's output prefix",
+        ),
+    ]

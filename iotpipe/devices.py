@@ -31,6 +31,7 @@ from typing import Any
 from iotpipe.aws import Aws, Transient
 from iotpipe.errors import AwsError, IotpipeError, UsageError
 from iotpipe.naming import Names
+from iotpipe.permissions import Grant, reads, writes
 
 # AWS's patterns for thing names and thing attributes.
 THING_NAME = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
@@ -800,3 +801,70 @@ def _endpoint_from_environment() -> bool:
 
 def _epoch_ms_iso(value: str) -> str:
     return datetime.fromtimestamp(int(float(value)) / 1000, tz=UTC).isoformat(timespec="seconds")
+
+
+# IAM permissions of the device commands (iotpipe.permissions). Thing names are the user's and
+# certificate ids random, so the account's things and certificates are the narrowest ARNs.
+_THINGS_WHY = "thing names are the user's and certificate ids random; IAM offers no stack scope"
+
+
+def _things(names: Names) -> list[str]:
+    return [names.arn("iot", "thing/*")]
+
+
+def _certificates(names: Names) -> list[str]:
+    return [names.arn("iot", "cert/*")]
+
+
+def listing_grants(names: Names) -> list[Grant]:
+    """`devices list` and `devices show`."""
+    return [
+        reads(["iot:ListThings"], "*", why="IAM has no resource type for iot:ListThings"),
+        reads(["iot:DescribeThing", "iot:GetThingShadow"], _things(names), why=_THINGS_WHY),
+        reads(["iot:DescribeCertificate"], _certificates(names), why=_THINGS_WHY),
+        reads(
+            ["iot:ListThingPrincipals", "iot:ListAttachedPolicies", "iot:DescribeEndpoint"],
+            "*",
+            why="IAM has no resource type for these IoT actions",
+        ),
+        # The device's last reading, from device state.
+        reads(["dynamodb:GetItem"], names.device_state_table_arn),
+    ]
+
+
+def revoke_grants(names: Names) -> list[Grant]:
+    """`devices revoke` (and `down --delete-data`, which revokes and deletes every device)."""
+    return [
+        *listing_grants(names),
+        writes(
+            ["iot:UpdateCertificate", "iot:DeleteCertificate", "iot:DetachPolicy"],
+            _certificates(names),
+            why=_THINGS_WHY,
+        ),
+        writes(
+            ["iot:DetachThingPrincipal"],
+            "*",
+            why="IAM has no resource type for iot:DetachThingPrincipal",
+        ),
+        writes(["iot:DeleteThing", "iot:DeleteThingShadow"], _things(names), why=_THINGS_WHY),
+    ]
+
+
+def grants(names: Names) -> list[Grant]:
+    """Every `devices` command: register, list, show, shadow, revoke."""
+    return [
+        *revoke_grants(names),
+        reads(["iot:DescribeThingType"], names.arn("iot", f"thingtype/{names.thing_type}")),
+        reads(["iot:GetPolicy"], names.arn("iot", f"policy/{names.device_policy}")),
+        writes(
+            ["iot:CreateThing", "iot:UpdateThing", "iot:UpdateThingShadow"],
+            _things(names),
+            why=_THINGS_WHY,
+        ),
+        writes(["iot:AttachPolicy"], _certificates(names), why=_THINGS_WHY),
+        writes(
+            ["iot:CreateKeysAndCertificate", "iot:AttachThingPrincipal"],
+            "*",
+            why="IAM has no resource type for these IoT actions",
+        ),
+    ]

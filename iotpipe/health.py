@@ -13,6 +13,9 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from iotpipe.permissions import Grant, reads
+from iotpipe.resources.cloudwatch import alarm_names
+
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
     from iotpipe.config import Config
@@ -60,19 +63,22 @@ class Health:
             return list(pool.map(lambda check: check(), checks))
 
     def alarms(self) -> Check:
-        prefix = f"{self.names.stack}-"
+        # By name, not by the "<stack>-" prefix, which a neighbour stack "<stack>-dev" shares.
+        names = alarm_names(self.names, self.config)
         alarms = list(
             self.aws.paginate(
                 "cloudwatch",
                 "describe_alarms",
-                resource=f"CloudWatch alarms {prefix}*",
+                resource=f"CloudWatch alarms of stack {self.names.stack}",
                 key="MetricAlarms",
-                AlarmNamePrefix=prefix,
+                AlarmNames=names,
             )
         )
         if not alarms:
             return Check(
-                "alarms", MISSING, f"no CloudWatch alarm named {prefix}*: run `iotpipe up`"
+                "alarms",
+                MISSING,
+                f"none of the stack's {len(names)} CloudWatch alarms exists: run `iotpipe up`",
             )
         by_state: dict[str, list[str]] = {}
         for alarm in alarms:
@@ -246,3 +252,21 @@ def _ago(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def grants(names: Names, config: Config) -> list[Grant]:
+    """The IAM permissions of the health checks (`status`)."""
+    alarms = [names.arn("cloudwatch", f"alarm:{name}") for name in alarm_names(names, config)]
+    return [
+        reads(["cloudwatch:DescribeAlarms"], alarms),
+        reads(
+            ["cloudwatch:GetMetricStatistics"],
+            "*",
+            why="IAM has no resource type for cloudwatch:GetMetricStatistics",
+        ),
+        reads(["kinesis:DescribeStreamSummary"], names.readings_stream_arn),
+        # HeadBucket and ListObjectsV2 (the newest delivery) are both s3:ListBucket.
+        reads(["s3:ListBucket"], names.archive_bucket_arn),
+        reads(["sns:GetTopicAttributes", "sns:ListSubscriptionsByTopic"], names.alerts_topic_arn),
+        reads(["sqs:GetQueueUrl", "sqs:GetQueueAttributes"], names.dead_letter_queue_arn),
+    ]

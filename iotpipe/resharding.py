@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from iotpipe.config import SHARD_BYTES_PER_SECOND, SHARD_RECORDS_PER_SECOND
 from iotpipe.errors import IotpipeError, UsageError
+from iotpipe.permissions import Grant, writes
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
@@ -300,3 +301,21 @@ def read_peaks(aws: Aws, stream: str, *, now: datetime | None = None) -> tuple[f
     peak_records = max(values["records"], default=0.0) / METRIC_PERIOD_SECONDS
     peak_bytes = max(values["bytes"], default=0.0) / METRIC_PERIOD_SECONDS
     return peak_records, peak_bytes, len(values["records"])
+
+
+def grants(stream_arn: str) -> list[Grant]:
+    """What planning a shard-count change takes: the stream's shards, the account's limits."""
+    return [
+        writes(["kinesis:ListShards"], stream_arn),
+        writes(
+            ["kinesis:DescribeLimits"],
+            "*",
+            why="IAM has no resource type for kinesis:DescribeLimits (the account's shard quota)",
+        ),
+    ]
+
+
+def recommend_grants() -> list[Grant]:
+    """`reshard --recommend`: the stream's traffic of the last 24 hours."""
+    why = "IAM has no resource type for cloudwatch:GetMetricData"
+    return [writes(["cloudwatch:GetMetricData"], "*", why=why)]

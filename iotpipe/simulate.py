@@ -29,9 +29,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from iotpipe.errors import AwsError, UsageError
+from iotpipe.permissions import Grant, reads
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
+    from iotpipe.naming import Names
 
 DAY_MS = 86_400_000
 MALFORMED_KINDS = ("bad_json", "missing_metrics", "non_finite", "future_ts")
@@ -453,3 +455,16 @@ def confirm_device_state(
     result.confirmed = confirmed
     result.confirm_seconds = time.monotonic() - started
     return confirmed
+
+
+def grants(names: Names) -> list[Grant]:
+    """`simulate`: which devices may still publish, and which readings reached device state.
+    The readings themselves are published with each device's certificate, not IAM."""
+    return [
+        reads(
+            ["iot:DescribeCertificate"],
+            names.arn("iot", "cert/*"),
+            why="certificate ids are random; IAM offers no stack scope for them",
+        ),
+        reads(["dynamodb:BatchGetItem"], names.device_state_table_arn),
+    ]

@@ -27,6 +27,7 @@ from iotpipe.cli import run  # noqa: E402
 from iotpipe.local import aws_rules  # noqa: E402
 from iotpipe.local.aws_rules import Clock  # noqa: E402
 from iotpipe.local.emulator import Emulator  # noqa: E402
+from tests import permission_audit  # noqa: E402
 from tests.faults import Faults  # noqa: E402
 
 SECRETS = (
@@ -107,7 +108,13 @@ def cli(capsys: pytest.CaptureFixture[str], endpoint: str, config_file: Path):
         if endpoint_url:
             argv += ["--endpoint-url", endpoint_url]
         capsys.readouterr()
-        code = run(argv)
+        with permission_audit.recording() as actions:
+            code = run(argv)
+        command = permission_audit.command_path(args)
+        permission_audit.record(command, actions)
+        # Every call a command makes is allowed by each job's policy that includes the command.
+        denied = permission_audit.not_allowed(command, actions, config or config_file)
+        assert not denied, f"`iotpipe {command}` calls what iam-policy does not grant: {denied}"
         captured = capsys.readouterr()
         # No command may ever print a secret: credentials or key material.
         for secret in SECRETS:
@@ -115,3 +122,19 @@ def cli(capsys: pytest.CaptureFixture[str], endpoint: str, config_file: Path):
         return CliResult(code, captured.out, captured.err)
 
     return invoke
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: hand its calls to the controller
+        workeroutput["iotpipe_calls"] = permission_audit.dump()
+        return
+    log = os.environ.get("IOTPIPE_CALL_LOG")
+    if log:
+        Path(log).write_text(permission_audit.dump())
+
+
+def pytest_testnodedown(node: object, error: object) -> None:
+    output = getattr(node, "workeroutput", {})
+    if "iotpipe_calls" in output:
+        permission_audit.load(output["iotpipe_calls"])

@@ -20,9 +20,19 @@ def parliament_findings(policy: dict[str, Any], *, ignore: Iterable[str] = ()) -
     return [f"{f.issue}: {f.detail}" for f in analysed.findings if f.issue not in skipped]
 
 
-def required_resource_types(action: str) -> list[str]:
-    """The resource types IAM's service reference gives `action` ("" for none)."""
+def privilege(action: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the service, the action's entry) in IAM's service reference; StopIteration if unknown."""
     prefix, name = action.split(":", 1)
     service = next(s for s in parliament.iam_definition if s["prefix"] == prefix)
-    privilege = next(p for p in service["privileges"] if p["privilege"] == name)
-    return [r["resource_type"] for r in privilege["resource_types"] if r["resource_type"]]
+    return service, next(p for p in service["privileges"] if p["privilege"] == name)
+
+
+def required_resource_types(action: str) -> list[str]:
+    """The resource types IAM's service reference gives `action` ("" for none)."""
+    _, entry = privilege(action)
+    return [r["resource_type"] for r in entry["resource_types"] if r["resource_type"]]
+
+
+def access_level(action: str) -> str:
+    """IAM's access level of `action`: Read, List, Write, Tagging or Permissions management."""
+    return privilege(action)[1]["access_level"]

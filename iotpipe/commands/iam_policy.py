@@ -10,7 +10,7 @@ import typer
 from iotpipe.commands.common import get_app
 from iotpipe.errors import UsageError
 from iotpipe.iam_policy import JOBS, job_policies
-from iotpipe.naming import Names
+from iotpipe.stack import StackContext
 
 
 def iam_policy(
@@ -26,12 +26,20 @@ def iam_policy(
 ) -> None:
     """Print the least-privilege IAM policies for this stack, by job, as JSON.
 
-    deploy: plan, up, down and status; give it to the person or CI role that deploys and tears
-    the stack down.
+    deploy: plan, up, down and status; for the person or CI role that deploys and tears the
+    stack down.
 
-    Each job's policy comes as a list of documents, each small enough for a customer managed
-    policy (6,144 characters, whitespace not counted): create one policy per document
-    (`aws iam create-policy --policy-document file://...`) and attach them all.
+    operate: devices (register, list, show, shadow, revoke), reshard, query, status and
+    simulate; for whoever runs the deployed pipeline day to day.
+
+    read-only: plan, status, devices list and show, cost; for whoever watches and changes
+    nothing.
+
+    Each policy names this stack's own resources only (generate it again after renaming the
+    stack or changing its region or account). It comes as a list of documents, each small
+    enough for a customer managed policy (6,144 characters, whitespace not counted): create one
+    policy per document (`aws iam create-policy --policy-document file://...`) and attach them
+    all. Without --job, the documents of every job are printed, keyed by job.
     """
     app = get_app(ctx)
     config = app.config
@@ -40,14 +48,9 @@ def iam_policy(
     if job is not None and job not in JOBS:
         raise UsageError(f"--job must be one of {', '.join(JOBS)}, not {job!r}")
     aws = app.aws
-    names = Names(
-        stack=config.stack.name,
-        app=config.stack.app,
-        region=aws.region,
-        account=account_id or aws.account_id,
-        partition=aws.partition,
-    )
-    policies = job_policies(names, [job] if job else None)
+    # The policy covers Timestream whether or not this account may use it today.
+    stack = StackContext(config, aws, account_id or aws.account_id, timeseries_usable=True)
+    policies = job_policies(stack, [job] if job else None)
     app.out.data(policies[job] if job else policies)
 
 

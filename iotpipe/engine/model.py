@@ -17,6 +17,7 @@ from iotpipe.errors import AwsError
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
+    from iotpipe.permissions import Grant
     from iotpipe.stack import StackContext
 
 STACK_TAG = "iotpipe:stack"
@@ -116,6 +117,11 @@ class Resource(ABC):
     @abstractmethod
     def delete(self, aws: Aws) -> None:
         """Delete the resource (and wait until it is gone where later steps depend on that)."""
+
+    def grants(self) -> list[Grant]:
+        """The IAM permissions that observing, creating, changing and deleting this resource
+        take, for the policies `iam-policy` prints (see iotpipe.permissions)."""
+        return []
 
     def preflight(self, aws: Aws) -> None:
         """Before an `up` is planned: confirm what this resource needs from AWS that no stack

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from iotpipe.engine.model import Change, Resource
+from iotpipe.permissions import Grant, owned, reads, writes
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
@@ -15,6 +16,24 @@ MIB = 1024 * 1024
 
 class Workgroup(Resource):
     kind = "athena.workgroup"
+
+    def grants(self) -> list[Grant]:
+        names = self.ctx.names
+        arn = names.workgroup_arn
+        # IAM gives Athena's tagging actions three resource types (workgroup, data catalog,
+        # capacity reservation); each is named for this stack only.
+        tagged = [
+            arn,
+            names.arn("athena", f"datacatalog/{self.name}"),
+            names.arn("athena", f"capacity-reservation/{self.name}"),
+        ]
+        return [
+            reads(["athena:GetWorkGroup"], arn),
+            reads(["athena:ListTagsForResource"], tagged),
+            writes(["athena:CreateWorkGroup", "athena:UpdateWorkGroup"], arn),
+            writes(["athena:TagResource"], tagged),
+            writes(["athena:DeleteWorkGroup"], arn, condition=owned(self.ctx.stack)),
+        ]
 
     def desired(self) -> dict[str, Any]:
         names = self.ctx.names

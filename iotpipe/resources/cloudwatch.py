@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from iotpipe.engine.model import Change, Resource
 from iotpipe.naming import Names
+from iotpipe.permissions import Grant, owned, reads, writes
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
@@ -244,6 +245,11 @@ def specs_for(names: Names, config: Config) -> list[AlarmSpec]:
     ]
 
 
+def alarm_names(names: Names, config: Config) -> list[str]:
+    """The names of the stack's alarms."""
+    return [spec.alarm_name(names.stack) for spec in specs_for(names, config)]
+
+
 def alarm_count(config: Config) -> int:
     """How many alarms `up` deploys for `config` (the cost model prices them)."""
     placeholder = Names(
@@ -300,6 +306,13 @@ class Alarm(Resource):
     @property
     def arn(self) -> str:
         return self.ctx.names.arn("cloudwatch", f"alarm:{self.name}")
+
+    def grants(self) -> list[Grant]:
+        return [
+            reads(["cloudwatch:DescribeAlarms", "cloudwatch:ListTagsForResource"], self.arn),
+            writes(["cloudwatch:PutMetricAlarm", "cloudwatch:TagResource"], self.arn),
+            writes(["cloudwatch:DeleteAlarms"], self.arn, condition=owned(self.ctx.stack)),
+        ]
 
     def desired(self) -> dict[str, Any]:
         spec, topic = self.spec, self.ctx.names.alerts_topic_arn
@@ -434,6 +447,14 @@ class Dashboard(Resource):
             if found:
                 return found.group(1)
         return None
+
+    def grants(self) -> list[Grant]:
+        # Dashboards are global (no region in their ARN) and carry no tags.
+        arn = self.ctx.names.arn("cloudwatch", f"dashboard/{self.name}", region=False)
+        return [
+            reads(["cloudwatch:GetDashboard"], arn),
+            writes(["cloudwatch:PutDashboard", "cloudwatch:DeleteDashboards"], arn),
+        ]
 
     def desired(self) -> dict[str, Any]:
         return {"body": self._body()}

@@ -8,6 +8,7 @@ from iotpipe.aws import Transient
 from iotpipe.engine.model import Change, Deferred, Resource
 from iotpipe.engine.reconcile import report_wait
 from iotpipe.errors import AwsError
+from iotpipe.permissions import Grant, owned, reads, writes
 from iotpipe.resources.deletion import DELETING, create_once_deleted, wait_while_deleting
 
 if TYPE_CHECKING:
@@ -33,6 +34,31 @@ class DeviceStateTable(Resource):
     kind = "dynamodb.table"
     data_store = True
     replace_on = frozenset({"key_schema"})
+
+    def grants(self) -> list[Grant]:
+        arn = self.ctx.names.device_state_table_arn
+        return [
+            reads(
+                [
+                    "dynamodb:DescribeTable",
+                    "dynamodb:DescribeTimeToLive",
+                    "dynamodb:DescribeContinuousBackups",
+                    "dynamodb:ListTagsOfResource",
+                ],
+                arn,
+            ),
+            writes(
+                [
+                    "dynamodb:CreateTable",
+                    "dynamodb:UpdateTable",
+                    "dynamodb:UpdateTimeToLive",
+                    "dynamodb:UpdateContinuousBackups",
+                    "dynamodb:TagResource",
+                ],
+                arn,
+            ),
+            writes(["dynamodb:DeleteTable"], arn, condition=owned(self.ctx.stack)),
+        ]
 
     def desired(self) -> dict[str, Any]:
         return {

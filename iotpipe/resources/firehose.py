@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 from iotpipe.aws import IAM_PROPAGATION
 from iotpipe.engine.model import Change, Resource
 from iotpipe.errors import AwsError
+from iotpipe.permissions import Grant, owned, reads, writes
 from iotpipe.resources.deletion import DELETING, create_once_deleted, wait_while_deleting
 from iotpipe.resources.iam import ServiceRole, allow, policy_document, trust_policy
-from iotpipe.resources.logs import LogGroup
+from iotpipe.resources.logs import LOG_STREAMS_WHY, LogGroup, group_arns
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
@@ -83,6 +84,15 @@ class DeliveryLogStream(Resource):
     def label(self) -> str:
         return f"{self.kind} {self.group}:{self.name}"
 
+    def grants(self) -> list[Grant]:
+        groups = group_arns(self.ctx.names, self.group)
+        return [
+            reads(
+                ["logs:DescribeLogStreams", "logs:ListTagsLogGroup"], groups, why=LOG_STREAMS_WHY
+            ),
+            writes(["logs:CreateLogStream", "logs:DeleteLogStream"], groups, why=LOG_STREAMS_WHY),
+        ]
+
     def desired(self) -> dict[str, Any]:
         return {}
 
@@ -132,6 +142,22 @@ class ArchiveDeliveryStream(Resource):
     @property
     def parquet(self) -> bool:
         return self.ctx.config.archive.format == "parquet"
+
+    def grants(self) -> list[Grant]:
+        arn = self.ctx.names.archive_delivery_stream_arn
+        return [
+            reads(["firehose:DescribeDeliveryStream", "firehose:ListTagsForDeliveryStream"], arn),
+            writes(
+                [
+                    "firehose:CreateDeliveryStream",
+                    "firehose:UpdateDestination",
+                    "firehose:StartDeliveryStreamEncryption",
+                    "firehose:TagDeliveryStream",
+                ],
+                arn,
+            ),
+            writes(["firehose:DeleteDeliveryStream"], arn, condition=owned(self.ctx.stack)),
+        ]
 
     def desired(self) -> dict[str, Any]:
         names, archive = self.ctx.names, self.ctx.config.archive

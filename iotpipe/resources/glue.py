@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from iotpipe.aws import IAM_PROPAGATION, Transient
 from iotpipe.engine.model import STACK_TAG, Change, Resource
+from iotpipe.permissions import Grant, owned, reads, writes
 from iotpipe.resources.iam import POLICY_VERSION, ServiceRole, allow, policy_document
 
 if TYPE_CHECKING:
@@ -65,6 +66,24 @@ def _tags(aws: Aws, arn: str, label: str) -> dict[str, str]:
 
 class CatalogDatabase(Resource):
     kind = "glue.database"
+
+    def grants(self) -> list[Grant]:
+        names = self.ctx.names
+        database = [names.glue_catalog_arn, names.glue_database_arn]
+        return [
+            reads(["glue:GetDatabase", "glue:GetTags"], database),
+            writes(["glue:CreateDatabase", "glue:UpdateDatabase", "glue:TagResource"], database),
+            # Deleting the database deletes its tables and functions (there are none) too.
+            writes(
+                ["glue:DeleteDatabase"],
+                [
+                    *database,
+                    names.arn("glue", f"table/{names.glue_database}/*"),
+                    names.arn("glue", f"userDefinedFunction/{names.glue_database}/*"),
+                ],
+                why="the tables and functions inside the stack's own database",
+            ),
+        ]
 
     def desired(self) -> dict[str, Any]:
         return {"tags": self.ctx.tags, "description": self._description}
@@ -137,6 +156,14 @@ class ArchiveTable(Resource):
     def owner(self, observed: dict[str, Any]) -> str | None:
         # Glue tables cannot be tagged: ownership is a table parameter.
         return (observed.get("parameters") or {}).get(STACK_TAG)
+
+    def grants(self) -> list[Grant]:
+        names = self.ctx.names
+        table = [names.glue_catalog_arn, names.glue_database_arn, names.glue_table_arn]
+        return [
+            reads(["glue:GetTable"], table),
+            writes(["glue:CreateTable", "glue:UpdateTable", "glue:DeleteTable"], table),
+        ]
 
     def desired(self) -> dict[str, Any]:
         parquet = self.ctx.config.archive.format == "parquet"
@@ -333,6 +360,21 @@ def crawler_role(ctx: StackContext) -> ServiceRole:
 
 class ArchiveCrawler(Resource):
     kind = "glue.crawler"
+
+    def grants(self) -> list[Grant]:
+        stack = self.ctx.stack
+        arn = self.ctx.names.crawler_arn
+        return [
+            reads(["glue:GetCrawler", "glue:GetTags"], arn),
+            writes(
+                ["glue:CreateCrawler"],
+                "*",
+                condition={"StringEquals": {f"aws:RequestTag/{STACK_TAG}": stack}},
+                why="IAM has no resource type for glue:CreateCrawler: the request's tag scopes it",
+            ),
+            writes(["glue:UpdateCrawler", "glue:StopCrawler", "glue:TagResource"], arn),
+            writes(["glue:DeleteCrawler"], arn, condition=owned(stack)),
+        ]
 
     def desired(self) -> dict[str, Any]:
         names = self.ctx.names

@@ -10,6 +10,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from iotpipe.engine.model import Change, Resource
+from iotpipe.permissions import Grant, owned, reads, writes
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
@@ -79,6 +80,33 @@ class ServiceRole(Resource):
     @property
     def arn(self) -> str:
         return self.ctx.names.arn("iam", f"role/{self.name}", region=False)
+
+    def grants(self) -> list[Grant]:
+        # The service the role is passed to is the one its trust policy lets assume it.
+        service = self.trust["Statement"][0]["Principal"]["Service"]
+        return [
+            reads(["iam:GetRole", "iam:GetRolePolicy"], self.arn),
+            writes(
+                [
+                    "iam:CreateRole",
+                    "iam:UpdateRole",
+                    "iam:UpdateAssumeRolePolicy",
+                    "iam:TagRole",
+                    "iam:PutRolePolicy",
+                    "iam:DeleteRolePolicy",
+                    "iam:ListRolePolicies",
+                    "iam:ListAttachedRolePolicies",
+                    "iam:DetachRolePolicy",
+                ],
+                self.arn,
+            ),
+            writes(["iam:DeleteRole"], self.arn, condition=owned(self.ctx.stack)),
+            writes(
+                ["iam:PassRole"],
+                self.arn,
+                condition={"StringEquals": {"iam:PassedToService": service}},
+            ),
+        ]
 
     def desired(self) -> dict[str, Any]:
         return {

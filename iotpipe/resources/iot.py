@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from iotpipe.aws import IAM_PROPAGATION
-from iotpipe.devices import DEFAULT_CONCURRENCY, Fleet
+from iotpipe.devices import DEFAULT_CONCURRENCY, Fleet, revoke_grants
 from iotpipe.engine.model import STACK_TAG, Change, Deferred, Resource
 from iotpipe.errors import AwsError, IotpipeError
+from iotpipe.permissions import Grant, owned, reads, writes
 from iotpipe.resources.iam import ServiceRole, allow, policy_document, trust_policy
 
 if TYPE_CHECKING:
@@ -112,6 +113,15 @@ class SensorThingType(Resource):
     kind = "iot.thing-type"
     # AWS cannot change a thing type's description; it can only deprecate and delete the type.
     replace_on = frozenset({"description"})
+
+    def grants(self) -> list[Grant]:
+        arn = self.ctx.names.arn("iot", f"thingtype/{self.name}")
+        return [
+            reads(["iot:DescribeThingType"], arn),
+            reads(["iot:ListThings"], "*", why="IAM has no resource type for iot:ListThings"),
+            writes(["iot:CreateThingType", "iot:DeprecateThingType", "iot:TagResource"], arn),
+            writes(["iot:DeleteThingType"], arn, condition=owned(self.ctx.stack)),
+        ]
 
     def desired(self) -> dict[str, Any]:
         return {
@@ -252,6 +262,9 @@ class DeviceFleet(Resource):
         basic_ingest = self.ctx.config.iot.basic_ingest
         return Fleet(aws, self.ctx.names, basic_ingest=basic_ingest)
 
+    def grants(self) -> list[Grant]:
+        return revoke_grants(self.ctx.names)
+
     def desired(self) -> dict[str, Any]:
         return {}
 
@@ -303,6 +316,31 @@ def _some(devices: list[str], shown: int = 5) -> str:
 
 class DevicePolicy(Resource):
     kind = "iot.policy"
+
+    def grants(self) -> list[Grant]:
+        names = self.ctx.names
+        arn = names.arn("iot", f"policy/{self.name}")
+        return [
+            reads(["iot:GetPolicy"], arn),
+            writes(
+                [
+                    "iot:CreatePolicy",
+                    "iot:CreatePolicyVersion",
+                    "iot:DeletePolicyVersion",
+                    "iot:ListPolicyVersions",
+                    "iot:ListTargetsForPolicy",
+                    "iot:TagResource",
+                ],
+                arn,
+            ),
+            writes(["iot:DeletePolicy"], arn, condition=owned(self.ctx.stack)),
+            # Before the policy goes, it is detached from the certificates it is attached to.
+            writes(
+                ["iot:DetachPolicy"],
+                names.arn("iot", "cert/*"),
+                why="certificate ids are random; IAM offers no stack scope for them",
+            ),
+        ]
 
     def desired(self) -> dict[str, Any]:
         names = self.ctx.names
@@ -402,6 +440,17 @@ class DevicePolicy(Resource):
 
 class TelemetryRule(Resource):
     kind = "iot.topic-rule"
+
+    def grants(self) -> list[Grant]:
+        arn = self.ctx.names.arn("iot", f"rule/{self.name}")
+        return [
+            reads(["iot:GetTopicRule"], arn),
+            writes(
+                ["iot:CreateTopicRule", "iot:ReplaceTopicRule", "iot:TagResource"],
+                arn,
+            ),
+            writes(["iot:DeleteTopicRule"], arn, condition=owned(self.ctx.stack)),
+        ]
 
     def desired(self) -> dict[str, Any]:
         names = self.ctx.names

@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 from iotpipe.engine.model import Change, Resource
 from iotpipe.errors import AwsError
+from iotpipe.permissions import Grant, owned, reads, writes
 from iotpipe.resharding import ReshardPlan, plan_for_stream, reshard_steps
+from iotpipe.resharding import grants as resharding_grants
 from iotpipe.resources.deletion import DELETING, create_once_deleted, wait_while_deleting
 
 if TYPE_CHECKING:
@@ -16,9 +18,44 @@ if TYPE_CHECKING:
 
 KINESIS_KMS_KEY = "alias/aws/kinesis"
 
+# IAM's service reference gives these Kinesis actions no resource type: only "*" matches them.
+_UNSCOPED = "IAM has no resource type for this Kinesis action"
+
 
 class ReadingsStream(Resource):
     kind = "kinesis.stream"
+
+    def grants(self) -> list[Grant]:
+        names = self.ctx.names
+        arn = names.readings_stream_arn
+        return [
+            reads(["kinesis:DescribeStreamSummary", "kinesis:ListTagsForStream"], arn),
+            writes(
+                [
+                    "kinesis:CreateStream",
+                    "kinesis:AddTagsToStream",
+                    "kinesis:IncreaseStreamRetentionPeriod",
+                    "kinesis:DecreaseStreamRetentionPeriod",
+                ],
+                arn,
+            ),
+            writes(["kinesis:UpdateStreamMode"], "*", why=_UNSCOPED),
+            writes(["kinesis:DeleteStream"], arn, condition=owned(self.ctx.stack)),
+            # The stream is encrypted with the AWS managed key alias/aws/kinesis, whose key id
+            # is not known in advance.
+            writes(
+                ["kinesis:StartStreamEncryption"],
+                [arn, names.arn("kms", "key/*")],
+                why="the AWS managed key aws/kinesis has an id of AWS's choosing",
+            ),
+            *self.reshard_grants(),
+        ]
+
+    def reshard_grants(self) -> list[Grant]:
+        """What a shard-count change takes (`up`, and `iotpipe reshard`)."""
+        names = self.ctx.names
+        arn = names.readings_stream_arn
+        return [writes(["kinesis:UpdateShardCount"], "*", why=_UNSCOPED), *resharding_grants(arn)]
 
     def desired(self) -> dict[str, Any]:
         config = self.ctx.config

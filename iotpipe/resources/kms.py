@@ -21,8 +21,9 @@ import contextlib
 import json
 from typing import TYPE_CHECKING, Any
 
-from iotpipe.engine.model import Change, Resource
+from iotpipe.engine.model import STACK_TAG, Change, Resource
 from iotpipe.errors import AwsError
+from iotpipe.permissions import Grant, owned, reads, writes
 from iotpipe.resources import cloudwatch
 
 if TYPE_CHECKING:
@@ -112,6 +113,61 @@ class AlertsKey(Resource):
             for spec in cloudwatch.alarm_specs(self.ctx)
         ]
         return key_policy(self.ctx.names, arns)
+
+    def grants(self) -> list[Grant]:
+        names, stack = self.ctx.names, self.ctx.stack
+        # The key's id is random, so the account's keys are the narrowest ARN. Reading, aliasing
+        # and turning rotation on follow CreateKey at once, before a new key's tag may authorize
+        # anything (tags take up to five minutes to count in KMS authorization); what changes or
+        # removes a key is allowed only on a key carrying the stack's tag.
+        keys = names.arn("kms", "key/*")
+        why = "KMS key ids are random; the alias finds the stack's key"
+        return [
+            writes(
+                ["kms:CreateKey"],
+                "*",
+                condition={"StringEquals": {f"aws:RequestTag/{STACK_TAG}": stack}},
+                why="IAM has no resource type for kms:CreateKey: the request's tag scopes it",
+            ),
+            reads(
+                [
+                    "kms:DescribeKey",
+                    "kms:GetKeyPolicy",
+                    "kms:GetKeyRotationStatus",
+                    "kms:ListResourceTags",
+                ],
+                keys,
+                why=why,
+            ),
+            writes(["kms:EnableKeyRotation"], keys, why=why),
+            # CreateKey with tags needs kms:TagResource too; only the stack's own tag may be set.
+            writes(
+                ["kms:TagResource"],
+                keys,
+                condition={
+                    "StringEquals": {f"aws:RequestTag/{STACK_TAG}": stack},
+                    "ForAllValues:StringEquals": {"aws:TagKeys": [STACK_TAG]},
+                },
+                why=why,
+            ),
+            writes(
+                [
+                    "kms:PutKeyPolicy",
+                    "kms:EnableKey",
+                    "kms:ScheduleKeyDeletion",
+                    "kms:CancelKeyDeletion",
+                ],
+                keys,
+                condition=owned(stack),
+                why=why,
+            ),
+            # An alias action names both the alias (only the stack's) and the key it points to.
+            writes(
+                ["kms:CreateAlias", "kms:DeleteAlias"],
+                [names.arn("kms", self.alias), keys],
+                why=why,
+            ),
+        ]
 
     def desired(self) -> dict[str, Any]:
         return {

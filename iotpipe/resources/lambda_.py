@@ -15,6 +15,7 @@ from iotpipe.engine.model import Change, Resource
 from iotpipe.engine.reconcile import report_wait
 from iotpipe.errors import AwsError, ConfigError
 from iotpipe.packaging import CodeBundle, processor_bundle
+from iotpipe.permissions import Grant, owned, reads, writes
 from iotpipe.resources.iam import ServiceRole, allow, policy_document, trust_policy
 from iotpipe.resources.logs import LogGroup
 from iotpipe.resources.timestream import MAGNETIC_STORE_WRITES
@@ -247,6 +248,30 @@ class ProcessorFunction(Resource):
     def bundle(self) -> CodeBundle:
         return processor_bundle()
 
+    def grants(self) -> list[Grant]:
+        names = self.ctx.names
+        arn = names.arn("lambda", f"function:{self.name}")
+        # The plan's GetLayerVersionByArn check (and its search for the newest version when the
+        # configured one is gone), and CreateFunction/UpdateFunctionConfiguration naming the
+        # layer, are authorized as lambda:GetLayerVersion on the layer version.
+        layer = names.arn("lambda", "layer:AWSLambdaPowertoolsPythonV3-python311-*")
+        layer = layer.replace(f":{names.account}:", f":{POWERTOOLS_ACCOUNT}:")
+        return [
+            reads(["lambda:GetFunction", "lambda:ListTags"], arn),
+            reads(["lambda:GetLayerVersion"], layer, why="Powertools' own layer versions"),
+            writes(
+                [
+                    "lambda:CreateFunction",
+                    "lambda:GetFunctionConfiguration",
+                    "lambda:UpdateFunctionCode",
+                    "lambda:UpdateFunctionConfiguration",
+                    "lambda:TagResource",
+                ],
+                arn,
+            ),
+            writes(["lambda:DeleteFunction"], arn, condition=owned(self.ctx.stack)),
+        ]
+
     def desired(self) -> dict[str, Any]:
         processor = self.ctx.config.processor
         return {
@@ -448,6 +473,36 @@ class ReadingsTrigger(Resource):
     @property
     def stream_arn(self) -> str:
         return self.ctx.names.readings_stream_arn
+
+    def grants(self) -> list[Grant]:
+        names = self.ctx.names
+        function = names.arn("lambda", f"function:{names.processor_function}")
+        # Mappings have random ids: they are scoped by the function they feed instead.
+        mappings = names.arn("lambda", "event-source-mapping:*")
+        why = "event source mappings have random ids; lambda:FunctionArn scopes them"
+        feeds = {"ArnLike": {"lambda:FunctionArn": function}}
+        return [
+            reads(
+                ["lambda:ListEventSourceMappings"],
+                "*",
+                why="IAM has no resource type for lambda:ListEventSourceMappings",
+            ),
+            # Lambda's tagging actions know no function condition: a mapping's tags are tags only.
+            reads(["lambda:ListTags"], mappings, why=why),
+            writes(["lambda:TagResource"], mappings, why=why),
+            writes(
+                ["lambda:CreateEventSourceMapping"],
+                "*",
+                condition=feeds,
+                why="IAM has no resource type for lambda:CreateEventSourceMapping",
+            ),
+            writes(
+                ["lambda:UpdateEventSourceMapping", "lambda:DeleteEventSourceMapping"],
+                mappings,
+                condition=feeds,
+                why=why,
+            ),
+        ]
 
     def desired(self) -> dict[str, Any]:
         processor = self.ctx.config.processor

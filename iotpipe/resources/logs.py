@@ -5,10 +5,23 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from iotpipe.engine.model import Change, Resource
+from iotpipe.permissions import Grant, owned, reads, writes
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
+    from iotpipe.naming import Names
     from iotpipe.stack import StackContext
+
+# CloudWatch Logs authorizes some log-group actions on the group's ARN and others on it followed
+# by ":*" (its log streams); both forms are granted for the stack's own groups only.
+LOG_STREAMS_WHY = (
+    'the group\'s log streams (":*"), which some CloudWatch Logs actions are authorized on'
+)
+
+
+def group_arns(names: Names, group: str) -> list[str]:
+    arn = names.arn("logs", f"log-group:{group}")
+    return [arn, f"{arn}:*"]
 
 
 class LogGroup(Resource):
@@ -17,6 +30,33 @@ class LogGroup(Resource):
     def __init__(self, ctx: StackContext, name: str, *, retention_days: int) -> None:
         super().__init__(ctx, name)
         self.retention_days = retention_days
+
+    def grants(self) -> list[Grant]:
+        return [
+            reads(
+                ["logs:DescribeLogGroups"],
+                "*",
+                why="IAM has no resource type for logs:DescribeLogGroups",
+            ),
+            reads(
+                ["logs:ListTagsLogGroup"],
+                group_arns(self.ctx.names, self.name),
+                why=LOG_STREAMS_WHY,
+            ),
+            # CreateLogGroup with tags takes logs:TagLogGroup (or logs:TagResource) too
+            # (CloudWatch Logs API reference, CreateLogGroup).
+            writes(
+                ["logs:CreateLogGroup", "logs:PutRetentionPolicy", "logs:TagLogGroup"],
+                group_arns(self.ctx.names, self.name),
+                why=LOG_STREAMS_WHY,
+            ),
+            writes(
+                ["logs:DeleteLogGroup"],
+                group_arns(self.ctx.names, self.name),
+                condition=owned(self.ctx.stack),
+                why=LOG_STREAMS_WHY,
+            ),
+        ]
 
     def desired(self) -> dict[str, Any]:
         # Without a retention the logs are kept (and billed) forever.

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from iotpipe.engine.model import Change, Resource
 from iotpipe.engine.reconcile import report_wait
 from iotpipe.errors import AwsError
+from iotpipe.permissions import Grant, reads, writes
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
@@ -132,6 +133,50 @@ def _rule_spec(rule: dict[str, Any]) -> dict[str, Any]:
 class ArchiveBucket(Resource):
     kind = "s3.bucket"
     data_store = True
+
+    def grants(self) -> list[Grant]:
+        names = self.ctx.names
+        arn = names.archive_bucket_arn
+        return [
+            reads(
+                [
+                    "s3:ListBucket",  # HeadBucket
+                    "s3:GetBucketTagging",
+                    "s3:GetEncryptionConfiguration",
+                    "s3:GetBucketPublicAccessBlock",
+                    "s3:GetBucketOwnershipControls",
+                    "s3:GetBucketPolicy",
+                    "s3:GetBucketVersioning",
+                    "s3:GetLifecycleConfiguration",
+                ],
+                arn,
+            ),
+            writes(
+                [
+                    "s3:CreateBucket",
+                    "s3:DeleteBucket",
+                    "s3:PutBucketTagging",
+                    "s3:PutEncryptionConfiguration",
+                    "s3:PutBucketPublicAccessBlock",
+                    "s3:PutBucketOwnershipControls",
+                    "s3:PutBucketPolicy",
+                    "s3:PutBucketVersioning",
+                    "s3:PutLifecycleConfiguration",
+                    "s3:ListBucketVersions",  # `down --delete-data` empties the bucket
+                ],
+                arn,
+            ),
+            # DeleteObjects of object versions is authorized as DeleteObjectVersion per key.
+            # Whoever may set the bucket policy (or its lifecycle) can give themselves object
+            # access anyway, so reading, writing and deleting objects are stated openly.
+            writes(
+                ["s3:DeleteObjectVersion", "s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+                f"{arn}/*",
+                why="every key of the stack's own bucket",
+            ),
+            # Before the bucket goes, the delivery stream writing to it must be gone.
+            writes(["firehose:DescribeDeliveryStream"], names.archive_delivery_stream_arn),
+        ]
 
     def desired(self) -> dict[str, Any]:
         names = self.ctx.names

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from iotpipe.engine.model import STACK_TAG, Change, Resource
+from iotpipe.permissions import Grant, owned, reads, writes
 from iotpipe.resources import kms
 
 if TYPE_CHECKING:
@@ -27,6 +28,14 @@ class AlertsTopic(Resource):
     @property
     def arn(self) -> str:
         return self.ctx.names.alerts_topic_arn
+
+    def grants(self) -> list[Grant]:
+        arn = self.ctx.names.alerts_topic_arn
+        return [
+            reads(["sns:GetTopicAttributes", "sns:ListTagsForResource"], arn),
+            writes(["sns:CreateTopic", "sns:SetTopicAttributes", "sns:TagResource"], arn),
+            writes(["sns:DeleteTopic"], arn, condition=owned(self.ctx.stack)),
+        ]
 
     def desired(self) -> dict[str, Any]:
         return {"tags": self.ctx.tags, "kms_key": self.kms_key}
@@ -99,6 +108,21 @@ class EmailSubscriptions(Resource):
     def __init__(self, ctx: StackContext, topic: AlertsTopic) -> None:
         super().__init__(ctx, topic.name, depends_on=(topic.key,))
         self.topic_arn = topic.arn
+
+    def grants(self) -> list[Grant]:
+        arn = self.ctx.names.alerts_topic_arn
+        return [
+            reads(
+                [
+                    "sns:GetTopicAttributes",
+                    "sns:ListSubscriptionsByTopic",
+                    "sns:ListTagsForResource",
+                ],
+                arn,
+            ),
+            writes(["sns:Subscribe"], arn),
+            writes(["sns:Unsubscribe"], "*", why="IAM has no resource type for sns:Unsubscribe"),
+        ]
 
     def desired(self) -> dict[str, Any]:
         return {"emails": sorted(set(self.ctx.config.alerts.emails))}

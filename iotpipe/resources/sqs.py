@@ -8,6 +8,7 @@ from iotpipe.aws import Transient
 from iotpipe.engine.model import Change, Resource
 from iotpipe.engine.reconcile import report_wait
 from iotpipe.errors import AwsError
+from iotpipe.permissions import Grant, owned, reads, writes
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
@@ -25,6 +26,14 @@ QUEUE_DELETED_RECENTLY = Transient(
 
 class DeadLetterQueue(Resource):
     kind = "sqs.queue"
+
+    def grants(self) -> list[Grant]:
+        arn = self.ctx.names.dead_letter_queue_arn
+        return [
+            reads(["sqs:GetQueueUrl", "sqs:GetQueueAttributes", "sqs:ListQueueTags"], arn),
+            writes(["sqs:CreateQueue", "sqs:SetQueueAttributes", "sqs:TagQueue"], arn),
+            writes(["sqs:DeleteQueue"], arn, condition=owned(self.ctx.stack)),
+        ]
 
     def desired(self) -> dict[str, Any]:
         return {

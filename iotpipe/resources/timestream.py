@@ -13,9 +13,11 @@ from botocore.discovery import EndpointDiscoveryException
 
 from iotpipe.engine.model import Change, Resource, Unavailable
 from iotpipe.errors import AwsError
+from iotpipe.permissions import Grant, owned, reads, writes
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
+    from iotpipe.naming import Names
     from iotpipe.stack import StackContext
 
 SERVICE = "timestream-write"
@@ -59,6 +61,22 @@ def available(aws: Aws) -> bool:
     return True
 
 
+def _tagging_grants(names: Names, arn: str) -> list[Grant]:
+    # IAM gives Timestream's tagging actions three resource types (database, table, scheduled
+    # query); each is named for this stack only.
+    tagged = [arn, names.arn("timestream", f"scheduled-query/{names.stack}")]
+    return [
+        reads(["timestream:ListTagsForResource"], tagged),
+        writes(["timestream:TagResource"], tagged),
+    ]
+
+
+def _service_grants() -> list[Grant]:
+    why = "IAM has no resource type for these Timestream actions"
+    # `available` lists databases; the SDK discovers Timestream's endpoint before each call.
+    return [reads(["timestream:ListDatabases", "timestream:DescribeEndpoints"], "*", why=why)]
+
+
 def _tags(aws: Aws, arn: str, label: str) -> dict[str, str]:
     found = _call(aws, "list_tags_for_resource", resource=label, ResourceARN=arn)
     return {t["Key"]: t["Value"] for t in (found or {}).get("Tags", [])}
@@ -72,6 +90,15 @@ class TimeseriesDatabase(Resource):
     @property
     def arn(self) -> str:
         return self.ctx.names.timeseries_database_arn
+
+    def grants(self) -> list[Grant]:
+        return [
+            *_service_grants(),
+            *_tagging_grants(self.ctx.names, self.arn),
+            reads(["timestream:DescribeDatabase"], self.arn),
+            writes(["timestream:CreateDatabase"], self.arn),
+            writes(["timestream:DeleteDatabase"], self.arn, condition=owned(self.ctx.stack)),
+        ]
 
     def desired(self) -> dict[str, Any]:
         # Timestream always encrypts at rest (AWS managed key by default).
@@ -127,6 +154,16 @@ class TimeseriesTable(Resource):
     @property
     def arn(self) -> str:
         return self.ctx.names.timeseries_table_arn
+
+    def grants(self) -> list[Grant]:
+        arn = self.ctx.names.timeseries_table_arn
+        return [
+            *_service_grants(),
+            *_tagging_grants(self.ctx.names, arn),
+            reads(["timestream:DescribeTable"], arn),
+            writes(["timestream:CreateTable", "timestream:UpdateTable"], arn),
+            writes(["timestream:DeleteTable"], arn, condition=owned(self.ctx.stack)),
+        ]
 
     def desired(self) -> dict[str, Any]:
         section = self.ctx.config.timeseries
