@@ -102,7 +102,7 @@ def root(
     ] = None,
     output: Annotated[
         OutputFormat,
-        typer.Option("--output", "-o", help="table, json, or csv (for query results)."),
+        typer.Option("--output", "-o", help="table, json, or csv (a command's table as CSV)."),
     ] = OutputFormat.table,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More detail.")] = 0,
     version: Annotated[

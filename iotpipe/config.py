@@ -11,7 +11,7 @@ import re
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -65,12 +65,24 @@ BUCKET_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s
 # Account ids are always 12 digits: a stand-in gives the bucket name its real length.
 _ACCOUNT_STAND_IN = "123456789012"
 
+# Each string pattern's rule in words: a config error says the rule, never the regex.
+_PATTERN_RULES: dict[str, str] = {}
+
+
+def _matching(pattern: str, rule: str, **field: Any) -> Any:
+    """`Field(pattern=...)` whose mismatch is explained as `rule`."""
+    _PATTERN_RULES[pattern] = rule
+    return Field(pattern=pattern, **field)
+
+
 StackName = Annotated[
     str,
-    Field(
-        pattern=r"^[a-z][a-z0-9-]{1,22}[a-z0-9]$",
-        description="lowercase letters, digits and hyphens, 3-24 characters; it prefixes every "
-        "resource name, including the S3 bucket, so it must be DNS-safe",
+    _matching(
+        r"^[a-z][a-z0-9-]{1,22}[a-z0-9]$",
+        "3-24 characters: lowercase letters, digits and hyphens, starting with a letter and "
+        "ending with a letter or digit",
+        description="it prefixes every resource name, including the S3 bucket, so it must be "
+        "DNS-safe",
     ),
 ]
 
@@ -106,9 +118,10 @@ class _Section(BaseModel):
 class StackSection(_Section):
     name: StackName = "iotpipe"
     region: str = Field("us-east-1", pattern=r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
-    app: str = Field(
-        "sensors",
-        pattern=r"^[a-z0-9_-]{1,32}$",
+    app: str = _matching(
+        r"^[a-z0-9_-]{1,32}$",
+        "1-32 characters: lowercase letters, digits, underscores and hyphens",
+        default="sensors",
         description="the <app> segment of device topics: dt/<app>/<thing>/telemetry",
     )
 
@@ -245,7 +258,12 @@ class ArchiveSection(_Section):
 
 
 class CatalogSection(_Section):
-    crawler_schedule: str = Field("cron(0 3 * * ? *)", pattern=r"^cron\(.+\)$")
+    crawler_schedule: str = _matching(
+        r"^cron\(.+\)$",
+        "a schedule in Glue's form cron(minutes hours day-of-month month day-of-week year), "
+        "e.g. cron(0 3 * * ? *)",
+        default="cron(0 3 * * ? *)",
+    )
     bytes_scanned_cutoff_mb: int = Field(
         1_024, ge=10, description="Athena cancels any query that scans more than this"
     )
@@ -258,7 +276,12 @@ class IotSection(_Section):
 
 
 class AlertsSection(_Section):
-    emails: list[Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]] = []
+    emails: list[
+        Annotated[
+            str,
+            _matching(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", "an email address such as ops@example.com"),
+        ]
+    ] = []
     iterator_age_seconds: int = Field(300, ge=1)
     archive_freshness_seconds: int = Field(1_800, ge=60)
 
@@ -398,6 +421,9 @@ def parse_config(data: dict, source: str = "config") -> Config:
             reason = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 reason = "unknown key (check its spelling and section)"
+            elif err["type"] == "string_pattern_mismatch":
+                rule = _PATTERN_RULES.get(err["ctx"]["pattern"], "in the documented form")
+                reason = f"must be {rule} (got {err['input']!r})"
             elif err["type"] in _SCALAR_TYPES and isinstance(err.get("input"), str):
                 # Strict mode: "30" stays a string. Say how TOML writes the value instead.
                 reason += f" (got the string {err['input']!r}: write numbers and booleans "

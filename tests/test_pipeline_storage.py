@@ -672,7 +672,12 @@ def test_email_subscriptions_follow_the_config(cli, aws, tmp_path) -> None:
     plan = cli("plan", "--output", "json", config=one).json
     step = next(s for s in plan["steps"] if s["kind"] == "sns.subscriptions")
     assert step["changes"] == [
-        {"field": "emails", "old": ["a@example.com", "b@example.com"], "new": ["b@example.com"]}
+        {
+            "field": "emails",
+            "old": ["a@example.com", "b@example.com"],
+            "new": ["b@example.com"],
+            "paths": [{"path": [0], "old": "a@example.com"}],
+        }
     ]
     up_ok(cli, one)
     assert set(subscribed(aws)) == {"b@example.com"}

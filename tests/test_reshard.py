@@ -209,7 +209,9 @@ def test_up_after_a_config_change_reshards_in_steps(cli, endpoint: str, faults, 
     config.write_text('[stack]\nname = "test"\n[stream]\nshards = 4\n')
     plan = cli("plan", "-o", "json", config=config).json
     (stream,) = [s for s in plan["steps"] if s["kind"] == "kinesis.stream"]
-    assert stream["changes"] == [{"field": "shard_count", "old": 1, "new": 4}]
+    assert stream["changes"] == [
+        {"field": "shard_count", "old": 1, "new": 4, "paths": [{"path": [], "old": 1, "new": 4}]}
+    ]
     assert "1 -> 2 -> 4" in stream["note"]
     faults.calls.clear()
 

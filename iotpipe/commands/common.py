@@ -9,6 +9,7 @@ import typer
 
 from iotpipe.engine.model import Plan
 from iotpipe.engine.reconcile import execute
+from iotpipe.errors import UsageError
 
 if TYPE_CHECKING:
     from iotpipe.cli import App
@@ -19,8 +20,19 @@ YesOption = Annotated[
 ]
 
 
+# Commands that print no table: `--output csv` is refused before they do anything.
+NO_TABLE_COMMANDS = frozenset({"init", "iam-policy", "simulate", "devices shadow", "local serve"})
+
+
 def get_app(ctx: typer.Context) -> App:
-    return ctx.find_root().obj
+    app = ctx.find_root().obj
+    command = ctx.command_path.partition(" ")[2]
+    if app.out.csv_mode and command in NO_TABLE_COMMANDS:
+        raise UsageError(
+            f"`iotpipe {command}` prints no table: --output csv does not apply to it",
+            hint="use --output table or --output json",
+        )
+    return app
 
 
 def show_confirm_execute(

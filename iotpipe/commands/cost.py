@@ -101,12 +101,14 @@ def cost(
         f"{volume.bytes_per_reading} bytes each; {age}"
     )
     columns = ["service", "item", "quantity", "unit", "unit price", "monthly"]
+    # The line items are the result (the CSV of --output csv); the other tables explain them.
     out.table(columns, _rows(report.configured.items), title="Monthly estimate (list prices)")
     if report.configured.allowances:
         out.table(
             columns,
             _rows(report.configured.allowances),
             title="AWS Always Free allowances it would use (per account or organization, shared)",
+            aside=True,
         )
     out.table(
         ["optimisation", "in use", "saves per month", "why"],
@@ -115,6 +117,7 @@ def cost(
             for s in report.savings
         ],
         title="What each choice saves against the naive one",
+        aside=True,
     )
     configured, naive = report.configured, report.naive
     out.key_values(
@@ -126,6 +129,7 @@ def cost(
             ("naive, after Always Free allowances", _money(naive.total_after_allowances)),
         ],
         title="Monthly total (USD)",
+        aside=True,
     )
     out.info("Assumptions: " + "; ".join(report.assumptions) + ".")
 

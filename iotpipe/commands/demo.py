@@ -59,6 +59,7 @@ def demo(
                 ("demo total (incl. up and devices)", f"{summary.seconds:.1f} s"),
             ],
             title="Demo summary",
+            aside=True,
         )
     if summary.lost:
         raise ReadingsLost(

@@ -145,6 +145,7 @@ def register_devices(
                 ),
             ],
             title="Device registration",
+            aside=True,
         )
     out.confirm(f"{action} {len(specs)} device(s) in stack {config.stack.name!r}?", yes=yes)
 
@@ -170,7 +171,8 @@ def register_devices(
             }
         )
     else:
-        if len(results) <= _DEVICE_TABLE_LIMIT:
+        # As CSV the table is the command's result: every device, however many.
+        if len(results) <= _DEVICE_TABLE_LIMIT or out.csv_mode:
             out.table(
                 ["device", "status", "certificate", "note"],
                 [
@@ -183,6 +185,7 @@ def register_devices(
             ["status", "devices"],
             sorted(counts.items()),
             title="Summary",
+            aside=True,
         )
     for result in failed:
         out.error(result.error or result.name, result.hint)
@@ -202,12 +205,22 @@ def list_devices(
         str | None, typer.Option("--attribute", "-a", help="Only devices with this key=value.")
     ] = None,
 ) -> None:
-    """List the stack's devices (every page), optionally filtered by one attribute."""
+    """List the stack's devices by name (every page), optionally filtered by one attribute.
+
+    With --output csv: a `name` column and one column per attribute, the format
+    `devices register --from-csv` reads.
+    """
     app = get_app(ctx)
     wanted = parse_attribute(attribute, "--attribute") if attribute else None
-    things = list(_fleet(app).list(wanted))
+    things = sorted(_fleet(app).list(wanted), key=lambda thing: thing["name"])
     if app.out.json_mode:
         app.out.data({"devices": things, "count": len(things)})
+        return
+    if app.out.csv_mode:
+        keys = sorted({key for thing in things for key in thing["attributes"]})
+        app.out.table(
+            ["name", *keys], [[t["name"], *(t["attributes"].get(k) for k in keys)] for t in things]
+        )
         return
     app.out.table(
         ["device", "attributes"],

@@ -132,7 +132,8 @@ def _show_plan(app: App, plan: ReshardPlan) -> None:
     for index, step in enumerate(plan.steps, start=1):
         rows.append((index, f"{count} -> {step}", "UpdateShardCount UNIFORM_SCALING"))
         count = step
-    if rows:
+    # As CSV the steps are the result, none included.
+    if rows or out.csv_mode:
         out.table(["step", "shards", "operation"], rows, title=f"Reshard {plan.stream}")
     out.info(
         f"scaling operations in the last 24 h: {plan.history.operations} of "

@@ -36,6 +36,7 @@ def status(ctx: typer.Context) -> None:
             ["check", "state", "detail"],
             [(check.name, check.state, check.detail) for check in checks],
             title="Health",
+            aside=True,
         )
         if not in_sync:
             out.warn("some resources are missing or drifted: `iotpipe plan` shows the fix")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from difflib import SequenceMatcher
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -58,17 +59,216 @@ class Change:
     field: str
     old: Any
     new: Any
+    # A dict field where only the new value's keys matter (tags others added are kept): a key
+    # only the old value has is no difference.
+    subset: bool = field(default=False, compare=False)
+
+    def paths(self) -> list[Difference]:
+        """Where inside the value the change is: one entry per differing leaf or list item."""
+        old = self.old
+        if self.subset and isinstance(old, dict) and isinstance(self.new, dict):
+            old = {k: v for k, v in old.items() if k in self.new}
+        return _differences(old, self.new, ())
+
+    def lines(self, *, whole: bool = False) -> list[str]:
+        """The change for a person: one line per path (`policy.Statement[1].Action[2]: + "x"`);
+        long values are cut to what changed unless `whole`."""
+        return [line for d in self.paths() for line in d.lines(self.field, whole=whole)]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"field": self.field, "old": self.old, "new": self.new}
+        return {
+            "field": self.field,
+            "old": self.old,
+            "new": self.new,
+            "paths": [d.to_dict() for d in self.paths()],
+        }
 
     def __str__(self) -> str:
-        return f"{self.field}: {_short(self.old)} -> {_short(self.new)}"
+        return "\n".join(self.lines())
 
 
-def _short(value: Any, limit: int = 60) -> str:
-    text = "(none)" if value is None else json.dumps(value, sort_keys=True, default=str)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+class _Absent:
+    """A dict key or list item one side does not have (unlike None, a value of its own)."""
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+ABSENT: Any = _Absent()
+
+# How many characters of a value a line shows before cutting it (`-v` shows every one), and how
+# much unchanged text it keeps around a change inside a long string.
+_SHOWN_CHARS = 80
+_CONTEXT_CHARS = 24
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One difference inside a field's value: at `path` (keys and list indexes) `old` became
+    `new`; ABSENT on one side means the key or item was added or removed."""
+
+    path: tuple[str | int, ...]
+    old: Any
+    new: Any
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"path": list(self.path)}
+        if self.old is not ABSENT:
+            out["old"] = self.old
+        if self.new is not ABSENT:
+            out["new"] = self.new
+        return out
+
+    def path_text(self) -> str:
+        """The path as it reads in a plan: `Statement[1].Action[2]`, `tags["iotpipe:stack"]`."""
+        return _path_text(self.path).removeprefix(".")
+
+    def lines(self, field_name: str, *, whole: bool = False) -> list[str]:
+        label = field_name + _path_text(self.path)
+        old, new = self.old, self.new
+        if old is ABSENT or (old is None and _is_container(new)):
+            return _listed(label, "+", new, whole)
+        if new is ABSENT or (new is None and _is_container(old)):
+            return _listed(label, "-", old, whole)
+        if isinstance(old, str) and isinstance(new, str) and not whole:
+            return [f"{label}: {' -> '.join(_excerpts(old, new))}"]
+        return [f"{label}: {_shown(old, whole)} -> {_shown(new, whole)}"]
+
+
+def _differences(old: Any, new: Any, path: tuple[str | int, ...]) -> list[Difference]:
+    if _normal(old) == _normal(new):
+        return []
+    if isinstance(old, dict) and isinstance(new, dict):
+        found = []
+        for key in sorted(old.keys() | new.keys(), key=str):
+            found += _differences(old.get(key, ABSENT), new.get(key, ABSENT), (*path, key))
+        return found
+    if isinstance(old, list) and isinstance(new, list):
+        return _list_differences(old, new, path)
+    return [Difference(path, old, new)]
+
+
+def _list_differences(
+    old: list[Any], new: list[Any], path: tuple[str | int, ...]
+) -> list[Difference]:
+    """Items aligned as a text diff aligns lines: an inserted Action is one addition, not a
+    change of every item after it; an item changed in place (a statement that gained an
+    Action) is diffed inside."""
+    matcher = SequenceMatcher(a=[_key(v) for v in old], b=[_key(v) for v in new], autojunk=False)
+    found: list[Difference] = []
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            continue
+        pairs = _pair_similar(old, range(i1, i2), new, range(j1, j2))
+        paired_old = {i for i, _ in pairs}
+        paired_new = {j: i for i, j in pairs}
+        found += [
+            Difference((*path, i), old[i], ABSENT) for i in range(i1, i2) if i not in paired_old
+        ]
+        for j in range(j1, j2):
+            if j in paired_new:
+                found += _differences(old[paired_new[j]], new[j], (*path, j))
+            else:
+                found.append(Difference((*path, j), ABSENT, new[j]))
+    return found
+
+
+# Two list items this alike (difflib's ratio of their JSON) are one item changed, not a removal
+# and an addition.
+_SAME_ITEM_RATIO = 0.6
+
+
+def _pair_similar(
+    old: list[Any], old_range: range, new: list[Any], new_range: range
+) -> list[tuple[int, int]]:
+    """Pairs (old index, new index) of items that are one item changed, in order."""
+    if len(old_range) == len(new_range):
+        return list(zip(old_range, new_range, strict=True))
+    pairs: list[tuple[int, int]] = []
+    next_new = new_range.start
+    for i in old_range:
+        scored = [
+            (SequenceMatcher(a=_key(old[i]), b=_key(new[j]), autojunk=False).ratio(), j)
+            for j in range(next_new, new_range.stop)
+        ]
+        ratio, j = max(scored, default=(0.0, 0))
+        if ratio >= _SAME_ITEM_RATIO:
+            pairs.append((i, j))
+            next_new = j + 1
+    return pairs
+
+
+def _is_container(value: Any) -> bool:
+    return isinstance(value, dict | list)
+
+
+def _key(value: Any) -> str:
+    return json.dumps(_normal(value), sort_keys=True)
+
+
+def _path_text(path: tuple[str | int, ...]) -> str:
+    parts = []
+    for step in path:
+        if isinstance(step, int):
+            parts.append(f"[{step}]")
+        elif step.isidentifier():
+            parts.append(f".{step}")
+        else:
+            parts.append(f"[{json.dumps(step, ensure_ascii=False)}]")
+    return "".join(parts)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "(none)"
+    return json.dumps(value, sort_keys=True, default=str, ensure_ascii=False)
+
+
+def _shown(value: Any, whole: bool) -> str:
+    text = _text(value)
+    if whole or len(text) <= _SHOWN_CHARS:
+        return text
+    return f"{text[:_SHOWN_CHARS]}... ({len(text) - _SHOWN_CHARS} more characters; -v shows all)"
+
+
+def _listed(label: str, sign: str, value: Any, whole: bool) -> list[str]:
+    """An added (+) or removed (-) value; a long dict or list is listed leaf by leaf, so every
+    Action of an added policy statement can be read."""
+    if whole or not _is_container(value) or len(_text(value)) <= _SHOWN_CHARS:
+        return [f"{label}: {sign} {_shown(value, whole)}"]
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    return [
+        line
+        for key, item in items
+        for line in _listed(label + _path_text((key,)), sign, item, whole)
+    ]
+
+
+def _excerpts(old: str, new: str) -> tuple[str, str]:
+    """Two long strings cut to where they differ, with some unchanged text either side."""
+    if max(len(_text(old)), len(_text(new))) <= _SHOWN_CHARS:
+        return _text(old), _text(new)
+    start = _common_prefix_length(old, new)
+    end = _common_prefix_length(old[start:][::-1], new[start:][::-1])
+
+    def excerpt(text: str) -> str:
+        lead = "..." if start > _CONTEXT_CHARS else ""
+        before = text[max(start - _CONTEXT_CHARS, 0) : start]
+        middle = text[start : len(text) - end]
+        if len(middle) > _SHOWN_CHARS:
+            more = len(middle) - _SHOWN_CHARS
+            shown = json.dumps(before + middle[:_SHOWN_CHARS], ensure_ascii=False)
+            return f"{lead}{shown}... ({more} more characters; -v shows all)"
+        after = text[len(text) - end : len(text) - end + _CONTEXT_CHARS]
+        tail = "..." if end > _CONTEXT_CHARS else ""
+        return lead + json.dumps(before + middle + after, ensure_ascii=False) + tail
+
+    return excerpt(old), excerpt(new)
+
+
+def _common_prefix_length(a: str, b: str) -> int:
+    pairs = zip(a, b, strict=False)
+    return next((i for i, (x, y) in enumerate(pairs) if x != y), min(len(a), len(b)))
 
 
 class Resource(ABC):
@@ -152,7 +352,7 @@ class Resource(ABC):
             if name in self.subset_fields and isinstance(want, dict):
                 have_dict = have or {}
                 if any(have_dict.get(k) != v for k, v in want.items()):
-                    changes.append(Change(name, have, want))
+                    changes.append(Change(name, have, want, subset=True))
             elif _normal(have) != _normal(want):
                 changes.append(Change(name, have, want))
         return changes
