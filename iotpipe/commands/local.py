@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import threading
 from typing import Annotated
 
@@ -22,22 +23,44 @@ def serve(
     ctx: typer.Context,
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port on 127.0.0.1 (0: any).")] = 4566,
 ) -> None:
-    """Start the emulator; once `up` has run against it, run the data plane until Ctrl-C."""
+    """Start the emulator and run the stack's data plane in it until Ctrl-C: it starts once `up`
+    has run against it, follows later `up`s (and a `down`), and says when Firehose delivers.
+    Runs on the default config until the --config file exists. Exits 1 at once when the port is
+    taken."""
     from iotpipe.local.demo import require_local_extra
-    from iotpipe.local.serve import LocalServer
+    from iotpipe.local.serve import LocalServer, follow_config_file, next_steps
 
     require_local_extra()
     app = get_app(ctx)
     out = app.out
+    config_path = app.config_path.resolve()
     stop = threading.Event()
-    with LocalServer(
-        app.config, port=port, on_event=lambda text: out.err.print(f"• {text}")
-    ) as server:
+
+    def on_event(text: str) -> None:
+        out.err.print(f"• {text}", markup=False, emoji=False, highlight=False)
+
+    def shell_line(text: str) -> None:
+        # Never wrapped, never styled: these lines are pasted into a shell.
+        console = out.out if out.mode == "table" else out.err
+        console.print(f"  {text}", soft_wrap=True, markup=False, emoji=False, highlight=False)
+
+    with LocalServer(follow_config_file(config_path), port=port, on_event=on_event) as server:
         out.info(f"emulator listening on {server.endpoint_url}")
-        out.info(f"export AWS_ENDPOINT_URL={server.endpoint_url}")
+        out.info("in another terminal, set (dummy credentials: the emulator takes any):")
+        for name, value in {**server.exports(), "IOTPIPE_CONFIG": str(config_path)}.items():
+            shell_line(f"export {name}={shlex.quote(value)}")
+        config_exists = config_path.exists()
+        if not config_exists:
+            out.info(
+                f"no config file at {config_path} yet: serving the defaults (stack "
+                f"{server.config.stack.name!r}) until `iotpipe init` writes it"
+            )
+        out.info("then run:")
+        for step in next_steps(config_exists=config_exists):
+            shell_line(step)
         out.info(
-            "then: iotpipe up --yes; iotpipe devices register --count 5 --out-dir devices; "
-            'iotpipe simulate --devices-dir devices; iotpipe local query "SELECT ..."'
+            "readings reach the archive when Firehose delivers its buffer ([archive] "
+            "buffer_seconds, 900 s by default); this console says when"
         )
         try:
             server.run(stop)

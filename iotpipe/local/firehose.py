@@ -110,6 +110,17 @@ class DeliveryConfig:
     buffer_seconds: int
     compression: str
 
+    @property
+    def buffering(self) -> str:
+        """The buffering hints in words: when Firehose writes what it holds."""
+        return f"up to {self.buffer_seconds} s or {self.buffer_bytes // 1024**2} MiB"
+
+    @property
+    def destination(self) -> str:
+        """s3://bucket/<the folders of the prefix before its first expression>/."""
+        fixed = self.prefix.split("!{", 1)[0]
+        return f"s3://{self.bucket}/{fixed[: fixed.rfind('/') + 1]}"
+
     @classmethod
     def from_description(cls, description: dict[str, Any]) -> DeliveryConfig:
         """From a DescribeDeliveryStream response's DeliveryStreamDescription."""
@@ -204,7 +215,10 @@ class LocalDelivery:
         self._buffer: list[bytes] = []
         self._size = 0
         self._first_arrival: float | None = None
+        # Lines (newline-terminated): what the archive counts, one per reading.
+        self._lines = 0
         self.records_delivered = 0
+        self.lines_delivered = 0
         self.objects: list[str] = []
 
     @classmethod
@@ -235,6 +249,7 @@ class LocalDelivery:
                 self._first_arrival = self.clock()
             self._buffer.extend(records)
             self._size += sum(len(r) for r in records)
+            self._lines += sum(r.count(b"\n") for r in records)
             full = self._size >= self.config.buffer_bytes
         if full:
             self.flush()
@@ -248,13 +263,25 @@ class LocalDelivery:
     def flush_if_due(self) -> str | None:
         return self.flush() if self.due() else None
 
+    def next_delivery_at(self) -> float | None:
+        """When the buffer is written at the latest (epoch seconds); None when it is empty."""
+        with self._lock:
+            first = self._first_arrival
+            return None if first is None else first + self.config.buffer_seconds
+
+    def reconfigure(self, config: DeliveryConfig) -> None:
+        """Deliver with `config` from now on (what UpdateDestination changed); the buffered
+        records stay and go out under the new buffering hints and prefix."""
+        with self._lock:
+            self.config = config
+
     def flush(self) -> str | None:
         """Write the buffer as one object now; returns its key (None when empty)."""
         with self._lock:
             if not self._buffer:
                 return None
-            records, first = self._buffer, self._first_arrival or self.clock()
-            self._buffer, self._size, self._first_arrival = [], 0, None
+            records, first, lines = self._buffer, self._first_arrival or self.clock(), self._lines
+            self._buffer, self._size, self._first_arrival, self._lines = [], 0, None, 0
         arrival = datetime.fromtimestamp(first, UTC)
         config = self.config
         body = b"".join(records)
@@ -263,16 +290,26 @@ class LocalDelivery:
         key = expand_prefix(config.prefix, arrival) + object_name(
             config.stream, config.version, arrival, config.compression
         )
-        self.aws.call(
-            "s3",
-            "put_object",
-            resource=f"bucket {config.bucket}",
-            Bucket=config.bucket,
-            Key=key,
-            Body=body,
-        )
+        try:
+            self.aws.call(
+                "s3",
+                "put_object",
+                resource=f"bucket {config.bucket}",
+                Bucket=config.bucket,
+                Key=key,
+                Body=body,
+            )
+        except BaseException:
+            # Firehose keeps retrying a delivery it could not make; the records are not lost.
+            with self._lock:
+                self._buffer[:0] = records
+                self._size += sum(len(r) for r in records)
+                self._lines += lines
+                self._first_arrival = first
+            raise
         with self._lock:
             self.records_delivered += len(records)
+            self.lines_delivered += lines
             self.objects.append(key)
         return key
 
@@ -280,3 +317,8 @@ class LocalDelivery:
     def buffered(self) -> int:
         with self._lock:
             return len(self._buffer)
+
+    @property
+    def buffered_lines(self) -> int:
+        with self._lock:
+            return self._lines

@@ -44,25 +44,35 @@ class LocalDataPlane:
     def __init__(self, aws: Aws, names: Names, *, code_dir: Path | None = None) -> None:
         self.aws = aws
         self.names = names
+        self.code_dir = code_dir or processor_code_dir()
         self.function_log = io.StringIO()
         self.rules = RuleEngine.from_emulator(aws, [names.topic_rule])
         self.delivery = LocalDelivery.from_emulator(aws, names.archive_delivery_stream)
-        self.poller = KinesisPoller.from_emulator(
-            aws,
-            names.processor_function,
-            names.readings_stream_arn,
-            code_dir or processor_code_dir(),
-            runtime_environment=lambda_runtime_environment(aws),
+        self.poller = self._read_poller()
+        # Why a background loop stopped (local serve reports it and restarts the loop).
+        self.failure: Exception | None = None
+        self._uninstall: list[Callable[[], None]] = []
+        self._uninstall_poller: Callable[[], None] = lambda: None
+        self._stop = threading.Event()
+        # One pipeline step at a time, and never while `refresh` swaps a part.
+        self._step = threading.Lock()
+        self._loops: dict[str, threading.Thread] = {}
+        self._targets: dict[str, Callable[[], None]] = {}
+        self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
+
+    def _read_poller(self) -> KinesisPoller:
+        return KinesisPoller.from_emulator(
+            self.aws,
+            self.names.processor_function,
+            self.names.readings_stream_arn,
+            self.code_dir,
+            runtime_environment=lambda_runtime_environment(self.aws),
             log=self.function_log,
         )
-        self._uninstall: list[Callable[[], None]] = []
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
 
     def start(self) -> LocalDataPlane:
         self._uninstall.append(self.delivery.install())
-        self._uninstall.append(self.poller.install())
+        self._uninstall_poller = self.poller.install()
         self.poller.start_positions()
         return self
 
@@ -75,19 +85,66 @@ class LocalDataPlane:
         self.poller.drain()
         self.delivery.flush()
 
+    def refresh(self) -> list[str]:
+        """Take up what `up` changed in the emulator since the plane read it; returns the parts
+        that changed. Raises IotpipeError when a part is gone (after `down`) or cannot run."""
+        names = self.names
+        rules = RuleEngine.from_emulator(self.aws, [names.topic_rule]).rules
+        delivery = LocalDelivery.from_emulator(self.aws, names.archive_delivery_stream).config
+        poller = self._read_poller()
+        changed = []
+        with self._step:
+            if rules != self.rules.rules:
+                self.rules.rules = rules
+                changed.append(f"IoT rule {names.topic_rule}")
+            if delivery != self.delivery.config:
+                self.delivery.reconfigure(delivery)
+                changed.append(f"delivery stream {delivery.stream} ({delivery.buffering})")
+            current = self.poller
+            if poller.mapping.uuid != current.mapping.uuid:
+                # A mapping created anew (after `down` and `up`) reads from its own starting
+                # position, as on AWS; the old one's place in the stream means nothing to it.
+                self._uninstall_poller()
+                self.poller = poller
+                self._uninstall_poller = poller.install()
+                poller.start_positions()
+                changed.append(f"event source mapping {poller.mapping.uuid} (new)")
+            elif (poller.mapping, poller.runtime.function) != (
+                current.mapping,
+                current.runtime.function,
+            ):
+                # Same mapping: it keeps its place in each shard and takes the new settings.
+                current.mapping, current.runtime = poller.mapping, poller.runtime
+                changed.append(f"event source mapping and function {names.processor_function}")
+        return changed
+
     # Background operation (local serve) ------------------------------------------------------
     def receive_emulator_publishes(self, inbox: queue.Queue[tuple[str, bytes]]) -> None:
         """Feed the rules engine what `listen_to_iot_data` puts in `inbox` (some may wait there)."""
         self._inbox = inbox
-        self._spawn(self._deliver_inbox)
+        self._spawn("rules", self._deliver_inbox)
 
     def run_in_background(self, poll_seconds: float = 0.5) -> None:
-        self._spawn(lambda: self._poll_loop(poll_seconds))
+        self._spawn("stream", lambda: self._poll_loop(poll_seconds))
 
-    def _spawn(self, target: Callable[[], None]) -> None:
-        thread = threading.Thread(target=target, daemon=True)
+    def restart(self) -> None:
+        """Start again the background loops that stopped on a failure."""
+        self.failure = None
+        for name, thread in list(self._loops.items()):
+            if not thread.is_alive():
+                self._spawn(name, self._targets[name])
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        def guarded() -> None:
+            try:
+                target()
+            except Exception as exc:  # reported by whoever runs the plane, not lost in a thread
+                self.failure = exc
+
+        thread = threading.Thread(target=guarded, name=f"local-{name}", daemon=True)
+        self._targets[name] = target
+        self._loops[name] = thread
         thread.start()
-        self._threads.append(thread)
 
     def _deliver_inbox(self) -> None:
         while not self._stop.is_set():
@@ -102,14 +159,17 @@ class LocalDataPlane:
 
     def _poll_loop(self, poll_seconds: float) -> None:
         while not self._stop.is_set():
-            self.poller.poll()
-            self.delivery.flush_if_due()
+            with self._step:
+                self.poller.poll()
+                self.delivery.flush_if_due()
             self._stop.wait(poll_seconds)
 
     def close(self) -> None:
         self._stop.set()
-        for thread in self._threads:
+        for thread in self._loops.values():
             thread.join(timeout=5)
+        self._uninstall_poller()
+        self._uninstall_poller = lambda: None
         for uninstall in reversed(self._uninstall):
             uninstall()
         self._uninstall.clear()
