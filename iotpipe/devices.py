@@ -816,17 +816,25 @@ def _certificates(names: Names) -> list[str]:
     return [names.arn("iot", "cert/*")]
 
 
-def listing_grants(names: Names) -> list[Grant]:
-    """`devices list` and `devices show`."""
+def _finding_grants(names: Names) -> list[Grant]:
+    """A device, its certificates and their policies; the IoT data endpoint (shadows)."""
     return [
         reads(["iot:ListThings"], "*", why="IAM has no resource type for iot:ListThings"),
-        reads(["iot:DescribeThing", "iot:GetThingShadow"], _things(names), why=_THINGS_WHY),
+        reads(["iot:DescribeThing"], _things(names), why=_THINGS_WHY),
         reads(["iot:DescribeCertificate"], _certificates(names), why=_THINGS_WHY),
         reads(
             ["iot:ListThingPrincipals", "iot:ListAttachedPolicies", "iot:DescribeEndpoint"],
             "*",
             why="IAM has no resource type for these IoT actions",
         ),
+    ]
+
+
+def listing_grants(names: Names) -> list[Grant]:
+    """`devices list` and `devices show`."""
+    return [
+        *_finding_grants(names),
+        reads(["iot:GetThingShadow"], _things(names), why=_THINGS_WHY),
         # The device's last reading, from device state.
         reads(["dynamodb:GetItem"], names.device_state_table_arn),
     ]
@@ -835,7 +843,7 @@ def listing_grants(names: Names) -> list[Grant]:
 def revoke_grants(names: Names) -> list[Grant]:
     """`devices revoke` (and `down --delete-data`, which revokes and deletes every device)."""
     return [
-        *listing_grants(names),
+        *_finding_grants(names),
         writes(
             ["iot:UpdateCertificate", "iot:DeleteCertificate", "iot:DetachPolicy"],
             _certificates(names),
@@ -853,6 +861,7 @@ def revoke_grants(names: Names) -> list[Grant]:
 def grants(names: Names) -> list[Grant]:
     """Every `devices` command: register, list, show, shadow, revoke."""
     return [
+        *listing_grants(names),
         *revoke_grants(names),
         reads(["iot:DescribeThingType"], names.arn("iot", f"thingtype/{names.thing_type}")),
         reads(["iot:GetPolicy"], names.arn("iot", f"policy/{names.device_policy}")),

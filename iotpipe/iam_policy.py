@@ -86,12 +86,14 @@ EMULATOR_ONLY_ACTIONS: dict[str, str] = {
 }
 
 
-def _observation(ctx: StackContext) -> list[Grant]:
-    """`plan` and `status`: observing every resource the stack may own, and its health."""
+def _observation(ctx: StackContext, *, plan: bool) -> list[Grant]:
+    """`status` (and with `plan`, `plan`): observing every resource the stack may own, and
+    its health."""
     resources = build_teardown_resources(ctx, prewarm=False)
+    observing = [grant for resource in resources for grant in resource.grants() if grant.read]
     return [
         *account_grants(),
-        *[grant for resource in resources for grant in resource.grants() if grant.read],
+        *[grant for grant in observing if plan or not grant.preflight],
         *health.grants(ctx.names, ctx.config),
     ]
 
@@ -99,7 +101,7 @@ def _observation(ctx: StackContext) -> list[Grant]:
 def _deploy(ctx: StackContext) -> list[Grant]:
     resources = build_teardown_resources(ctx, prewarm=False)
     return [
-        *_observation(ctx),
+        *_observation(ctx, plan=True),
         *[grant for resource in resources for grant in resource.grants()],
     ]
 
@@ -108,7 +110,7 @@ def _operate(ctx: StackContext) -> list[Grant]:
     names = ctx.names
     stream = ReadingsStream(ctx, names.readings_stream)
     return [
-        *_observation(ctx),
+        *_observation(ctx, plan=False),
         *devices.grants(names),
         *[grant for grant in stream.grants() if grant.read],
         *stream.reshard_grants(),
@@ -119,7 +121,7 @@ def _operate(ctx: StackContext) -> list[Grant]:
 
 
 def _read_only(ctx: StackContext) -> list[Grant]:
-    return [*_observation(ctx), *devices.listing_grants(ctx.names)]
+    return [*_observation(ctx, plan=True), *devices.listing_grants(ctx.names)]
 
 
 @dataclass(frozen=True)

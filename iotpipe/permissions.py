@@ -22,6 +22,8 @@ class Grant:
     resources: tuple[str, ...]
     # Observation only: the read-only job (plan, status, devices list/show) gets these.
     read: bool = False
+    # An observation only `plan` (and `up`) make: what a stack needs that no stack owns.
+    preflight: bool = False
     condition: str = ""  # the statement's Condition, as canonical JSON ("" for none)
     # Why a resource must be a wildcard or "*" (random ids, or no resource type in IAM).
     why: str = ""
@@ -37,6 +39,7 @@ def _grant(
     resources: str | Iterable[str],
     condition: Mapping[str, Any] | None,
     why: str,
+    preflight: bool = False,
 ) -> Grant:
     listed = (resources,) if isinstance(resources, str) else tuple(resources)
     if any("*" in resource for resource in listed) and not why:
@@ -47,6 +50,7 @@ def _grant(
         read=read,
         condition=json.dumps(condition, sort_keys=True) if condition else "",
         why=why,
+        preflight=preflight,
     )
 
 
@@ -56,9 +60,10 @@ def reads(
     *,
     condition: Mapping[str, Any] | None = None,
     why: str = "",
+    preflight: bool = False,
 ) -> Grant:
-    """Actions that only observe `resources`."""
-    return _grant(True, actions, resources, condition, why)
+    """Actions that only observe `resources` (with `preflight`, only `plan` and `up` do)."""
+    return _grant(True, actions, resources, condition, why, preflight)
 
 
 def writes(

@@ -132,6 +132,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     log = os.environ.get("IOTPIPE_CALL_LOG")
     if log:
         Path(log).write_text(permission_audit.dump())
+    if permission_audit.whole_suite(session.config) and exitstatus == 0:
+        # The second direction of the IAM proof needs every command's calls, so it runs once
+        # the whole suite has: an action a job grants that none of its commands called fails it.
+        config = Path(str(session.config.rootpath)) / "iotpipe" / "config.example.toml"
+        figures, problems = permission_audit.audit(config)
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_sep("-", "IAM policies against the calls of the suite")
+            for line in [*figures, *problems]:
+                reporter.write_line(line)
+        if problems:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_testnodedown(node: object, error: object) -> None:

@@ -152,3 +152,120 @@ def not_allowed(command: str, actions: set[str], config_path: Path) -> dict[str,
         for name, allowed in jobs.items()
     }
     return {name: listed for name, listed in missing.items() if listed}
+
+
+def audit(config_path: Path) -> tuple[list[str], list[str]]:
+    """(figures, problems) of the second direction: every action each job grants (for the stack
+    `config_path` describes) is called by one of the job's commands somewhere in the suite, or
+    is one AWS checks without a call of that name."""
+    from iotpipe.aws import Aws
+    from iotpipe.config import load_config
+    from iotpipe.iam_policy import IMPLICIT_ACTIONS, JOBS, job_policies, policy_characters
+    from iotpipe.stack import StackContext
+
+    config = load_config(config_path)
+    ctx = StackContext(config, Aws(region=config.stack.region), "123456789012", True)
+    figures, problems = [], []
+    for name, documents in job_policies(ctx).items():
+        job = JOBS[name]
+        actions = {a for d in documents for s in d["Statement"] for a in s["Action"]}
+        called = called_by(job.covers)
+        unused = sorted(actions - called - set(IMPLICIT_ACTIONS))
+        calls = sum(n for (command, _), n in CALLS.items() if job.covers(command))
+        sizes = ", ".join(f"{policy_characters(d):,}" for d in documents)
+        figures.append(
+            f"{name}: {len(documents)} documents ({sizes} characters), {len(actions)} actions "
+            f"granted, {len(actions & called)} of them called by its commands "
+            f"({calls} calls checked, each action once per command run), "
+            f"{len(actions - called)} checked by AWS without a call of their name"
+        )
+        if unused:
+            problems.append(f"{name} grants actions none of its commands calls: {unused}")
+    # The processor's role: the handler's calls, and the uses AWS documents for the role.
+    role = processor_role_actions(config_path)
+    handler = called_by(lambda command: command == PROCESSOR)
+    unused = sorted(role - handler - set(PROCESSOR_ROLE_USES))
+    figures.append(
+        f"processor role: {len(role)} actions, {len(role & handler)} called by the handler in "
+        f"the processor tests, {len(role - handler)} used by Lambda itself as documented"
+    )
+    if unused:
+        problems.append(f"the processor's role grants actions nothing uses: {unused}")
+    return figures, problems
+
+
+def whole_suite(config: Any) -> bool:
+    """Whether this session runs every test (the audit is meaningless for a selection)."""
+    tests = Path(__file__).resolve().parent
+    paths = [Path(arg.split("::")[0]).resolve() for arg in config.args] or [tests]
+    return (
+        not config.option.keyword
+        and not config.option.markexpr
+        and all(path == tests for path in paths)
+    )
+
+
+# The processor's own calls (its handler, in the processor tests) are recorded under this name.
+PROCESSOR = "processor handler"
+
+# What the processor's role is used for besides the handler's calls, each as AWS documents it.
+PROCESSOR_ROLE_USES = {
+    # Lambda developer guide, "Using Lambda with Kinesis": the execution role's permissions
+    # (the AWSLambdaKinesisExecutionRole managed policy) let the event source mapping read.
+    "kinesis:DescribeStream": "the event source mapping reads the stream as the function's role",
+    "kinesis:DescribeStreamSummary": "the event source mapping reads the stream as the role",
+    "kinesis:GetRecords": "the event source mapping reads the stream as the function's role",
+    "kinesis:GetShardIterator": "the event source mapping reads the stream as the role",
+    "kinesis:ListShards": "the event source mapping reads the stream as the function's role",
+    "kinesis:ListStreams": "the event source mapping reads the stream as the function's role",
+    # Same guide, "On-failure destinations": the mapping sends a failed batch's record to SQS
+    # with the execution role.
+    "sqs:SendMessage": "the event source mapping's on-failure destination, as the role",
+    # Lambda developer guide, "Lambda execution role": the runtime writes the function's logs.
+    "logs:CreateLogStream": "the Lambda runtime writes the function's logs as the role",
+    "logs:PutLogEvents": "the Lambda runtime writes the function's logs as the role",
+    # Timestream developer guide, "The Endpoint Discovery Pattern"; the SDK's own call, which
+    # an explicit endpoint (the emulator) skips.
+    "timestream:DescribeEndpoints": "the SDK discovers Timestream's endpoint before writing",
+}
+
+
+def processor_role_actions(config_path: Path) -> set[str]:
+    """The actions of the processor's role for the stack, with time series on."""
+    from iotpipe.aws import Aws
+    from iotpipe.config import load_config
+    from iotpipe.resources.lambda_ import processor_role
+    from iotpipe.stack import StackContext
+
+    config = load_config(config_path)
+    config = config.model_copy(
+        update={"timeseries": config.timeseries.model_copy(update={"enabled": True})}
+    )
+    ctx = StackContext(config, Aws(region=config.stack.region), "123456789012", True)
+    actions: set[str] = set()
+    for statement in processor_role(ctx).policy["Statement"]:
+        listed = statement["Action"]
+        actions |= {listed} if isinstance(listed, str) else set(listed)
+    return actions
+
+
+@contextmanager
+def recording_processor(clients_module: Any, monkeypatch: Any) -> Iterator[set[str]]:
+    """The IAM actions of the calls the processor's own clients make inside the block."""
+    actions: set[str] = set()
+    original = clients_module.client
+
+    def client(service: str) -> Any:
+        created = service not in clients_module.CLIENTS
+        found = original(service)
+        if created:
+
+            def before_call(model: Any, **_: Any) -> None:
+                actions.add(iam_action(service, model.name))
+
+            found.meta.events.register("before-call", before_call)
+        return found
+
+    monkeypatch.setattr(clients_module, "client", client)
+    yield actions
+    record(PROCESSOR, actions)

@@ -33,6 +33,10 @@ if str(LAMBDA_SRC) not in sys.path:
 
 from processor import clients, retry  # noqa: E402  (after lambda_src is on sys.path)
 
+from tests import permission_audit  # noqa: E402
+
+EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "iotpipe" / "config.example.toml"
+
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
 STACK = "test"
@@ -386,8 +390,13 @@ def sinks_fixture(endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[st
     create_sinks(endpoint)
     monkeypatch.setattr(retry, "BASE_SECONDS", 0.001)
     clients.CLIENTS.clear()
-    yield endpoint
+    with permission_audit.recording_processor(clients, monkeypatch) as actions:
+        yield endpoint
     clients.CLIENTS.clear()
+    # Every call the handler made is one its role allows (the role is built with time series on,
+    # as the handler runs here).
+    allowed = permission_audit.processor_role_actions(EXAMPLE_CONFIG)
+    assert actions <= allowed, f"the processor's role lacks {sorted(actions - allowed)}"
 
 
 @pytest.fixture(name="intercept")

@@ -258,7 +258,12 @@ class ProcessorFunction(Resource):
         layer = layer.replace(f":{names.account}:", f":{POWERTOOLS_ACCOUNT}:")
         return [
             reads(["lambda:GetFunction", "lambda:ListTags"], arn),
-            reads(["lambda:GetLayerVersion"], layer, why="Powertools' own layer versions"),
+            reads(
+                ["lambda:GetLayerVersion"],
+                layer,
+                why="Powertools' own layer versions",
+                preflight=True,
+            ),
             writes(
                 [
                     "lambda:CreateFunction",
