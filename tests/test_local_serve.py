@@ -224,6 +224,21 @@ def test_a_crash_of_the_data_plane_is_reported_and_it_goes_on(checked_server, tm
     _device_state(server, events, ["after-crash"])
 
 
+def test_serve_follows_the_stack_the_config_names(endpoint: str) -> None:
+    configs = [parse_config({"stack": {"name": "first"}})]
+    events: list[str] = []
+    with LocalServer(lambda: configs[-1], port=0, on_event=events.append) as server:
+        server.check()
+        configs.append(parse_config({"stack": {"name": "second"}}))
+        server.check()
+
+        assert server.config.stack.name == "second"
+        assert any("stack 'second' now" in e for e in events), events
+        configs.append(parse_config({"stack": {"name": "second", "region": "eu-west-1"}}))
+        server.check()
+        assert any("restart `iotpipe local serve`" in e for e in events), events
+
+
 def test_a_second_serve_on_a_busy_port_exits_at_once(cli) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

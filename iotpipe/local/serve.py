@@ -188,7 +188,8 @@ class LocalServer:
             self.on_event(text)
 
     def _stack_names(self) -> Names:
-        if self._names is None or self._names.stack != self.config.stack.name:
+        stack = self.config.stack
+        if self._names is None or (self._names.stack, self._names.app) != (stack.name, stack.app):
             from iotpipe.stack import StackContext
 
             assert self._aws is not None, "enter the server first"
@@ -270,8 +271,11 @@ class LocalServer:
                 )
             return
         if failure is not None:
-            self.on_event(f"data plane crashed: {_why(failure)}; restarting it")
+            # Said once while it recurs the same way (each restart would meet it again).
+            self._say("crash", f"data plane crashed: {_why(failure)}; restarting it")
             plane.restart()
+        else:
+            self._say("crash", None)
         if changes:
             self.on_event("took up what `iotpipe up` changed: " + "; ".join(changes))
         self._report_archive(plane)
