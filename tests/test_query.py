@@ -11,9 +11,19 @@ from typing import Any
 
 import boto3
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from iotpipe.athena_query import MIN_BILLED_BYTES, billed_bytes, cost_usd, is_aws_endpoint
+from iotpipe.athena_query import (
+    MIN_BILLED_BYTES,
+    billed_bytes,
+    cost_usd,
+    is_aws_endpoint,
+    single_statement,
+    writing_statement,
+)
 from iotpipe.aws import add_client_hook
+from iotpipe.errors import UsageError
 
 WORKGROUP = "test"  # the stack's workgroup and Glue database are named after the stack
 COLUMNS = [("device_id", "varchar"), ("temperature", "double"), ("seq", "bigint")]
@@ -415,3 +425,48 @@ def test_aws_endpoints_are_told_apart_from_others() -> None:
     assert is_aws_endpoint("https://athena-fips.us-east-1.api.aws")
     assert not is_aws_endpoint("http://127.0.0.1:4566")
     assert not is_aws_endpoint("http://amazonaws.com.example.org")
+
+
+WRITES = [
+    ["DROP", "TABLE", "readings"],
+    ["DELETE", "FROM", "readings"],
+    ["INSERT", "INTO", "readings", "SELECT", "*", "FROM", "other"],
+    ["CREATE", "TABLE", "copy", "AS", "SELECT", "*", "FROM", "readings"],
+    ["ALTER", "TABLE", "readings", "DROP", "COLUMN", "seq"],
+    ["MSCK", "REPAIR", "TABLE", "readings"],
+    ["EXPLAIN", "ANALYZE", "DROP", "TABLE", "readings"],
+]
+READS = [
+    ["SELECT", "device_id", "FROM", "readings"],
+    ["WITH", "r", "AS", "(", "SELECT", "1", ")", "SELECT", "*", "FROM", "r"],
+    ["SHOW", "TABLES"],
+    ["DESCRIBE", "readings"],
+    ["EXPLAIN", "SELECT", "1"],
+]
+_GAPS = st.one_of(
+    st.sampled_from([" ", "\n", "\t", "  \r\n "]),
+    st.text("abc ;'*", max_size=8).map(lambda t: f" /*{t.replace('*/', '')}*/ "),
+    st.text("abc ;'", max_size=8).map(lambda t: f" --{t}\n"),
+)
+
+
+@st.composite
+def _disguised(draw: st.DrawFn, words: list[str]) -> str:
+    """The statement with random case, and whitespace or comments between every word."""
+    parts = []
+    for word in words:
+        parts.append(draw(_GAPS))
+        parts.append("".join(c.upper() if draw(st.booleans()) else c.lower() for c in word))
+    return "".join(parts) + draw(st.sampled_from(["", ";", " ; -- end\n"]))
+
+
+@settings(max_examples=150, derandomize=True, deadline=None)
+@given(st.data())
+def test_no_comment_whitespace_or_case_turns_a_write_into_a_read(data: st.DataObject) -> None:
+    write = data.draw(_disguised(data.draw(st.sampled_from(WRITES))))
+    read = data.draw(_disguised(data.draw(st.sampled_from(READS))))
+
+    assert writing_statement(single_statement(write)) is not None, write
+    assert writing_statement(single_statement(read)) is None, read
+    with pytest.raises(UsageError, match="2 SQL statements"):
+        single_statement(f"{read};{write}")
