@@ -419,9 +419,7 @@ def grants(names: Names) -> list[Grant]:
             names.workgroup_arn,
         ),
         reads(["glue:GetDatabase", "glue:GetTable"], catalog),
-        reads(
-            ["s3:GetBucketLocation", "s3:ListBucket", "s3:ListBucketMultipartUploads"], bucket
-        ),
+        reads(["s3:GetBucketLocation", "s3:ListBucket", "s3:ListBucketMultipartUploads"], bucket),
         reads(
             ["s3:GetObject"],
             f"{bucket}/{names.archive_prefix}*",
