@@ -3,7 +3,9 @@
 botocore's own retries are switched off so that one policy (tenacity, below) decides what is
 retried: throttling, 5xx, dropped connections, and the named "not yet consistent" errors a caller
 passes in (IAM propagation, updates in progress, read-after-create). Everything else fails fast,
-as an `AwsError` naming the resource and quoting AWS.
+as an `AwsError` naming the resource and quoting AWS. An endpoint that cannot be reached, or that
+answers but is not AWS, fails in seconds with a message naming the endpoint; a bad endpoint URL
+or region is refused before any client exists.
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import boto3
 import botocore.exceptions
 import botocore.loaders
 import botocore.paginate
+import botocore.parsers
 import botocore.session
+import botocore.utils
 import jmespath
 from botocore.config import Config as BotoConfig
 from tenacity import (
@@ -35,6 +40,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from iotpipe.config import region_problem
 from iotpipe.errors import AwsError, UsageError
 
 T = TypeVar("T")
@@ -59,6 +65,9 @@ THROTTLING_CODES = frozenset(
 SERVER_ERROR_CODES = frozenset(
     {"InternalFailure", "InternalError", "InternalServerError", "ServiceUnavailable"}
 )
+# The HTTP statuses worth another attempt, as botocore's standard retry mode has them
+# (retries/standard.py, TransientRetryableChecker): 501 Not Implemented and 505 never change.
+TRANSIENT_STATUSES = frozenset({500, 502, 503, 504})
 
 
 @dataclass(frozen=True)
@@ -220,19 +229,45 @@ def error_code(exc: BaseException) -> tuple[str, str, int]:
     return "", str(exc), 0
 
 
+# An endpoint that cannot be reached at all (refused, no such host, no answer to the connect):
+# the AWS SDKs' "standard" defaults, a 3.1 s connect timeout (botocore's
+# sdk-default-configuration.json, connectTimeoutInMillis) and 3 attempts (the standard retry
+# mode's default max_attempts), so that a wrong endpoint fails in seconds, not after the full
+# backoff meant for throttling.
+CONNECT_TIMEOUT_SECONDS = 3.1
+CONNECT_ATTEMPTS = 3
+
+
+def is_connect_failure(exc: BaseException | None) -> bool:
+    """No connection could be made (as opposed to one that dropped in the middle of a call)."""
+    return isinstance(
+        exc, botocore.exceptions.EndpointConnectionError | botocore.exceptions.ConnectTimeoutError
+    )
+
+
+def endpoint_problem(url: str) -> str | None:
+    """Why botocore would refuse `url` as an endpoint, or None."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        return "is not a URL: it must start with http:// or https:// (e.g. http://localhost:4566)"
+    try:
+        parts.port  # noqa: B018 -- urlsplit checks the port only when it is read
+    except ValueError:
+        return "has a port that is not a number from 0 to 65535"
+    if not botocore.utils.is_valid_uri(url):
+        return "does not name a valid host"
+    return None
+
+
 def is_throttling_or_server_error(exc: BaseException) -> bool:
-    if isinstance(
-        exc,
-        botocore.exceptions.EndpointConnectionError
-        | botocore.exceptions.ConnectionClosedError
-        | botocore.exceptions.ReadTimeoutError
-        | botocore.exceptions.ConnectTimeoutError,
+    if is_connect_failure(exc) or isinstance(
+        exc, botocore.exceptions.ConnectionClosedError | botocore.exceptions.ReadTimeoutError
     ):
         return True
     if not isinstance(exc, botocore.exceptions.ClientError):
         return False
     code, message, status = error_code(exc)
-    if code in THROTTLING_CODES or code in SERVER_ERROR_CODES or status >= 500:
+    if code in THROTTLING_CODES or code in SERVER_ERROR_CODES or status in TRANSIENT_STATUSES:
         return True
     # Kinesis and others say "LimitExceededException: Rate exceeded" for control-plane throttling;
     # the same code for a quota ("shard limit") is permanent.
@@ -306,6 +341,17 @@ class Aws:
                 f"AWS profile {profile!r} not found",
                 hint="check --profile against ~/.aws/config",
             ) from None
+        problem = region_problem(self.region if region is None else region)
+        if problem:
+            source = "AWS_DEFAULT_REGION or the profile's region" if region is None else "--region"
+            raise UsageError(f"{source}: {problem}")
+        for source, url in (
+            ("--endpoint-url", endpoint_url),
+            ("AWS_ENDPOINT_URL", None if endpoint_url else os.environ.get("AWS_ENDPOINT_URL")),
+        ):
+            problem = endpoint_problem(url) if url else None
+            if problem:
+                raise UsageError(f"{source} {url!r} {problem}")
         self.endpoint_url = endpoint_url
         self.policy = policy or _default_policy()
         # Ratio of this policy's sleeps to the production ones (tests shorten everything).
@@ -323,7 +369,7 @@ class Aws:
             region_name=self.region,
             retries={"total_max_attempts": 1, "mode": "standard"},
             max_pool_connections=32,
-            connect_timeout=10,
+            connect_timeout=CONNECT_TIMEOUT_SECONDS,
             read_timeout=60,
         )
 
@@ -343,7 +389,15 @@ class Aws:
                     endpoint = os.environ.get("AWS_ENDPOINT_URL")
                 if endpoint:
                     kwargs["endpoint_url"] = endpoint
-                client = self.session.client(service, **kwargs)
+                try:
+                    client = self.session.client(service, **kwargs)
+                except (ValueError, botocore.exceptions.UnknownRegionError) as exc:
+                    # What botocore refuses to build a client from: a service-specific endpoint
+                    # variable (AWS_ENDPOINT_URL_<SERVICE>) or a region it cannot place.
+                    raise UsageError(
+                        f"cannot use AWS {service} with this configuration: {exc}",
+                        hint="check the AWS_ENDPOINT_URL* variables and the region",
+                    ) from None
                 client.meta.events.register("before-call", self._count)
                 for hook in list(_client_hooks):
                     hook(service, client)
@@ -424,6 +478,7 @@ class Aws:
             # The deadline counts the calls' own time too, which a shortened policy (tests,
             # benchmarks) does not shorten: a transient always gets its max_attempts.
             stop = stop | (stop_after_delay(deadline) & stop_after_attempt(policy.max_attempts))
+        stop = stop | _stop_after_connect_attempts
         retrying = Retrying(
             stop=stop,
             wait=wait_random_exponential(
@@ -440,6 +495,12 @@ class Aws:
             code, message, status = error_code(exc)
             if code in missing or (status == 404 and "404" in missing):
                 return None
+            if _not_an_aws_error(exc):
+                raise AwsError(
+                    f"{client.meta.endpoint_url} is not an AWS endpoint: it answered "
+                    f"{service} {api_name(client, operation)} with HTTP {status} and no AWS error",
+                    hint=self._endpoint_hint(),
+                ) from None
             hint = None
             if is_pass_role_denial(code, message):
                 hint = (
@@ -455,8 +516,36 @@ class Aws:
                 resource=resource,
                 hint="configure credentials (aws configure, AWS_PROFILE or --profile)",
             ) from None
+        except (
+            botocore.exceptions.EndpointConnectionError,
+            botocore.exceptions.ConnectTimeoutError,
+        ) as exc:
+            # About the endpoint, not the resource the call was for (nor its credentials).
+            raise AwsError(
+                f"cannot connect to {client.meta.endpoint_url} ({CONNECT_ATTEMPTS} attempts): "
+                f"{_reason(exc)}",
+                hint=self._endpoint_hint(),
+            ) from None
+        except (botocore.parsers.ResponseParserError, KeyError, TypeError, AttributeError) as exc:
+            if not isinstance(exc, botocore.parsers.ResponseParserError) and not _raised_in_parser(
+                exc
+            ):
+                raise
+            raise AwsError(
+                f"{client.meta.endpoint_url} is not an AWS endpoint: its answer to "
+                f"{service} {api_name(client, operation)} is not an AWS response",
+                hint=self._endpoint_hint(),
+            ) from None
         except botocore.exceptions.BotoCoreError as exc:
             raise AwsError(f"{operation} failed: {exc}", resource=resource) from exc
+
+    def _endpoint_hint(self) -> str:
+        if self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL"):
+            return (
+                "check --endpoint-url (or AWS_ENDPOINT_URL): it must be AWS or a running AWS "
+                "emulator (iotpipe local serve)"
+            )
+        return "check the network connection and the region"
 
     def wait_for(
         self,
@@ -579,6 +668,46 @@ _FIRST_PAGE_ONLY: dict[tuple[str, str], tuple[str, ...]] = {
         "StreamCreationTimestamp",
     ),
 }
+
+
+def _stop_after_connect_attempts(state: RetryCallState) -> bool:
+    outcome = state.outcome
+    failure = outcome.exception() if outcome is not None and outcome.failed else None
+    return is_connect_failure(failure) and state.attempt_number >= CONNECT_ATTEMPTS
+
+
+def _not_an_aws_error(exc: botocore.exceptions.ClientError) -> bool:
+    """An error page (a web server's 404, 501), not an AWS error: AWS names an error code, or,
+    where a response has no body (S3's HEAD), sends a request id; botocore then falls back on
+    the HTTP status as the code."""
+    code, _, status = error_code(exc)
+    request_id = exc.response.get("ResponseMetadata", {}).get("RequestId")
+    return not code or (code == str(status) and not request_id)
+
+
+def _raised_in_parser(exc: BaseException) -> bool:
+    """Did botocore's response parser fail on an answer of the wrong shape (valid XML or JSON
+    that is not what the operation returns)? It raises what the shape's lookup met."""
+    frame = None
+    tb = exc.__traceback__
+    while tb is not None:
+        frame, tb = tb.tb_frame, tb.tb_next
+    return frame is not None and frame.f_globals.get("__name__") == "botocore.parsers"
+
+
+def _reason(exc: botocore.exceptions.BotoCoreError) -> str:
+    """The socket's own words ("Connection refused"), without urllib3's wrapping."""
+    error: BaseException = exc.kwargs.get("error") or exc
+    while error.__cause__ is not None:
+        error = error.__cause__
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error)
+
+
+def api_name(client: Any, operation: str) -> str:
+    """`get_caller_identity` as AWS names it: GetCallerIdentity."""
+    return client.meta.method_to_api_mapping.get(operation, operation)
 
 
 def _note_retry(aws: Aws, service: str, operation: str) -> Callable[[RetryCallState], None]:

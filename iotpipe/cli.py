@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
@@ -13,7 +14,7 @@ import typer
 
 from iotpipe import __version__
 from iotpipe.config import DEFAULT_CONFIG_PATH, Config, load_config
-from iotpipe.errors import IotpipeError
+from iotpipe.errors import INTERRUPTED_EXIT_CODE, Cancelled, IotpipeError
 from iotpipe.output import Output
 
 
@@ -54,7 +55,8 @@ class App:
         config = self.config
         return Aws(
             profile=self.profile,
-            region=self.region or config.stack.region,
+            # `--region ""` is checked (and refused), not taken for "no --region".
+            region=config.stack.region if self.region is None else self.region,
             endpoint_url=self.endpoint_url,
         )
 
@@ -205,15 +207,18 @@ def run(argv: list[str]) -> int:
     global _app
     _app = None
     args = hoist_global_options(argv)
+    command = typer.main.get_command(app)
     try:
-        result = app(args=args, prog_name="iotpipe", standalone_mode=False)
-    except IotpipeError as exc:
-        output = _app.out if _app is not None else Output()
-        output.error(exc.message, exc.hint)
+        # The command is invoked here, not through `app()`: typer's entry point turns Ctrl-C into
+        # a silent `Exit(130)` before any handler of ours could say what it means.
+        with command.make_context("iotpipe", args) as ctx:
+            result = command.invoke(ctx)
+    except Cancelled as exc:
+        _output().notice(exc.message)
         return exc.exit_code
-    except typer.Abort:
-        Output().error("aborted")
-        return 130
+    except IotpipeError as exc:
+        _output().error(exc.message, exc.hint)
+        return exc.exit_code
     except typer.Exit as exc:
         return exc.exit_code
     except typer.TyperException as exc:
@@ -221,13 +226,40 @@ def run(argv: list[str]) -> int:
         exc.show()  # type: ignore[attr-defined]
         return int(getattr(exc, "exit_code", 2))
     except KeyboardInterrupt:
-        Output().error("interrupted")
-        return 130
+        _output().notice(
+            "interrupted: run the same command again to continue; what is already done is kept "
+            "and is not done twice"
+        )
+        return INTERRUPTED_EXIT_CODE
     return result if isinstance(result, int) else 0
+
+
+def _output() -> Output:
+    return _app.out if _app is not None else Output()
 
 
 def main() -> None:
     if not sys.stdout.isatty():
         # Rich wraps at 80 columns when piped; plans and tables read better wider.
         os.environ.setdefault("COLUMNS", "160")
-    sys.exit(run(sys.argv[1:]))
+    try:
+        code = run(sys.argv[1:])
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`iotpipe devices list | head`): stop quietly. stdout is pointed
+        # at /dev/null so that the interpreter's last flush does not fail again (Python docs,
+        # signal module, "Note on SIGPIPE").
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1
+    except Exception as exc:
+        # A bug, not a user's mistake: one line that says so, the traceback only with -v.
+        output = _output()
+        output.error(
+            f"internal error: {type(exc).__name__}: {exc}",
+            hint="this is a bug in iotpipe; please report it with the command line "
+            "(-v prints the traceback)",
+        )
+        if output.verbose:
+            traceback.print_exc()
+        code = 1
+    sys.exit(code)

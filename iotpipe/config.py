@@ -6,6 +6,9 @@ number (shards, batch sizes, buffers) is computed in `Sizing`, and nowhere else.
 
 from __future__ import annotations
 
+import difflib
+import functools
+import json
 import math
 import re
 import tomllib
@@ -109,6 +112,40 @@ def bucket_name_problem(name: str) -> str | None:
     return None
 
 
+@functools.cache
+def _aws_partitions() -> tuple[tuple[re.Pattern[str], frozenset[str]], ...]:
+    """Each AWS partition's region-name pattern and known regions, from botocore's own data
+    (partitions.json: what boto3 resolves endpoints with); a file read, no boto3 import."""
+    text = resources.files("botocore").joinpath("data/partitions.json").read_text("utf-8")
+    return tuple(
+        (
+            re.compile(partition["regionRegex"]),
+            # "aws-global" and its kin name global endpoints, not regions a stack can live in.
+            frozenset(r for r in partition["regions"] if not r.startswith("aws")),
+        )
+        for partition in json.loads(text)["partitions"]
+    )
+
+
+def region_problem(region: str) -> str | None:
+    """Why `region` is not an AWS region code, or None.
+
+    A region botocore lists is one; so is a name its partition's pattern accepts (a region newer
+    than the installed botocore): boto3 addresses both. Anything else would fail on the first
+    AWS call, or be sent to a host that does not exist.
+    """
+    partitions = _aws_partitions()
+    if any(region in known or pattern.fullmatch(region) for pattern, known in partitions):
+        return None
+    known = sorted(set().union(*(regions for _, regions in partitions)))
+    close = difflib.get_close_matches(region, known, n=1, cutoff=0.85)
+    suggestion = f"did you mean {close[0]}? " if close else ""
+    return (
+        f"{region!r} is not an AWS region: {suggestion}a region is written like us-east-1 or "
+        "eu-west-1 (area, direction, number)"
+    )
+
+
 class _Section(BaseModel):
     # Unknown keys are a typo far more often than a feature: reject them by name. Strict: a
     # string is never quietly read as a number or a boolean ("30" is not 30, "false" not False).
@@ -117,13 +154,21 @@ class _Section(BaseModel):
 
 class StackSection(_Section):
     name: StackName = "iotpipe"
-    region: str = Field("us-east-1", pattern=r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
+    region: str = "us-east-1"
     app: str = _matching(
         r"^[a-z0-9_-]{1,32}$",
         "1-32 characters: lowercase letters, digits, underscores and hyphens",
         default="sensors",
         description="the <app> segment of device topics: dt/<app>/<thing>/telemetry",
     )
+
+    @field_validator("region")
+    @classmethod
+    def _an_aws_region(cls, region: str) -> str:
+        problem = region_problem(region)
+        if problem:
+            raise ValueError(problem)
+        return region
 
 
 class VolumeSection(_Section):

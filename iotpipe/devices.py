@@ -73,12 +73,21 @@ class DeviceSpec:
     origin: str = ""
 
 
+# AWS allows a leading hyphen; iotpipe does not: every later command (`devices show -x`) would
+# read such a name as an option, and the device could not be addressed.
+THING_NAME_RULE = (
+    "1-128 characters: letters, digits, colons, underscores and hyphens, not starting with a hyphen"
+)
+
+
 def check_thing_name(name: str, where: str = "") -> None:
-    if not THING_NAME.fullmatch(name):
+    if not THING_NAME.fullmatch(name) or name.startswith("-"):
         place = f" ({where})" if where else ""
         raise UsageError(
-            f"invalid device name {name!r}{place}",
-            hint="use 1-128 characters from a-z A-Z 0-9 : _ -",
+            f"invalid device name {name!r}{place}: a device name is {THING_NAME_RULE}",
+            hint="a name starting with a hyphen would read as an option in every later command"
+            if name.startswith("-")
+            else None,
         )
 
 

@@ -41,7 +41,16 @@ class AwsError(IotpipeError):
         self.code = code
 
 
-class Aborted(IotpipeError):
-    """The user declined a confirmation, or none could be asked for."""
+class Cancelled(IotpipeError):
+    """The user answered no at a confirmation: nothing was changed. Printed plainly, exit 1.
+
+    Exit 1, as terraform's "Apply cancelled.": the change asked for did not happen, and a script
+    must not carry on as if it had. (Without a terminal to ask on, a missing --yes is bad usage,
+    a `UsageError`.)
+    """
 
     exit_code = 1
+
+
+# 128 + SIGINT, as shells report a process that Ctrl-C stopped.
+INTERRUPTED_EXIT_CODE = 130

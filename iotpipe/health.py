@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 OK, WARNING, UNHEALTHY, MISSING = "ok", "warning", "unhealthy", "missing"
 ITERATOR_AGE_WINDOW = timedelta(minutes=15)
+# How far back "has the stream ever had traffic" looks.
+TRAFFIC_LOOKBACK = timedelta(days=5)
 
 
 @dataclass(frozen=True)
@@ -193,17 +195,83 @@ class Health:
                 break
         limit = self.config.alerts.archive_freshness_seconds
         if newest is None:
-            return Check(
-                "archive delivery",
-                UNHEALTHY,
-                f"nothing delivered under {self.names.archive_prefix} since yesterday (UTC)",
-            )
+            return self._nothing_delivered(bucket, label, limit)
         age = (self.now - newest).total_seconds()
         state = UNHEALTHY if age > limit else OK
         detail = (
             f"last delivery {_ago(age)} ago at {newest:%Y-%m-%d %H:%M} UTC (limit {_ago(limit)})"
         )
         return Check("archive delivery", state, detail, newest.isoformat())
+
+    def _nothing_delivered(self, bucket: str, label: str, limit: int) -> Check:
+        """No delivery since yesterday: stale, unless no reading has ever come in (a new stack).
+
+        "No traffic yet", a warning: the archive has never received a reading, nor the stream a
+        record (since it was created, 5 days back at most). Readings that reached the stream
+        less than the freshness limit ago are on their way; longer ago is unhealthy.
+        """
+        prefix = self.names.archive_prefix
+        stale = Check(
+            "archive delivery", UNHEALTHY, f"nothing delivered under {prefix} since yesterday (UTC)"
+        )
+        ever = self.aws.call(
+            "s3", "list_objects_v2", resource=label, Bucket=bucket, Prefix=prefix, MaxKeys=1
+        )
+        if ever.get("KeyCount", len(ever.get("Contents", []))):
+            return stale
+        first = self._first_incoming_record()
+        if first is None:
+            return Check(
+                "archive delivery",
+                WARNING,
+                "no traffic yet: no reading has reached the stream or the archive since the "
+                "stack was created",
+            )
+        waiting = (self.now - first).total_seconds()
+        if waiting <= limit:
+            return Check(
+                "archive delivery",
+                WARNING,
+                f"first readings reached the stream {_ago(waiting)} ago; none archived yet "
+                f"(Firehose delivers within its buffering interval; limit {_ago(limit)})",
+            )
+        return Check(
+            "archive delivery",
+            UNHEALTHY,
+            f"readings have reached the stream for {_ago(waiting)}, but none has ever been "
+            f"delivered under {prefix} (limit {_ago(limit)})",
+        )
+
+    def _first_incoming_record(self) -> datetime | None:
+        """When the stream first received records (CloudWatch's IncomingRecords), or None."""
+        stream = self.names.readings_stream
+        label = f"kinesis.stream {stream}"
+        summary = self.aws.call(
+            "kinesis",
+            "describe_stream_summary",
+            resource=label,
+            missing=("ResourceNotFoundException",),
+            StreamName=stream,
+        )
+        if summary is None:
+            return None
+        created = summary["StreamDescriptionSummary"]["StreamCreationTimestamp"]
+        # 5-minute periods: at most 1,440 datapoints per call (CloudWatch's limit), 5 days back.
+        start = max(created, self.now - TRAFFIC_LOOKBACK)
+        stats = self.aws.call(
+            "cloudwatch",
+            "get_metric_statistics",
+            resource=f"CloudWatch metrics of {label}",
+            Namespace="AWS/Kinesis",
+            MetricName="IncomingRecords",
+            Dimensions=[{"Name": "StreamName", "Value": stream}],
+            StartTime=start,
+            EndTime=self.now,
+            Period=300,
+            Statistics=["Sum"],
+        )
+        seen = [p["Timestamp"] for p in stats.get("Datapoints", []) if p.get("Sum", 0) > 0]
+        return min(seen, default=None)
 
     def alert_subscriptions(self) -> Check:
         topic = self.names.alerts_topic_arn

@@ -17,13 +17,12 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 from rich.text import Text
 
 from iotpipe.engine.model import ABSENT, Action, Change, Plan, Step
-from iotpipe.errors import Aborted
+from iotpipe.errors import Cancelled, UsageError
 
 _ACTION_STYLE = {
     Action.CREATE: ("+", "green"),
@@ -217,18 +216,25 @@ class Output:
 
     # Interaction -----------------------------------------------------------------------------
     def confirm(self, question: str, *, yes: bool) -> None:
-        """Ask on a terminal; refuse without one unless --yes was given."""
+        """Ask on a terminal; without one, a missing --yes is bad usage (exit 2).
+
+        Any answer but y/yes (an empty line, end of input) cancels: `Cancelled`, exit 1.
+        """
         if yes:
             return
         if not sys.stdin.isatty():
-            raise Aborted(
+            raise UsageError(
                 "refusing to change AWS without confirmation (no terminal to ask on)",
                 hint="re-run with --yes",
             )
-        self.err.print(f"{escape(question)} [bold]\\[y/N][/bold] ", end="")
+        self.err.print(Text.assemble(question, " ", ("[y/N]", "bold"), " "), end="")
         answer = sys.stdin.readline().strip().lower()
         if answer not in ("y", "yes"):
-            raise Aborted("cancelled; nothing was changed")
+            raise Cancelled("cancelled: nothing was changed")
+
+    def notice(self, message: str) -> None:
+        """A plain line on stderr, not labelled an error: cancelled, interrupted."""
+        self.err.print(Text(message))
 
     @contextmanager
     def progress(self, description: str, total: int) -> Iterator[ProgressHandle]:

@@ -212,7 +212,7 @@ def test_revoke_revokes_and_detaches_then_delete_removes_everything(register, cl
 def test_revoke_without_terminal_or_yes_refuses_before_any_change(register, cli, iot):
     assert register("valve-2").exit_code == 0
     refused = cli("devices", "revoke", "valve-2")
-    assert refused.exit_code == 1
+    assert refused.exit_code == 2  # no terminal to ask on: bad usage
     assert "--yes" in refused.stderr
     assert [c["status"] for c in certificates_of(iot, "valve-2")] == ["ACTIVE"]
 
@@ -339,7 +339,7 @@ def test_bad_csv_lines_are_all_reported_by_line_number(cli, tmp_path, faults: Fa
 
 def test_register_refuses_without_terminal_or_yes(cli, stack_iot, iot, faults: Faults):
     result = cli("devices", "register", "n-1")
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # no terminal to ask on: bad usage
     assert "--yes" in result.stderr
     assert faults.calls == []
     assert things(iot) == set()

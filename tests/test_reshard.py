@@ -167,7 +167,7 @@ def test_dry_run_prints_the_steps_only(cli, endpoint: str, faults) -> None:
 def test_reshard_refuses_without_confirmation(cli, endpoint: str) -> None:
     assert cli("up", "--yes").exit_code == 0
     result = cli("reshard", "--target", "2")
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # no terminal to ask on: bad usage
     assert "--yes" in result.stderr
     assert _open_shards(endpoint) == 1
 

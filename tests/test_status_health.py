@@ -143,6 +143,9 @@ def test_a_stale_archive_is_unhealthy(cli, endpoint: str, healthy_pipeline) -> N
     s3 = client(endpoint, "s3")
     for obj in s3.list_objects_v2(Bucket=BUCKET, Prefix="readings/")["Contents"]:
         s3.delete_object(Bucket=BUCKET, Key=obj["Key"])
+    # Deliveries of last week only: traffic that stopped, not a stack without traffic yet.
+    old = datetime.now(UTC) - timedelta(days=7)
+    s3.put_object(Bucket=BUCKET, Key=f"readings/dt={old:%Y-%m-%d}/hour=00/batch-0.gz", Body=b"x")
 
     result = cli("status", "--output", "json")
 
