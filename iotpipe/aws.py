@@ -5,7 +5,7 @@ retried: throttling, 5xx, dropped connections, and the named "not yet consistent
 passes in (IAM propagation, updates in progress, read-after-create). Everything else fails fast,
 as an `AwsError` naming the resource and quoting AWS. An endpoint that cannot be reached, or that
 answers but is not AWS, fails in seconds with a message naming the endpoint; a bad endpoint URL
-or region is refused before any client exists.
+is refused before any client exists.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from iotpipe.config import region_problem
 from iotpipe.errors import AwsError, UsageError
 
 T = TypeVar("T")
@@ -341,10 +340,6 @@ class Aws:
                 f"AWS profile {profile!r} not found",
                 hint="check --profile against ~/.aws/config",
             ) from None
-        problem = region_problem(self.region if region is None else region)
-        if problem:
-            source = "AWS_DEFAULT_REGION or the profile's region" if region is None else "--region"
-            raise UsageError(f"{source}: {problem}")
         for source, url in (
             ("--endpoint-url", endpoint_url),
             ("AWS_ENDPOINT_URL", None if endpoint_url else os.environ.get("AWS_ENDPOINT_URL")),

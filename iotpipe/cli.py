@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from iotpipe import __version__
-from iotpipe.config import DEFAULT_CONFIG_PATH, Config, load_config
+from iotpipe.config import DEFAULT_CONFIG_PATH, Config, load_config, region_problem
 from iotpipe.errors import INTERRUPTED_EXIT_CODE, Cancelled, IotpipeError
 from iotpipe.output import Output
 
@@ -82,6 +82,14 @@ app = typer.Typer(
 )
 
 
+def _checked_region(region: str | None) -> str | None:
+    """--region is an AWS region, or the command stops here (exit 2), before any AWS call."""
+    problem = None if region is None else region_problem(region)
+    if problem:
+        raise typer.BadParameter(problem)
+    return region
+
+
 def _print_version(value: bool) -> None:
     if value:
         typer.echo(f"iotpipe {__version__}")
@@ -96,7 +104,10 @@ def root(
     ] = DEFAULT_CONFIG_PATH,
     profile: Annotated[str | None, typer.Option(help="AWS profile to use.")] = None,
     region: Annotated[
-        str | None, typer.Option(help="AWS region (default: the config's stack.region).")
+        str | None,
+        typer.Option(
+            help="AWS region (default: the config's stack.region).", callback=_checked_region
+        ),
     ] = None,
     endpoint_url: Annotated[
         str | None,

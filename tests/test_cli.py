@@ -187,7 +187,9 @@ class _NotAws(BaseHTTPRequestHandler):
 def web_server() -> Iterator[tuple[str, type[_NotAws]]]:
     handler = type("Handler", (_NotAws,), {})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+    )
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}", handler
     server.shutdown()
@@ -246,11 +248,14 @@ def test_a_connection_attempt_gives_up_after_a_few_seconds() -> None:
 
 
 # Region --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("region", ["mars-north-1", "us east", "us_east_1", "US-EAST-1", "us-east"])
-def test_an_unknown_region_is_a_usage_error(cli, faults, region: str) -> None:
-    result = cli("plan", "--region", region)
+@pytest.mark.parametrize(
+    "region", ["mars-north-1", "us east", "us_east_1", "US-EAST-1", "us-east", ""]
+)
+@pytest.mark.parametrize("command", ["plan", "validate", "iam-policy"])
+def test_an_unknown_region_is_a_usage_error(cli, faults, command: str, region: str) -> None:
+    result = cli(command, "--region", region)
     assert result.exit_code == 2, result
-    assert f"--region: {region!r} is not an AWS region" in result.stderr
+    assert f"Invalid value for '--region': {region!r} is not an AWS region" in result.stderr
     assert faults.calls == []
 
 
@@ -332,3 +337,39 @@ def test_a_csv_device_name_starting_with_a_hyphen_is_refused(cli, faults, tmp_pa
     assert "'-bad'" in result.stderr
     assert "fleet.csv" in result.stderr
     assert faults.calls == []
+
+
+# The process itself ------------------------------------------------------------------------------
+def test_a_bug_is_reported_in_one_line_and_its_traceback_only_with_v(monkeypatch, capsys) -> None:
+    from iotpipe.cli import main
+
+    def broken(_: Path) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("iotpipe.cli.load_config", broken)
+    for argv, traceback_shown in ((["validate"], False), (["validate", "-v"], True)):
+        monkeypatch.setattr("sys.argv", ["iotpipe", *argv])
+        with pytest.raises(SystemExit) as exited:
+            main()
+        assert exited.value.code == 1
+        err = capsys.readouterr().err
+        assert "internal error: RuntimeError: boom" in err
+        assert "a bug in iotpipe" in err
+        assert ("Traceback" in err) is traceback_shown
+
+
+def test_a_reader_that_goes_away_ends_the_run_quietly(config_file: Path) -> None:
+    """`iotpipe validate -o json | head -1`: the pipe closes before iotpipe writes. (rich
+    handles a broken pipe itself; the JSON document is written past it.)"""
+    import subprocess
+    import sys
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "iotpipe", "validate", "-o", "json", "--config", str(config_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    process.stdout.close()  # before the interpreter has even started
+    stderr = process.communicate(timeout=60)[1].decode()
+    assert process.returncode == 1
+    assert stderr == ""
