@@ -316,6 +316,38 @@ def test_down_detaches_a_managed_policy_attached_outside_iotpipe(cli, endpoint, 
     assert iam.get_policy(PolicyArn=extra)["Policy"]["AttachmentCount"] == 0
 
 
+def test_up_takes_off_a_policy_attached_or_put_on_a_role_outside_iotpipe(
+    cli, endpoint, faults
+) -> None:
+    up_ok(cli)
+    iam = client(endpoint, "iam")
+    wide = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
+    }
+    admin = iam.create_policy(PolicyName="admin", PolicyDocument=json.dumps(wide))["Policy"]["Arn"]
+    iam.attach_role_policy(RoleName="test-processor", PolicyArn=admin)
+    iam.put_role_policy(
+        RoleName="test-crawler", PolicyName="debugging", PolicyDocument=json.dumps(wide)
+    )
+    plan = cli("plan", "-o", "json")
+    changed = {
+        (step["name"], change["field"])
+        for step in plan.json["steps"]
+        for change in step["changes"]
+        if step["action"] == "update"
+    }
+    assert {("test-processor", "managed_policies"), ("test-crawler", "inline_policies")} <= changed
+    faults.calls.clear()
+
+    assert cli("up", "--yes").exit_code == 0
+    assert ("iam", "DetachRolePolicy") in faults.mutating_calls
+    assert ("iam", "DeleteRolePolicy") in faults.mutating_calls
+    assert iam.list_attached_role_policies(RoleName="test-processor")["AttachedPolicies"] == []
+    assert iam.list_role_policies(RoleName="test-crawler")["PolicyNames"] == ["test-crawler-policy"]
+    assert_plan_is_empty(cli)
+
+
 def test_status_and_plan_report_a_stack_with_timestream_in_sync(cli, endpoint, tmp_path) -> None:
     config = write_full_config(tmp_path / "timeseries.toml")
     up_ok(cli, config)

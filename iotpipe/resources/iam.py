@@ -85,7 +85,15 @@ class ServiceRole(Resource):
         # The service the role is passed to is the one its trust policy lets assume it.
         service = self.trust["Statement"][0]["Principal"]["Service"]
         return [
-            reads(["iam:GetRole", "iam:GetRolePolicy"], self.arn),
+            reads(
+                [
+                    "iam:GetRole",
+                    "iam:GetRolePolicy",
+                    "iam:ListRolePolicies",
+                    "iam:ListAttachedRolePolicies",
+                ],
+                self.arn,
+            ),
             writes(
                 [
                     "iam:CreateRole",
@@ -94,8 +102,6 @@ class ServiceRole(Resource):
                     "iam:TagRole",
                     "iam:PutRolePolicy",
                     "iam:DeleteRolePolicy",
-                    "iam:ListRolePolicies",
-                    "iam:ListAttachedRolePolicies",
                     "iam:DetachRolePolicy",
                 ],
                 self.arn,
@@ -114,6 +120,10 @@ class ServiceRole(Resource):
             "description": self.description,
             "trust_policy": self.trust,
             "policy": self.policy,
+            # A policy attached or put on the role outside iotpipe widens what the service may
+            # do: `up` takes it off again.
+            "managed_policies": [],
+            "inline_policies": [self.policy_name],
         }
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
@@ -124,20 +134,42 @@ class ServiceRole(Resource):
             return None
         role = found["Role"]
         # GetRole carries the role's tags (at most 50, all of them): no ListRoleTags needed.
-        inline = aws.call(
-            "iam",
-            "get_role_policy",
-            resource=self.label,
-            missing=("NoSuchEntity",),
-            RoleName=self.name,
-            PolicyName=self.policy_name,
+        inline, names, attached = aws.gather(
+            lambda: aws.call(
+                "iam",
+                "get_role_policy",
+                resource=self.label,
+                missing=("NoSuchEntity",),
+                RoleName=self.name,
+                PolicyName=self.policy_name,
+            ),
+            lambda: self._inline_policy_names(aws),
+            lambda: self._attached_policy_arns(aws),
         )
         return {
             "tags": {t["Key"]: t["Value"] for t in role.get("Tags", [])},
             "description": role.get("Description", ""),
             "trust_policy": role.get("AssumeRolePolicyDocument"),
             "policy": inline["PolicyDocument"] if inline else None,
+            "managed_policies": attached,
+            "inline_policies": names,
         }
+
+    def _inline_policy_names(self, aws: Aws) -> list[str]:
+        listed = aws.paginate(
+            "iam", "list_role_policies", resource=self.label, key="PolicyNames", RoleName=self.name
+        )
+        return sorted(listed)
+
+    def _attached_policy_arns(self, aws: Aws) -> list[str]:
+        listed = aws.paginate(
+            "iam",
+            "list_attached_role_policies",
+            resource=self.label,
+            key="AttachedPolicies",
+            RoleName=self.name,
+        )
+        return sorted(policy["PolicyArn"] for policy in listed)
 
     def create(self, aws: Aws) -> None:
         aws.call(
@@ -186,35 +218,39 @@ class ServiceRole(Resource):
                     PolicyName=self.policy_name,
                     PolicyDocument=json.dumps(self.policy),
                 )
+            elif change.field == "managed_policies":
+                for arn in change.old or []:
+                    self._detach(aws, arn)
+            elif change.field == "inline_policies":
+                for name in set(change.old or []) - {self.policy_name}:
+                    self._delete_inline(aws, name)
+
+    def _delete_inline(self, aws: Aws, name: str) -> None:
+        aws.call(
+            "iam",
+            "delete_role_policy",
+            resource=self.label,
+            missing=("NoSuchEntity",),
+            RoleName=self.name,
+            PolicyName=name,
+        )
+
+    def _detach(self, aws: Aws, arn: str) -> None:
+        aws.call(
+            "iam",
+            "detach_role_policy",
+            resource=self.label,
+            missing=("NoSuchEntity",),
+            RoleName=self.name,
+            PolicyArn=arn,
+        )
 
     def delete(self, aws: Aws) -> None:
         label = self.label
-        for name in aws.paginate(
-            "iam", "list_role_policies", resource=label, key="PolicyNames", RoleName=self.name
-        ):
-            aws.call(
-                "iam",
-                "delete_role_policy",
-                resource=label,
-                missing=("NoSuchEntity",),
-                RoleName=self.name,
-                PolicyName=name,
-            )
-        for attached in aws.paginate(
-            "iam",
-            "list_attached_role_policies",
-            resource=label,
-            key="AttachedPolicies",
-            RoleName=self.name,
-        ):
-            aws.call(
-                "iam",
-                "detach_role_policy",
-                resource=label,
-                missing=("NoSuchEntity",),
-                RoleName=self.name,
-                PolicyArn=attached["PolicyArn"],
-            )
+        for name in self._inline_policy_names(aws):
+            self._delete_inline(aws, name)
+        for arn in self._attached_policy_arns(aws):
+            self._detach(aws, arn)
         aws.call(
             "iam", "delete_role", resource=label, missing=("NoSuchEntity",), RoleName=self.name
         )
