@@ -15,7 +15,8 @@ STACK = "test"
 STREAM = "test-readings"
 BUCKET = "test-archive-123456789012-us-east-1"
 DLQ = "test-processor-dlq"
-PROBE_ALARM = "test-health-probe"
+# One of the stack's own alarms: status reads the stack's alarms by name.
+PROBE_ALARM = "test-readings-iterator-age"
 
 
 def client(endpoint: str, service: str):
@@ -31,18 +32,7 @@ def healthy_pipeline(cli, endpoint: str) -> None:
     """`up`, then what a working pipeline shows: alarms OK, a fresh delivery, a reading consumer."""
     assert cli("up", "--yes").exit_code == 0
     cloudwatch = client(endpoint, "cloudwatch")
-    # Alarms, DLQ: made here when `up` does not (yet) make them, so the check has something to read.
-    cloudwatch.put_metric_alarm(
-        AlarmName=PROBE_ALARM,
-        Namespace="AWS/Kinesis",
-        MetricName="GetRecords.IteratorAgeMilliseconds",
-        Dimensions=[{"Name": "StreamName", "Value": STREAM}],
-        Statistic="Maximum",
-        Period=60,
-        EvaluationPeriods=1,
-        Threshold=300_000,
-        ComparisonOperator="GreaterThanThreshold",
-    )
+    # The stack's alarms start without data; a working pipeline has them OK.
     for alarm in cloudwatch.describe_alarms(AlarmNamePrefix=f"{STACK}-")["MetricAlarms"]:
         cloudwatch.set_alarm_state(
             AlarmName=alarm["AlarmName"], StateValue="OK", StateReason="test: healthy"
@@ -105,6 +95,30 @@ def test_an_alarm_in_alarm_is_unhealthy(cli, endpoint: str, healthy_pipeline) ->
     alarms = checks_of(result)["alarms"]
     assert alarms["state"] == "unhealthy"
     assert PROBE_ALARM in alarms["detail"]
+
+
+def test_a_neighbour_stacks_alarm_is_not_this_stacks(cli, endpoint: str, healthy_pipeline) -> None:
+    # "test-dev" shares the prefix "test-"; its alarm in ALARM says nothing about "test".
+    cloudwatch = client(endpoint, "cloudwatch")
+    cloudwatch.put_metric_alarm(
+        AlarmName="test-dev-readings-iterator-age",
+        Namespace="AWS/Kinesis",
+        MetricName="GetRecords.IteratorAgeMilliseconds",
+        Dimensions=[{"Name": "StreamName", "Value": "test-dev-readings"}],
+        Statistic="Maximum",
+        Period=60,
+        EvaluationPeriods=1,
+        Threshold=300_000,
+        ComparisonOperator="GreaterThanThreshold",
+    )
+    cloudwatch.set_alarm_state(
+        AlarmName="test-dev-readings-iterator-age", StateValue="ALARM", StateReason="test"
+    )
+
+    alarms = checks_of(cli("status", "--output", "json"))["alarms"]
+
+    assert alarms["state"] == "ok", alarms
+    assert "test-dev" not in alarms["detail"]
 
 
 def test_a_message_in_the_dlq_is_unhealthy(cli, endpoint: str, healthy_pipeline) -> None:
