@@ -303,11 +303,13 @@ class ArchiveSection(_Section):
 
 
 class CatalogSection(_Section):
+    # Weekly: partition projection finds new partitions without the catalog, so the crawler only
+    # tracks the archive's schema, which changes when devices send new fields, not every day.
     crawler_schedule: str = _matching(
         r"^cron\(.+\)$",
         "a schedule in Glue's form cron(minutes hours day-of-month month day-of-week year), "
         "e.g. cron(0 3 * * ? *)",
-        default="cron(0 3 * * ? *)",
+        default="cron(0 3 ? * SUN *)",
     )
     bytes_scanned_cutoff_mb: int = Field(
         1_024, ge=10, description="Athena cancels any query that scans more than this"

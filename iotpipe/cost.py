@@ -230,9 +230,9 @@ OPTIMISATIONS: tuple[Optimisation, ...] = (
     ),
     Optimisation("arm64 processor", "architecture", "arm64", "x86_64", "Graviton GB-second price"),
     Optimisation(
-        "daily crawler",
+        "weekly crawler",
         "crawler_runs_per_day",
-        1,
+        1 / 7,
         24,
         "partition projection finds new partitions; the crawler only tracks schema changes",
     ),

@@ -83,39 +83,39 @@ def test_default_500k_a_day_line_items_match_hand_arithmetic():
 
 def test_default_and_naive_totals_at_500k_a_day():
     report = cost_report(config(), load_prices(), TODAY)
-    assert report.configured.total == 44.18
+    assert report.configured.total == 40.36
     assert report.naive.total == 181.95
     # Always Free covers the dashboard, 10 of the 13 alarms, the processor's metrics, logs,
     # Lambda and the alerts key's requests: $5.72, the same for both designs.
-    assert report.configured.total_after_allowances == 36.96
+    assert report.configured.total_after_allowances == 33.14
     assert report.naive.total_after_allowances == 174.7
     savings = {s.optimisation: s.monthly_saving for s in report.savings}
     assert savings == {
         "Basic Ingest": 15.2,
-        "provisioned shards": 19.78,
-        "aggregated Firehose records": 1.96,
-        "one state write per device per batch": -1.74,
+        "provisioned shards": 19.77,
+        "aggregated Firehose records": 1.95,
+        "one state write per device per batch": -1.75,
         "arm64 processor": 0.03,
-        "daily crawler": 102.55,
+        "weekly crawler": 106.37,
     }
     assert all(s.in_use for s in report.savings)
 
 
 def test_timestream_adds_its_writes_and_storage():
     report = cost_report(config(timeseries=True), load_prices(), TODAY)
-    assert report.configured.total == 52.04
+    assert report.configured.total == 48.22
     assert report.naive.total == 189.81
     assert report.configured.by_service()["Timestream"] == pytest.approx(7.56, abs=0.005)
 
 
 def test_default_and_naive_totals_at_100x():
     report = cost_report(config(readings_per_day=50_000_000, devices=100_000), load_prices(), TODAY)
-    assert report.configured.total == 2092.57
+    assert report.configured.total == 2088.74
     assert report.naive.total == 3729.89
     with_ts = cost_report(
         config(timeseries=True, readings_per_day=50_000_000, devices=100_000), load_prices(), TODAY
     )
-    assert with_ts.configured.total == 2842.0
+    assert with_ts.configured.total == 2838.18
     assert with_ts.naive.total == 4479.32
     # Past a billion messages a month IoT messaging drops to the second tier.
     messages = 50_000_000 * 30.4
@@ -197,6 +197,23 @@ def test_crawler_runs_per_day(schedule, runs):
     assert crawler_runs_per_day(schedule) == pytest.approx(runs)
 
 
+def test_the_crawler_runs_weekly_by_default_and_a_chosen_schedule_is_priced():
+    run_dpu_hours = 2 * 10 / 60
+    weekly = cost_report(Config(), load_prices(), TODAY)
+    crawler = line(weekly.configured, "Glue", "crawler")
+    assert crawler.quantity == pytest.approx(30.4 / 7 * run_dpu_hours)
+    assert next(s for s in weekly.savings if s.optimisation == "weekly crawler").in_use
+    daily = Config.model_validate({"catalog": {"crawler_schedule": "cron(0 3 * * ? *)"}})
+    report = cost_report(daily, load_prices(), TODAY)
+    assert line(report.configured, "Glue", "crawler").quantity == pytest.approx(
+        30.4 * run_dpu_hours
+    )
+    assert not next(s for s in report.savings if s.optimisation == "weekly crawler").in_use
+    assert report.configured.total - weekly.configured.total == pytest.approx(
+        30.4 * 6 / 7 * run_dpu_hours * price("glue", "crawler_dpu_hour"), abs=0.01
+    )
+
+
 def test_an_unreadable_crawler_schedule_names_the_field():
     with pytest.raises(ConfigError, match=r"catalog\.crawler_schedule"):
         crawler_runs_per_day("cron(every day)")
@@ -239,18 +256,18 @@ def test_cost_json_breakdown(cli):
     assert result.exit_code == 0, result
     data = result.json
     assert data["totals"] == {
-        "configured": 44.18,
+        "configured": 40.36,
         "naive": 181.95,
-        "saving": 137.77,
-        "configured_after_always_free": 36.96,
+        "saving": 141.59,
+        "configured_after_always_free": 33.14,
         "naive_after_always_free": 174.7,
     }
     assert data["price_age_days"] == (date.today() - load_prices().taken).days
     for item in data["line_items"]:
         assert set(item) >= {"service", "item", "quantity", "unit", "unit_price", "monthly_cost"}
-    assert sum(i["monthly_cost"] for i in data["line_items"]) == pytest.approx(44.18, abs=0.005)
+    assert sum(i["monthly_cost"] for i in data["line_items"]) == pytest.approx(40.36, abs=0.005)
     assert all(i["monthly_cost"] < 0 for i in data["always_free_allowances"])
-    assert {s["optimisation"] for s in data["savings"]} >= {"Basic Ingest", "daily crawler"}
+    assert {s["optimisation"] for s in data["savings"]} >= {"Basic Ingest", "weekly crawler"}
     if data["prices_stale"]:
         assert "prices taken" in result.stderr
 
@@ -258,7 +275,7 @@ def test_cost_json_breakdown(cli):
 def test_cost_overrides_and_table(cli):
     result = cli("cost", "--readings-per-day", "50000000", "--devices", "100000")
     assert result.exit_code == 0, result
-    assert "$2,092.57" in result.stdout
+    assert "$2,088.74" in result.stdout
     assert "$3,729.89" in result.stdout
     assert "Always Free" in result.stdout
     assert "Basic Ingest" in result.stdout
@@ -287,7 +304,7 @@ def test_bad_overrides_exit_2_naming_the_option(cli, faults, args, option):
 def test_validate_shows_the_monthly_total(cli):
     result = cli("validate", "--output", "json")
     assert result.exit_code == 0, result
-    assert result.json["monthly_cost_usd"] == 44.18
-    assert result.json["monthly_cost_after_always_free_usd"] == 36.96
+    assert result.json["monthly_cost_usd"] == 40.36
+    assert result.json["monthly_cost_after_always_free_usd"] == 33.14
     table = cli("validate")
-    assert "$44.18 at list prices, $36.96 after" in table.stdout
+    assert "$40.36 at list prices, $33.14 after" in table.stdout

@@ -404,7 +404,7 @@ def test_crawler_keeps_the_declared_table(cli, aws) -> None:
     assert crawler["Role"] == f"{ROLE_PREFIX}test-crawler"
     assert crawler["DatabaseName"] == "test"
     assert crawler["Targets"]["S3Targets"] == [{"Path": f"s3://{BUCKET}/readings/"}]
-    assert crawler["Schedule"]["ScheduleExpression"] == "cron(0 3 * * ? *)"
+    assert crawler["Schedule"]["ScheduleExpression"] == "cron(0 3 ? * SUN *)"
     assert crawler["SchemaChangePolicy"] == {"UpdateBehavior": "LOG", "DeleteBehavior": "LOG"}
     assert crawler["RecrawlPolicy"] == {"RecrawlBehavior": "CRAWL_NEW_FOLDERS_ONLY"}
     assert json.loads(crawler["Configuration"]) == {
