@@ -203,6 +203,22 @@ class StreamSection(_Section):
         return shards
 
 
+# The counts the processor can publish as CloudWatch custom metrics (lambda_src/processor/
+# handler.py); each one published is billed as a metric-month.
+ProcessorMetric = Literal[
+    "ReadingsReceived",
+    "ReadingsValid",
+    "ReadingsQuarantined",
+    "ReadingsFailed",
+    "DeviceStateWritten",
+    "DeviceStateSkippedOlder",
+    "ArchiveWritten",
+    "TimeSeriesWritten",
+    "Retries",
+    "BatchAgeMs",
+]
+
+
 class ProcessorSection(_Section):
     architecture: Literal["arm64", "x86_64"] = "arm64"
     memory_mb: int = Field(256, ge=128, le=10_240)
@@ -225,6 +241,21 @@ class ProcessorSection(_Section):
         ge=1,
         description="version of AWS's public Powertools for AWS Lambda (Python) layer",
     )
+    # None by default: the dashboard and the alarms watch AWS's own metrics, and every
+    # invocation's log line carries all the counts (CloudWatch Logs Insights can chart them).
+    custom_metrics: list[ProcessorMetric] = Field(
+        [],
+        description="the processor's counts to publish as CloudWatch custom metrics, "
+        "each billed monthly",
+    )
+
+    @field_validator("custom_metrics")
+    @classmethod
+    def _each_metric_once(cls, names: list[str]) -> list[str]:
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"lists {', '.join(repeated)} more than once; list each metric once")
+        return names
 
     @model_validator(mode="after")
     def _record_age_in_bounds(self) -> ProcessorSection:

@@ -18,9 +18,9 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from iotpipe.config import SECONDS_PER_DAY, Config
+from iotpipe.config import SECONDS_PER_DAY, Config, ProcessorMetric
 from iotpipe.errors import ConfigError
 
 DAYS_PER_MONTH = 30.4
@@ -72,21 +72,21 @@ def archive_storage_tiers(config: Config) -> list[tuple[str, int, int]]:
 
 
 # Prices ----------------------------------------------------------------------------------------
-# The custom metrics the processor (lambda_src/processor/handler.py) emits, each one name under
+# The custom metrics the processor (lambda_src/processor/handler.py) can emit, each one name under
 # one dimension set, so each billed as one metric-month; "timeseries" marks the one emitted only
-# with the time-series sink on. A test runs the handler and compares its EMF output with this.
+# with the time-series sink on. It emits those `[processor] custom_metrics` lists (none by
+# default); tests run the handler and compare its EMF output with this.
 PROCESSOR_METRICS: dict[str, str] = {
-    "ReadingsReceived": "always",
-    "ReadingsValid": "always",
-    "ReadingsQuarantined": "always",
-    "ReadingsFailed": "always",
-    "DeviceStateWritten": "always",
-    "DeviceStateSkippedOlder": "always",
-    "ArchiveWritten": "always",
-    "Retries": "always",
-    "BatchAgeMs": "always",
-    "TimeSeriesWritten": "timeseries",
+    name: "timeseries" if name == "TimeSeriesWritten" else "always"
+    for name in get_args(ProcessorMetric)
 }
+
+
+def emitted_metrics(config: Config, *, every: bool = False) -> list[str]:
+    """The custom metrics the processor emits for `config` (`every`: as if it listed them all)."""
+    sinks = {"always", "timeseries"} if config.timeseries.enabled else {"always"}
+    chosen = set(PROCESSOR_METRICS) if every else set(config.processor.custom_metrics)
+    return [name for name, needs in PROCESSOR_METRICS.items() if needs in sinks and name in chosen]
 
 
 @dataclass(frozen=True)
@@ -164,6 +164,8 @@ class Choices:
     state_write_per_device: bool
     architecture: Literal["arm64", "x86_64"]
     crawler_runs_per_day: float
+    # "chosen": the processor emits the custom metrics the config lists; "all": every one.
+    custom_metrics: Literal["chosen", "all"]
 
     @classmethod
     def of(cls, config: Config) -> Choices:
@@ -175,6 +177,7 @@ class Choices:
             state_write_per_device=True,
             architecture=config.processor.architecture,
             crawler_runs_per_day=crawler_runs_per_day(config.catalog.crawler_schedule),
+            custom_metrics="chosen",
         )
 
     @classmethod
@@ -186,6 +189,7 @@ class Choices:
             state_write_per_device=False,
             architecture="x86_64",
             crawler_runs_per_day=24,
+            custom_metrics="all",
         )
 
 
@@ -236,6 +240,15 @@ OPTIMISATIONS: tuple[Optimisation, ...] = (
         24,
         "partition projection finds new partitions; the crawler only tracks schema changes",
     ),
+    Optimisation(
+        "custom metrics only as chosen",
+        "custom_metrics",
+        "chosen",
+        "all",
+        "the processor emits the metrics [processor] custom_metrics lists (none by default) "
+        "instead of every count: the dashboard and alarms use AWS's own metrics, and every "
+        "invocation's log line has all the counts",
+    ),
 )
 
 
@@ -255,7 +268,7 @@ class Assumptions:
     # None: as many alarms as `up` deploys for the config.
     alarms: int | None = None
     dashboards: int = 1
-    # None: as many as the processor emits for the config (PROCESSOR_METRICS).
+    # None: as many as the processor emits for the config (`emitted_metrics`).
     custom_metrics: int | None = None
     log_bytes_per_invocation: int = 1000
 
@@ -288,11 +301,11 @@ class Assumptions:
             "the devices of one shard",
         ]
 
-    def custom_metric_count(self, config: Config) -> int:
+    def custom_metric_count(self, config: Config, choices: Choices | None = None) -> int:
         if self.custom_metrics is not None:
             return self.custom_metrics
-        emitted = {"always", "timeseries"} if config.timeseries.enabled else {"always"}
-        return sum(1 for needs in PROCESSOR_METRICS.values() if needs in emitted)
+        every = choices is not None and choices.custom_metrics == "all"
+        return len(emitted_metrics(config, every=every))
 
     def alarm_count(self, config: Config) -> int:
         from iotpipe.resources.cloudwatch import alarm_count
@@ -700,7 +713,7 @@ def estimate(
     add(
         cw,
         "custom metrics (processor)",
-        a.custom_metric_count(config),
+        a.custom_metric_count(config, choices),
         "metric-months",
         p("cloudwatch", "custom_metric_month"),
         meter="cloudwatch.custom_metrics",

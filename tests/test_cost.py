@@ -83,7 +83,7 @@ def test_default_500k_a_day_line_items_match_hand_arithmetic():
 
 def test_default_and_naive_totals_at_500k_a_day():
     report = cost_report(config(), load_prices(), TODAY)
-    assert report.configured.total == 40.36
+    assert report.configured.total == 37.66
     assert report.naive.total == 181.95
     # Always Free covers the dashboard, 10 of the 13 alarms, the processor's metrics, logs,
     # Lambda and the alerts key's requests: $5.72, the same for both designs.
@@ -97,25 +97,26 @@ def test_default_and_naive_totals_at_500k_a_day():
         "one state write per device per batch": -1.75,
         "arm64 processor": 0.03,
         "weekly crawler": 106.37,
+        "custom metrics only as chosen": 2.7,
     }
     assert all(s.in_use for s in report.savings)
 
 
 def test_timestream_adds_its_writes_and_storage():
     report = cost_report(config(timeseries=True), load_prices(), TODAY)
-    assert report.configured.total == 48.22
+    assert report.configured.total == 45.22
     assert report.naive.total == 189.81
     assert report.configured.by_service()["Timestream"] == pytest.approx(7.56, abs=0.005)
 
 
 def test_default_and_naive_totals_at_100x():
     report = cost_report(config(readings_per_day=50_000_000, devices=100_000), load_prices(), TODAY)
-    assert report.configured.total == 2088.74
+    assert report.configured.total == 2086.04
     assert report.naive.total == 3729.89
     with_ts = cost_report(
         config(timeseries=True, readings_per_day=50_000_000, devices=100_000), load_prices(), TODAY
     )
-    assert with_ts.configured.total == 2838.18
+    assert with_ts.configured.total == 2835.18
     assert with_ts.naive.total == 4479.32
     # Past a billion messages a month IoT messaging drops to the second tier.
     messages = 50_000_000 * 30.4
@@ -228,12 +229,9 @@ def test_options_change_the_line_items():
     without_ts = estimate(no_ts, prices, Choices.of(no_ts))
     assert any(i.service == "Timestream" for i in with_ts.items)
     assert not any(i.service == "Timestream" for i in without_ts.items)
-    # Less the time-series sink and the one metric the processor emits only with it.
+    # Less the time-series sink (the processor emits no custom metric by default).
     assert without_ts.total == pytest.approx(
-        with_ts.total
-        - with_ts.by_service()["Timestream"]
-        - price("cloudwatch", "custom_metric_month"),
-        abs=0.01,
+        with_ts.total - with_ts.by_service()["Timestream"], abs=0.01
     )
     assert any(
         i.item == "format conversion" for i in estimate(parquet, prices, Choices.of(parquet)).items
@@ -242,6 +240,27 @@ def test_options_change_the_line_items():
     report = cost_report(messaging, prices, TODAY)
     assert not next(s for s in report.savings if s.optimisation == "Basic Ingest").in_use
     assert line(report.configured, "IoT Core", "messaging").monthly_cost == pytest.approx(15.2)
+
+
+def test_custom_metrics_are_the_ones_the_config_lists():
+    prices = load_prices()
+    metric = price("cloudwatch", "custom_metric_month")
+    default = cost_report(Config(), prices, TODAY)
+    assert line(default.configured, "CloudWatch", "custom metrics").quantity == 0
+    # Publishing every count is the naive choice: 9 metrics, 10 with the time-series sink.
+    assert line(default.naive, "CloudWatch", "custom metrics").quantity == 9
+    saving = next(s for s in default.savings if s.optimisation == "custom metrics only as chosen")
+    assert saving.monthly_saving == pytest.approx(9 * metric)
+    chosen = ["ReadingsQuarantined", "ReadingsFailed", "TimeSeriesWritten"]
+    two = Config.model_validate({"processor": {"custom_metrics": chosen}})
+    report = cost_report(two, prices, TODAY)
+    # TimeSeriesWritten is never emitted with the time-series sink off: not priced.
+    assert line(report.configured, "CloudWatch", "custom metrics").quantity == 2
+    assert report.configured.total == pytest.approx(default.configured.total + 2 * metric)
+    three = Config.model_validate(
+        {"processor": {"custom_metrics": chosen}, "timeseries": {"enabled": True}}
+    )
+    assert line(cost_report(three, prices, TODAY).configured, "CloudWatch", "custom").quantity == 3
 
 
 def test_prices_say_how_old_they_are():
@@ -256,16 +275,16 @@ def test_cost_json_breakdown(cli):
     assert result.exit_code == 0, result
     data = result.json
     assert data["totals"] == {
-        "configured": 40.36,
+        "configured": 37.66,
         "naive": 181.95,
-        "saving": 141.59,
+        "saving": 144.29,
         "configured_after_always_free": 33.14,
         "naive_after_always_free": 174.7,
     }
     assert data["price_age_days"] == (date.today() - load_prices().taken).days
     for item in data["line_items"]:
         assert set(item) >= {"service", "item", "quantity", "unit", "unit_price", "monthly_cost"}
-    assert sum(i["monthly_cost"] for i in data["line_items"]) == pytest.approx(40.36, abs=0.005)
+    assert sum(i["monthly_cost"] for i in data["line_items"]) == pytest.approx(37.66, abs=0.005)
     assert all(i["monthly_cost"] < 0 for i in data["always_free_allowances"])
     assert {s["optimisation"] for s in data["savings"]} >= {"Basic Ingest", "weekly crawler"}
     if data["prices_stale"]:
@@ -275,7 +294,7 @@ def test_cost_json_breakdown(cli):
 def test_cost_overrides_and_table(cli):
     result = cli("cost", "--readings-per-day", "50000000", "--devices", "100000")
     assert result.exit_code == 0, result
-    assert "$2,088.74" in result.stdout
+    assert "$2,086.04" in result.stdout
     assert "$3,729.89" in result.stdout
     assert "Always Free" in result.stdout
     assert "Basic Ingest" in result.stdout
@@ -304,7 +323,7 @@ def test_bad_overrides_exit_2_naming_the_option(cli, faults, args, option):
 def test_validate_shows_the_monthly_total(cli):
     result = cli("validate", "--output", "json")
     assert result.exit_code == 0, result
-    assert result.json["monthly_cost_usd"] == 40.36
+    assert result.json["monthly_cost_usd"] == 37.66
     assert result.json["monthly_cost_after_always_free_usd"] == 33.14
     table = cli("validate")
-    assert "$40.36 at list prices, $33.14 after" in table.stdout
+    assert "$37.66 at list prices, $33.14 after" in table.stdout

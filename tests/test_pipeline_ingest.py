@@ -190,6 +190,7 @@ def test_processor_function_settings(cli, aws, processor_source) -> None:
         "QUARANTINE_PREFIX": "quarantine/",
         "POWERTOOLS_SERVICE_NAME": "iotpipe-processor",
         "POWERTOOLS_METRICS_NAMESPACE": "iotpipe",
+        "PROCESSOR_METRICS": "",
         "LOG_LEVEL": "INFO",
     }
     assert conf["CodeSha256"] == packaging.build_zip(processor_source).sha256

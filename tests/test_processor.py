@@ -372,9 +372,13 @@ def test_the_cost_model_counts_the_custom_metrics_the_processor_emits(
     handler.lambda_handler(kinesis_event(message("pump-1", ts=now - 1_000)), LambdaContext())
 
     emitted = set(emf_metrics(capsys.readouterr().out))
-    # The processor tests run with the time-series sink on.
+    # The processor tests run with the time-series sink on, and without PROCESSOR_METRICS: every
+    # metric, as when a config lists them all.
     assert emitted == set(PROCESSOR_METRICS)
-    config = parse_config({"stack": {"name": "test"}, "timeseries": {"enabled": True}})
+    every = {"custom_metrics": list(PROCESSOR_METRICS)}
+    config = parse_config(
+        {"stack": {"name": "test"}, "timeseries": {"enabled": True}, "processor": every}
+    )
     assert Assumptions().custom_metric_count(config) == len(emitted)
-    off = parse_config({"stack": {"name": "test"}})
+    off = parse_config({"stack": {"name": "test"}, "processor": every})
     assert Assumptions().custom_metric_count(off) == len(emitted) - 1

@@ -176,6 +176,8 @@ def processor_environment(ctx: StackContext) -> dict[str, str]:
         "QUARANTINE_PREFIX": names.quarantine_prefix,
         "POWERTOOLS_SERVICE_NAME": "iotpipe-processor",
         "POWERTOOLS_METRICS_NAMESPACE": "iotpipe",
+        # The custom metrics to emit, each billed monthly: only those the config lists.
+        "PROCESSOR_METRICS": ",".join(config.processor.custom_metrics),
         "LOG_LEVEL": config.processor.log_level,
     }
 

@@ -41,8 +41,17 @@ SINK_METRICS = {
 }
 
 
-@metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: Any) -> PartialItemFailureResponse:
+    try:
+        return _handle(event, context)
+    finally:
+        # Only the metrics PROCESSOR_METRICS lists were added: with none, nothing is published
+        # (and nothing billed).
+        if metrics.metric_set:
+            metrics.flush_metrics()
+
+
+def _handle(event: dict[str, Any], context: Any) -> PartialItemFailureResponse:
     settings = Settings.from_environment()
     budget = Budget.from_context(context)
     now_ms = int(time.time() * 1000)
@@ -64,7 +73,9 @@ def lambda_handler(event: dict[str, Any], context: Any) -> PartialItemFailureRes
 
     failed = set().union(*(report.failed for report in reports))
     quarantined = len(to_quarantine.keys() - failed)
-    _record_metrics(records, readings, quarantined, failed, reports, budget, now_ms)
+    _record_metrics(
+        records, readings, quarantined, failed, reports, budget, now_ms, settings.custom_metrics
+    )
     _log_summary(records, readings, quarantined, failed, reports, budget)
     return {
         "batchItemFailures": [
@@ -147,25 +158,28 @@ def _record_metrics(
     reports: list[SinkReport],
     budget: Budget,
     now_ms: int,
+    chosen: frozenset[str] | None,
 ) -> None:
-    count = MetricUnit.Count
-    metrics.add_metric(name="ReadingsReceived", unit=count, value=len(records))
-    metrics.add_metric(name="ReadingsValid", unit=count, value=len(readings))
-    metrics.add_metric(name="ReadingsQuarantined", unit=count, value=quarantined)
-    metrics.add_metric(name="ReadingsFailed", unit=count, value=len(failed))
+    """Each custom metric `chosen` lists (None: every one); each is billed monthly."""
+
+    def add(name: str, value: float, unit: MetricUnit = MetricUnit.Count) -> None:
+        if chosen is None or name in chosen:
+            metrics.add_metric(name=name, unit=unit, value=value)
+
+    add("ReadingsReceived", len(records))
+    add("ReadingsValid", len(readings))
+    add("ReadingsQuarantined", quarantined)
+    add("ReadingsFailed", len(failed))
     for report in reports:
         if report.sink in SINK_METRICS:
-            metrics.add_metric(name=SINK_METRICS[report.sink], unit=count, value=report.written)
+            add(SINK_METRICS[report.sink], report.written)
         if report.sink == "device_state":
             # Part of DeviceStateWritten: readings whose device already holds a newer state.
-            metrics.add_metric(
-                name="DeviceStateSkippedOlder", unit=count, value=report.skipped_older
-            )
-    metrics.add_metric(name="Retries", unit=count, value=budget.retries)
+            add("DeviceStateSkippedOlder", report.skipped_older)
+    add("Retries", budget.retries)
     arrivals = [a for a in map(_arrival_seconds, records) if a is not None]
     if arrivals:
-        age = max(0, now_ms - int(min(arrivals) * 1000))
-        metrics.add_metric(name="BatchAgeMs", unit=MetricUnit.Milliseconds, value=age)
+        add("BatchAgeMs", max(0, now_ms - int(min(arrivals) * 1000)), MetricUnit.Milliseconds)
 
 
 def _log_summary(

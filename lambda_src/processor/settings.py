@@ -21,6 +21,8 @@ class Settings:
     archive_delivery_stream: str
     archive_bucket: str
     quarantine_prefix: str
+    # The custom metrics to emit (PROCESSOR_METRICS, comma-separated); None: every one.
+    custom_metrics: frozenset[str] | None = None
 
     @property
     def timeseries_enabled(self) -> bool:
@@ -47,4 +49,8 @@ class Settings:
             archive_delivery_stream=env["ARCHIVE_DELIVERY_STREAM"],
             archive_bucket=env["ARCHIVE_BUCKET"],
             quarantine_prefix=env.get("QUARANTINE_PREFIX", "quarantine/"),
+            # Absent (a function deployed before it existed): every metric, as then.
+            custom_metrics=None
+            if "PROCESSOR_METRICS" not in env
+            else frozenset(name for name in env["PROCESSOR_METRICS"].split(",") if name),
         )
