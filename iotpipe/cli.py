@@ -1,71 +1,20 @@
-"""The root command: global options, the application object, and error-to-exit-code mapping."""
+"""The root command: global options, and the mapping of errors to exit codes."""
 
 from __future__ import annotations
 
 import os
 import sys
 import traceback
-from enum import StrEnum
-from functools import cached_property
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from iotpipe import __version__
-from iotpipe.config import DEFAULT_CONFIG_PATH, Config, load_config, region_problem
+from iotpipe.app import App, OutputFormat
+from iotpipe.config import DEFAULT_CONFIG_PATH, region_problem
 from iotpipe.errors import INTERRUPTED_EXIT_CODE, Cancelled, IotpipeError
 from iotpipe.output import Output
-
-
-class OutputFormat(StrEnum):
-    table = "table"
-    json = "json"
-    csv = "csv"
-
-
-class App:
-    """What every command needs: the parsed global options, the config, AWS and the output."""
-
-    def __init__(
-        self,
-        *,
-        config_path: Path,
-        profile: str | None,
-        region: str | None,
-        endpoint_url: str | None,
-        output: str,
-        verbose: int,
-    ) -> None:
-        self.config_path = config_path
-        self.profile = profile
-        self.region = region
-        self.endpoint_url = endpoint_url
-        self.out = Output(output, verbose)
-
-    @cached_property
-    def config(self) -> Config:
-        return load_config(self.config_path)
-
-    @cached_property
-    def aws(self):  # -> iotpipe.aws.Aws (imported lazily: `validate` and `init` need no boto3)
-        from iotpipe.aws import Aws
-
-        # The config is validated before any client exists: a bad config makes no AWS call.
-        config = self.config
-        return Aws(
-            profile=self.profile,
-            # `--region ""` is checked (and refused), not taken for "no --region".
-            region=config.stack.region if self.region is None else self.region,
-            endpoint_url=self.endpoint_url,
-        )
-
-    @cached_property
-    def stack(self):  # -> iotpipe.stack.StackContext
-        from iotpipe.stack import StackContext
-
-        return StackContext(self.config, self.aws)
-
 
 _app: App | None = None
 

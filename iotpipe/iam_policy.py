@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from iotpipe import athena_query, devices, health, resharding, simulate
+from iotpipe.context import StackContext
 from iotpipe.errors import IotpipeError
 from iotpipe.permissions import Grant
 from iotpipe.resources.iam import POLICY_VERSION
 from iotpipe.resources.kinesis import ReadingsStream
-from iotpipe.stack import StackContext, account_grants, build_teardown_resources
+from iotpipe.stack import account_grants, build_teardown_resources
 
 # Actions a policy must grant although no API call of that name shows them, each with the reason
 # AWS checks it (the audit of the test suite accepts these as used).

@@ -1,15 +1,11 @@
-"""The stack: the config, the AWS account it lives in, and the resources it is made of."""
+"""The stack: the resources it is made of, built from its context (iotpipe.context)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
-from iotpipe.aws import Aws
-from iotpipe.config import Config
-from iotpipe.engine.model import STACK_TAG, Resource
-from iotpipe.naming import Names
+from iotpipe.context import StackContext
+from iotpipe.engine.model import Resource
 from iotpipe.permissions import Grant, reads
 
 # The clients an observation of the whole stack uses, in the order it first needs them.
@@ -30,50 +26,6 @@ PIPELINE_SERVICES = (
     "athena",
     "cloudwatch",
 )
-
-
-@dataclass
-class StackContext:
-    config: Config
-    aws: Aws
-    # The account the stack's ARNs name; asked of STS when not given.
-    account: str | None = None
-    # Whether the account may use Timestream; probed when not given.
-    timeseries_usable: bool | None = None
-
-    @property
-    def stack(self) -> str:
-        return self.config.stack.name
-
-    @cached_property
-    def names(self) -> Names:
-        return Names(
-            stack=self.stack,
-            app=self.config.stack.app,
-            region=self.aws.region,
-            account=self.account or self.aws.account_id,
-            partition=self.aws.partition,
-        )
-
-    @cached_property
-    def timeseries_active(self) -> bool:
-        """Configured and available: the processor writes time series only then."""
-        from iotpipe.resources import timestream
-
-        if not self.config.timeseries.enabled:
-            return False
-        if self.timeseries_usable is None:
-            self.timeseries_usable = timestream.available(self.aws)
-        return self.timeseries_usable
-
-    @property
-    def tags(self) -> dict[str, str]:
-        return {STACK_TAG: self.stack}
-
-    @property
-    def tag_list(self) -> list[dict[str, str]]:
-        """The tags in the Key/Value list form most AWS APIs take."""
-        return [{"Key": k, "Value": v} for k, v in self.tags.items()]
 
 
 def build_resources(ctx: StackContext, *, prewarm: bool = True) -> list[Resource]:

@@ -124,8 +124,8 @@ def granted(config_path: Path, config_text: str, job: str) -> frozenset[str]:
     """Every action `job`'s policy grants for the stack the config (of this text) describes."""
     from iotpipe.aws import Aws
     from iotpipe.config import load_config
+    from iotpipe.context import StackContext
     from iotpipe.iam_policy import job_policy
-    from iotpipe.stack import StackContext
 
     config = load_config(config_path)
     ctx = StackContext(config, Aws(region=config.stack.region), "123456789012", True)
@@ -160,8 +160,8 @@ def audit(config_path: Path) -> tuple[list[str], list[str]]:
     is one AWS checks without a call of that name."""
     from iotpipe.aws import Aws
     from iotpipe.config import load_config
+    from iotpipe.context import StackContext
     from iotpipe.iam_policy import IMPLICIT_ACTIONS, JOBS, job_policies, policy_characters
-    from iotpipe.stack import StackContext
 
     config = load_config(config_path)
     ctx = StackContext(config, Aws(region=config.stack.region), "123456789012", True)
@@ -234,8 +234,8 @@ def processor_role_actions(config_path: Path) -> set[str]:
     """The actions of the processor's role for the stack, with time series on."""
     from iotpipe.aws import Aws
     from iotpipe.config import load_config
+    from iotpipe.context import StackContext
     from iotpipe.resources.lambda_ import processor_role
-    from iotpipe.stack import StackContext
 
     config = load_config(config_path)
     config = config.model_copy(

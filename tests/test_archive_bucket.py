@@ -16,7 +16,8 @@ from botocore.awsrequest import AWSResponse, HTTPHeaders
 
 from iotpipe.aws import Aws, add_client_hook
 from iotpipe.config import parse_config
-from iotpipe.stack import StackContext, build_resources
+from iotpipe.context import StackContext
+from iotpipe.stack import build_resources
 from tests.faults import _operation_from, _Raw
 from tests.support import client, write_config
 

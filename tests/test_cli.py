@@ -136,7 +136,7 @@ def test_ctrl_c_before_typer_sees_it_is_still_ours(capsys, monkeypatch) -> None:
     def interrupted(*_, **__) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("iotpipe.cli.load_config", interrupted)
+    monkeypatch.setattr("iotpipe.app.load_config", interrupted)
     assert run(["validate"]) == 130
     assert "interrupted" in capsys.readouterr().err
 
@@ -346,7 +346,7 @@ def test_a_bug_is_reported_in_one_line_and_its_traceback_only_with_v(monkeypatch
     def broken(_: Path) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("iotpipe.cli.load_config", broken)
+    monkeypatch.setattr("iotpipe.app.load_config", broken)
     for argv, traceback_shown in ((["validate"], False), (["validate", "-v"], True)):
         monkeypatch.setattr("sys.argv", ["iotpipe", *argv])
         with pytest.raises(SystemExit) as exited:

@@ -12,8 +12,8 @@ import pytest
 
 from iotpipe.aws import Aws
 from iotpipe.config import parse_config
+from iotpipe.context import StackContext
 from iotpipe.resources.glue import crawler_role
-from iotpipe.stack import StackContext
 from tests.policy_lint import parliament_findings
 from tests.support import client
 

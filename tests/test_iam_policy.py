@@ -16,6 +16,7 @@ import pytest
 
 from iotpipe.aws import Aws
 from iotpipe.config import load_config
+from iotpipe.context import StackContext
 from iotpipe.iam_policy import (
     EMULATOR_ONLY_ACTIONS,
     IMPLICIT_ACTIONS,
@@ -26,7 +27,7 @@ from iotpipe.iam_policy import (
     policy_characters,
 )
 from iotpipe.permissions import reads, writes
-from iotpipe.stack import StackContext, build_teardown_resources
+from iotpipe.stack import build_teardown_resources
 from tests.permission_audit import iam_action
 from tests.policy_lint import access_level, parliament_findings, privilege, required_resource_types
 from tests.support import client

@@ -18,10 +18,11 @@ from iotpipe.cli import app as typer_app
 from iotpipe.cli import run
 from iotpipe.commands.common import NO_TABLE_COMMANDS
 from iotpipe.config import ConfigError, parse_config
+from iotpipe.context import StackContext
 from iotpipe.devices import specs_from_csv
 from iotpipe.engine.model import Action, Change, Plan, Step
 from iotpipe.output import Output
-from iotpipe.stack import StackContext, build_resources
+from iotpipe.stack import build_resources
 from tests.test_query import athena, seed_results  # noqa: F401 (athena is a fixture)
 
 THING_TYPE = "test-sensor"

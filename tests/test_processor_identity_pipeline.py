@@ -11,8 +11,8 @@ import boto3
 
 from iotpipe.aws import Aws
 from iotpipe.config import load_config
+from iotpipe.context import StackContext
 from iotpipe.local.plane import LocalDataPlane
-from iotpipe.stack import StackContext
 
 
 def test_a_device_cannot_write_another_devices_state(cli, endpoint: str, config_file: Path):

@@ -11,8 +11,9 @@ import pytest
 
 from iotpipe.aws import Aws
 from iotpipe.config import parse_config
+from iotpipe.context import StackContext
 from iotpipe.engine.reconcile import order, plan_up
-from iotpipe.stack import StackContext, build_resources
+from iotpipe.stack import build_resources
 from tests.support import client
 
 ACCOUNT = "123456789012"

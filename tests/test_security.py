@@ -8,9 +8,10 @@ import pytest
 
 from iotpipe.aws import Aws
 from iotpipe.config import parse_config
+from iotpipe.context import StackContext
 from iotpipe.resources.iam import ServiceRole
 from iotpipe.resources.iot import DevicePolicy
-from iotpipe.stack import StackContext, build_resources
+from iotpipe.stack import build_resources
 from tests.policy_lint import parliament_findings, required_resource_types
 
 CONFIGS = {

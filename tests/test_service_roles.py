@@ -10,9 +10,9 @@ import pytest
 
 from iotpipe.aws import Aws
 from iotpipe.config import load_config
+from iotpipe.context import StackContext
 from iotpipe.resources import firehose, glue, iot
 from iotpipe.resources.iam import ServiceRole
-from iotpipe.stack import StackContext
 from tests.policy_lint import parliament_findings
 
 # What each service does as the role, for this pipeline's use of it, and where AWS says so.

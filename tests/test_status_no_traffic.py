@@ -9,8 +9,8 @@ import boto3
 
 from iotpipe.aws import Aws
 from iotpipe.config import load_config
+from iotpipe.context import StackContext
 from iotpipe.health import UNHEALTHY, WARNING, Health
-from iotpipe.stack import StackContext
 
 STREAM = "test-readings"
 

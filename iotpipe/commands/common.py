@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
+from iotpipe.app import App
 from iotpipe.engine.model import Plan
 from iotpipe.engine.reconcile import execute
 from iotpipe.errors import UsageError
-
-if TYPE_CHECKING:
-    from iotpipe.cli import App
 
 YesOption = Annotated[
     bool,

@@ -6,10 +6,11 @@ import json
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
+from iotpipe.app import App
 from iotpipe.commands.common import YesOption, get_app
 from iotpipe.devices import (
     DEFAULT_CONCURRENCY,
@@ -25,9 +26,6 @@ from iotpipe.devices import (
     specs_from_names,
 )
 from iotpipe.errors import UsageError
-
-if TYPE_CHECKING:
-    from iotpipe.cli import App
 
 devices = typer.Typer(
     name="devices",

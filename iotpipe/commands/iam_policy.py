@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 
 from iotpipe.commands.common import get_app
+from iotpipe.context import StackContext
 from iotpipe.errors import UsageError
 from iotpipe.iam_policy import JOBS, job_policies
-from iotpipe.stack import StackContext
 
 
 def iam_policy(

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from typing import Annotated, Any, cast
 
 import typer
 
+from iotpipe.app import App
 from iotpipe.commands.common import YesOption, get_app
 from iotpipe.errors import AwsError, UsageError
 from iotpipe.resharding import (
@@ -17,9 +18,6 @@ from iotpipe.resharding import (
     recommend,
 )
 from iotpipe.resources.kinesis import ReadingsStream
-
-if TYPE_CHECKING:
-    from iotpipe.cli import App
 
 
 def reshard(

@@ -146,13 +146,14 @@ def run_demo(*, devices: int, readings: int, progress: Progress) -> DemoSummary:
 
 def _run(workdir: Path, *, devices: int, readings: int, progress: Progress) -> DemoSummary:
     from iotpipe.aws import Aws
+    from iotpipe.context import StackContext
     from iotpipe.devices import Fleet, RegisterOptions, numbered_names, specs_from_names
     from iotpipe.engine.reconcile import execute, plan_up
     from iotpipe.local.emulator import Emulator
     from iotpipe.local.plane import LocalDataPlane
     from iotpipe.local.sql import LocalSql
     from iotpipe.simulate import ReadingGenerator
-    from iotpipe.stack import StackContext, build_resources
+    from iotpipe.stack import build_resources
 
     started = time.monotonic()
     summary = DemoSummary(devices=devices)

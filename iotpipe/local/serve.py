@@ -190,7 +190,7 @@ class LocalServer:
     def _stack_names(self) -> Names:
         stack = self.config.stack
         if self._names is None or (self._names.stack, self._names.app) != (stack.name, stack.app):
-            from iotpipe.stack import StackContext
+            from iotpipe.context import StackContext
 
             assert self._aws is not None, "enter the server first"
             self._names = StackContext(self.config, self._aws).names
