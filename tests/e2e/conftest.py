@@ -209,8 +209,8 @@ class EmulatorTarget(Target):
         IoT data plane receives."""
         from iotpipe.aws import Aws
         from iotpipe.config import load_config
+        from iotpipe.context import StackContext
         from iotpipe.local.plane import LocalDataPlane, listen_to_iot_data
-        from iotpipe.stack import StackContext
 
         aws = Aws(endpoint_url=self.endpoint, region=self.region)
         # Every client the plane uses exists before the next command runs: the commands' call
