@@ -9,7 +9,7 @@ from iotpipe.permissions import Grant, owned, reads, writes
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
-    from iotpipe.stack import StackContext
+    from iotpipe.context import StackContext
 
 MIB = 1024 * 1024
 
