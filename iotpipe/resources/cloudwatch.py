@@ -24,7 +24,7 @@ from iotpipe.permissions import Grant, owned, reads, writes
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
     from iotpipe.config import Config
-    from iotpipe.stack import StackContext
+    from iotpipe.context import StackContext
 
 _IOT = "https://docs.aws.amazon.com/iot/latest/developerguide/metrics_dimensions.html"
 _KINESIS = "https://docs.aws.amazon.com/streams/latest/dev/monitoring-with-cloudwatch.html"
