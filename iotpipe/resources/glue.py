@@ -18,7 +18,7 @@ from iotpipe.resources.iam import POLICY_VERSION, ServiceRole, allow, policy_doc
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
-    from iotpipe.stack import StackContext
+    from iotpipe.context import StackContext
 
 NOT_FOUND = ("EntityNotFoundException",)
 
