@@ -24,8 +24,8 @@ from iotpipe.resources.iam import ServiceRole, allow, policy_document, trust_pol
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
+    from iotpipe.context import StackContext
     from iotpipe.naming import Names
-    from iotpipe.stack import StackContext
 
 THING = "${iot:Connection.Thing.ThingName}"
 SQL_VERSION = "2016-03-23"
