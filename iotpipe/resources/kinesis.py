@@ -14,7 +14,7 @@ from iotpipe.resources.deletion import DELETING, create_once_deleted, wait_while
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
-    from iotpipe.stack import StackContext
+    from iotpipe.context import StackContext
 
 KINESIS_KMS_KEY = "alias/aws/kinesis"
 
