@@ -28,8 +28,8 @@ from iotpipe.resources import cloudwatch
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
+    from iotpipe.context import StackContext
     from iotpipe.naming import Names
-    from iotpipe.stack import StackContext
 
 # The shortest waiting period KMS allows (7-30 days): the key only ever protected alert
 # messages in flight, which SNS keeps for no longer than its delivery retries.
