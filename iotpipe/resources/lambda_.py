@@ -22,7 +22,7 @@ from iotpipe.resources.timestream import MAGNETIC_STORE_WRITES
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
-    from iotpipe.stack import StackContext
+    from iotpipe.context import StackContext
 
 RUNTIME = "python3.11"
 HANDLER = "processor.handler.lambda_handler"
