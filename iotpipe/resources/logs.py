@@ -9,8 +9,8 @@ from iotpipe.permissions import Grant, owned, reads, writes
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
+    from iotpipe.context import StackContext
     from iotpipe.naming import Names
-    from iotpipe.stack import StackContext
 
 # CloudWatch Logs authorizes some log-group actions on the group's ARN and others on it followed
 # by ":*" (its log streams); both forms are granted for the stack's own groups only.
