@@ -17,7 +17,7 @@ from iotpipe.permissions import Grant, reads, writes
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
-    from iotpipe.stack import StackContext
+    from iotpipe.context import StackContext
 
 PUBLIC_ACCESS_BLOCKED = {
     "BlockPublicAcls": True,
