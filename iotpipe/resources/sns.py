@@ -15,7 +15,7 @@ from iotpipe.resources import kms
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
-    from iotpipe.stack import StackContext
+    from iotpipe.context import StackContext
 
 
 class AlertsTopic(Resource):
