@@ -12,7 +12,7 @@ from iotpipe.permissions import Grant, owned, reads, writes
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
-    from iotpipe.stack import StackContext
+    from iotpipe.context import StackContext
 
 # The longest SQS keeps a message: time enough to notice the alarm and replay the batch.
 RETENTION_SECONDS = 14 * 86_400
