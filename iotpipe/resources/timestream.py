@@ -17,8 +17,8 @@ from iotpipe.permissions import Grant, owned, reads, writes
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
+    from iotpipe.context import StackContext
     from iotpipe.naming import Names
-    from iotpipe.stack import StackContext
 
 SERVICE = "timestream-write"
 NOT_FOUND = ("ResourceNotFoundException",)
