@@ -13,7 +13,7 @@ from iotpipe.resources.deletion import DELETING, create_once_deleted, wait_while
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
-    from iotpipe.stack import StackContext
+    from iotpipe.context import StackContext
 
 DEVICE_KEY = "device_id"
 TTL_ATTRIBUTE = "expires_at"
