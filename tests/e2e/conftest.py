@@ -86,7 +86,6 @@ class Target:
         self.workdir = workdir
         self.config_path = workdir / "iotpipe.toml"
         self.devices_dir = workdir / "devices"
-        self.notes: list[tuple[str, str]] = []
         self.actions: set[str] = set()
         # Set once the journey itself has taken the stack down and found nothing left.
         self.torn_down = False
@@ -173,13 +172,13 @@ class Target:
     # Reporting ----------------------------------------------------------------------------
     def note(self, step: str, reason: str) -> None:
         """A step this target cannot take as AWS would, and why; the journey goes on."""
-        self.notes.append((step, reason))
         self._record_property(NOTE_PROPERTY, f"[{self.name}] {step}: {reason}")
         warnings.warn(StepNotRunAsOnAws(f"{step}: {reason}"), stacklevel=2)
         self.say(f"not run on the {self.name}: {step}: {reason}")
 
     def say(self, text: str) -> None:
-        pass
+        """A line of progress: printed on AWS, where a run takes minutes; the emulator's is
+        quiet."""
 
 
 # The emulator ----------------------------------------------------------------------------------

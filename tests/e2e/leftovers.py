@@ -79,9 +79,15 @@ def _delivery_streams(client: Any) -> Iterator[str]:
         params = {"ExclusiveStartDeliveryStreamName": page["DeliveryStreamNames"][-1]}
 
 
+def _buckets_of_region(s3: Any) -> Iterator[str]:
+    # ListBuckets lists every region's; a stack's bucket name ends with its region.
+    region = s3.meta.region_name
+    return (b["Name"] for b in s3.list_buckets()["Buckets"] if b["Name"].endswith(f"-{region}"))
+
+
 # Each kind of resource a stack names, and how to list every name of that kind in the region.
 LISTINGS: dict[str, Callable[[Clients], Iterator[str]]] = {
-    "S3 bucket": lambda c: (b["Name"] for b in c("s3").list_buckets()["Buckets"]),
+    "S3 bucket": lambda c: _buckets_of_region(c("s3")),
     "Kinesis stream": lambda c: _pages(c("kinesis"), "list_streams", "StreamNames"),
     "DynamoDB table": lambda c: _pages(c("dynamodb"), "list_tables", "TableNames"),
     "SNS topic": lambda c: (

@@ -4,6 +4,7 @@ an interrupted run left by tag and by name; the journey's teardown runs after a 
 
 from __future__ import annotations
 
+import _thread
 import json
 import os
 import subprocess
@@ -270,8 +271,12 @@ def test_clean_takes_down_every_e2e_stack_left_and_nothing_else(
 ) -> None:
     left = settings.new_stack_name()
     _up(cli, tmp_path / "left.toml", left)
-    (tmp_path / "other.toml").write_text('[stack]\nname = "iotpipe-e2e-prod"\n')
-    assert cli("up", "--yes", config=tmp_path / "other.toml").exit_code == 0
+    # A stack whose name is not an e2e one, by name and by tag.
+    kinesis = client(endpoint, "kinesis")
+    kinesis.create_stream(StreamName="iotpipe-e2e-prod-readings", ShardCount=1)
+    kinesis.add_tags_to_stream(
+        StreamName="iotpipe-e2e-prod-readings", Tags={"iotpipe:stack": "iotpipe-e2e-prod"}
+    )
     capsys.readouterr()
     waited: list[str] = []
 
@@ -298,17 +303,18 @@ def test_clean_takes_down_every_e2e_stack_left_and_nothing_else(
 
 
 def _interrupt_at_mutating_call(number: int):
-    """Ctrl-C as the `number`th mutating AWS call is about to be sent; returns a remover."""
+    """Ctrl-C as the `number`th mutating AWS call is made; returns a remover. As a terminal's
+    SIGINT, it interrupts the main thread, whichever thread makes the call."""
     seen = [0]
 
     def attach(service: str, client: Any) -> None:
-        def before_send(request: Any, **_: Any) -> None:
-            if is_mutating(request.context.get("operation_name", "")):
+        def before_call(model: Any, **_: Any) -> None:
+            if is_mutating(model.name):
                 seen[0] += 1
                 if seen[0] == number:
-                    raise KeyboardInterrupt
+                    _thread.interrupt_main()
 
-        client.meta.events.register("before-send", before_send)
+        client.meta.events.register("before-call", before_call)
 
     return add_client_hook(attach)
 
