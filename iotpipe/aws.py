@@ -2,10 +2,10 @@
 
 botocore's own retries are switched off so that one policy (tenacity, below) decides what is
 retried: throttling, 5xx, dropped connections, and the named "not yet consistent" errors a caller
-passes in (IAM propagation, updates in progress, read-after-create). Everything else fails fast,
-as an `AwsError` naming the resource and quoting AWS. An endpoint that cannot be reached, or that
-answers but is not AWS, fails in seconds with a message naming the endpoint; a bad endpoint URL
-is refused before any client exists.
+passes in (IAM propagation, updates in progress). Everything else fails fast, as an `AwsError`
+naming the resource and quoting AWS. An endpoint that cannot be reached, or that answers but is
+not AWS, fails in seconds with a message naming the endpoint; a bad endpoint URL is refused
+before any client exists.
 """
 
 from __future__ import annotations
@@ -142,11 +142,6 @@ def is_pass_role_denial(code: str, message: str) -> bool:
 UPDATE_IN_PROGRESS: tuple[Transient, ...] = (
     Transient("lambda-update", "ResourceConflictException", None),
     Transient("resource-in-use", "ResourceInUseException", None),
-)
-# Some describe calls lag a create by a moment (eventual consistency).
-NOT_YET_VISIBLE: tuple[Transient, ...] = (
-    Transient("not-found", "ResourceNotFoundException", None),
-    Transient("no-such-entity", "NoSuchEntity", None),
 )
 
 _READ_PREFIXES = (

@@ -3,25 +3,38 @@
 A resource knows its desired spec, how to observe its current state in the same shape, and how to
 create, update and delete itself. Everything else (diffing, ordering, ownership, concurrency) is the
 engine's, so a service module stays a short, readable description of one AWS service.
+
+The engine stands alone: it imports nothing of the pipeline (tests/test_engine.py proves it). The
+resources, the context they read and the AWS access they call are handed in.
 """
 
 from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from iotpipe.errors import AwsError
 
 if TYPE_CHECKING:
-    from iotpipe.aws import Aws
     from iotpipe.permissions import Grant
-    from iotpipe.stack import StackContext
 
 STACK_TAG = "iotpipe:stack"
+
+T = TypeVar("T")
+
+
+class AwsAccess(Protocol):
+    """What the engine needs of the AWS access it is handed (iotpipe.aws.Aws in the pipeline):
+    a wait with backoff. The engine passes it on to the resources, which make the calls."""
+
+    def wait_for(self, check: Callable[[], T | None], *, resource: str, what: str) -> T:
+        """Poll `check` until it returns something other than None/False (or time out)."""
+        ...
 
 
 class Unavailable(AwsError):
@@ -284,7 +297,9 @@ class Resource(ABC):
     # An optional resource that raises `Unavailable` is skipped with a warning, not a failure.
     optional: ClassVar[bool] = False
 
-    def __init__(self, ctx: StackContext, name: str, depends_on: tuple[str, ...] = ()) -> None:
+    def __init__(self, ctx: Any, name: str, depends_on: tuple[str, ...] = ()) -> None:
+        # What the resource reads its desired state from (iotpipe.context.StackContext in the
+        # pipeline); the engine itself never reads it.
         self.ctx = ctx
         self.name = name
         self.depends_on = depends_on
@@ -303,19 +318,19 @@ class Resource(ABC):
         """The spec this resource should have, as plain JSON-able values."""
 
     @abstractmethod
-    def observe(self, aws: Aws) -> dict[str, Any] | None:
+    def observe(self, aws: AwsAccess) -> dict[str, Any] | None:
         """The current state in the shape of `desired()` (plus `tags`), or None when absent."""
 
     @abstractmethod
-    def create(self, aws: Aws) -> None:
+    def create(self, aws: AwsAccess) -> None:
         """Create the resource; the engine then re-observes and updates whatever still differs."""
 
     @abstractmethod
-    def update(self, aws: Aws, changes: list[Change]) -> None:
+    def update(self, aws: AwsAccess, changes: list[Change]) -> None:
         """Apply exactly these changes."""
 
     @abstractmethod
-    def delete(self, aws: Aws) -> None:
+    def delete(self, aws: AwsAccess) -> None:
         """Delete the resource (and wait until it is gone where later steps depend on that)."""
 
     def grants(self) -> list[Grant]:
@@ -323,7 +338,7 @@ class Resource(ABC):
         take, for the policies `iam-policy` prints (see iotpipe.permissions)."""
         return []
 
-    def preflight(self, aws: Aws) -> None:
+    def preflight(self, aws: AwsAccess) -> None:
         """Before an `up` is planned: confirm what this resource needs from AWS that no stack
         owns (a public layer version), raising with the setting to fix. Nothing by default."""
         return None

@@ -13,8 +13,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
-from iotpipe.aws import NOT_YET_VISIBLE, Aws
-from iotpipe.engine.model import Action, Deferred, Plan, Resource, Step, Unavailable
+from iotpipe.engine.model import Action, AwsAccess, Deferred, Plan, Resource, Step, Unavailable
 from iotpipe.errors import AwsError, IotpipeError
 
 MAX_WORKERS = 8
@@ -24,6 +23,10 @@ OBSERVE_WORKERS = 48
 # (step, event, detail) with event one of "start", "done", "failed", "skipped" (detail: the
 # error, if any) or "waiting" (detail: what the running step waits for, as a sentence).
 ProgressCallback = Callable[[Step, str, BaseException | str | None], None]
+
+# Some describe calls answer "not found" for a moment after a create (eventual consistency):
+# the error codes that mean "not visible yet" while the engine re-reads a resource it created.
+NOT_YET_VISIBLE = frozenset({"ResourceNotFoundException", "NoSuchEntity"})
 
 # The running step's way to report a long wait; one per worker thread.
 _running = threading.local()
@@ -36,7 +39,7 @@ def report_wait(message: str) -> None:
         notify(message)
 
 
-def _apply_reporting(aws: Aws, step: Step, notify: ProgressCallback) -> None:
+def _apply_reporting(aws: AwsAccess, step: Step, notify: ProgressCallback) -> None:
     _running.notify = lambda message: notify(step, "waiting", message)
     try:
         apply_step(aws, step)
@@ -73,7 +76,7 @@ def order(resources: Iterable[Resource]) -> list[Resource]:
 Observed = dict[str, Any] | None | Unavailable
 
 
-def _observe(aws: Aws, r: Resource) -> Observed:
+def _observe(aws: AwsAccess, r: Resource) -> Observed:
     try:
         return r.observe(aws)
     except Unavailable as exc:
@@ -83,7 +86,7 @@ def _observe(aws: Aws, r: Resource) -> Observed:
 
 
 def observe_all(
-    aws: Aws, resources: list[Resource], *, preflight: bool = False
+    aws: AwsAccess, resources: list[Resource], *, preflight: bool = False
 ) -> dict[str, Observed]:
     """Each resource's state; an optional resource whose service is unavailable maps to why.
 
@@ -107,7 +110,7 @@ def _skip_reason(r: Resource, current: Observed, skipped: dict[str, str]) -> str
     return None
 
 
-def plan_up(aws: Aws, resources: list[Resource], stack: str) -> Plan:
+def plan_up(aws: AwsAccess, resources: list[Resource], stack: str) -> Plan:
     ordered = order(resources)
     observed = observe_all(aws, ordered, preflight=True)
     steps = []
@@ -141,7 +144,7 @@ def plan_up(aws: Aws, resources: list[Resource], stack: str) -> Plan:
     return Plan(steps)
 
 
-def plan_down(aws: Aws, resources: list[Resource], stack: str, *, delete_data: bool) -> Plan:
+def plan_down(aws: AwsAccess, resources: list[Resource], stack: str, *, delete_data: bool) -> Plan:
     ordered = order(resources)
     observed = observe_all(aws, ordered)
     steps = []
@@ -189,7 +192,7 @@ class StatusLine:
         }
 
 
-def status(aws: Aws, resources: list[Resource]) -> list[StatusLine]:
+def status(aws: AwsAccess, resources: list[Resource]) -> list[StatusLine]:
     ordered = order(resources)
     observed = observe_all(aws, ordered)
     lines = []
@@ -205,7 +208,7 @@ def status(aws: Aws, resources: list[Resource]) -> list[StatusLine]:
     return lines
 
 
-def apply_step(aws: Aws, step: Step) -> None:
+def apply_step(aws: AwsAccess, step: Step) -> None:
     r = step.resource
     if step.action is Action.CREATE:
         r.create(aws)
@@ -220,22 +223,19 @@ def apply_step(aws: Aws, step: Step) -> None:
         r.delete(aws)
 
 
-def _converge(aws: Aws, r: Resource) -> None:
+def _converge(aws: AwsAccess, r: Resource) -> None:
     """After a create, set whatever the create call could not (tags, policies, settings)."""
     changes = r.diff(_observe_after_create(aws, r))
     if changes:
         r.update(aws, changes)
 
 
-def _observe_after_create(aws: Aws, r: Resource) -> dict[str, Any]:
-    # Some services answer "not found" for a moment after a create: re-read with backoff.
-    not_yet = {t.code for t in NOT_YET_VISIBLE}
-
+def _observe_after_create(aws: AwsAccess, r: Resource) -> dict[str, Any]:
     def visible() -> dict[str, Any] | None:
         try:
             return r.observe(aws)
         except AwsError as exc:
-            if exc.code not in not_yet:
+            if exc.code not in NOT_YET_VISIBLE:
                 raise
             return None
 
@@ -243,7 +243,7 @@ def _observe_after_create(aws: Aws, r: Resource) -> dict[str, Any]:
 
 
 def execute(
-    aws: Aws,
+    aws: AwsAccess,
     plan: Plan,
     *,
     on_progress: ProgressCallback | None = None,
