@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from iotpipe.config import region_problem
-from iotpipe.errors import IotpipeError
+from iotpipe.errors import INTERRUPTED_EXIT_CODE, IotpipeError
 from tests.e2e import leftovers, settings
 
 OPT_IN = "IOTPIPE_TEST_AWS"
@@ -231,6 +231,27 @@ def _down(stack: str, region: str, workdir: Path, endpoint_url: str | None) -> d
     return json.loads(document.getvalue())
 
 
+# The tagging API lists a deleted resource for a while: how often, and how long apart, to look.
+SETTLE_LOOKS = 10
+SETTLE_SECONDS = 30.0
+
+
+def _settled(
+    clients: leftovers.Clients, stacks: list[str], wait: Callable[[float, str], None]
+) -> dict[str, list[str]]:
+    """What is still left of each of `stacks` once AWS has caught up with the deletions."""
+    for look in range(SETTLE_LOOKS):
+        still = {
+            stack: found.lines()
+            for stack in stacks
+            if not (found := leftovers.of_stack(clients, stack)).empty
+        }
+        if not still or look == SETTLE_LOOKS - 1:
+            return still
+        wait(SETTLE_SECONDS, "the tagging API lists deleted resources for a while")
+    return still
+
+
 def clean(
     env: Mapping[str, str],
     *,
@@ -275,19 +296,15 @@ def clean(
     if not _confirm(env, ask, f"Take down {len(to_remove)} stack(s), data included?"):
         out.notice("cancelled: nothing was deleted")
         return 1
-    still: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory(prefix="iotpipe-e2e-clean-") as tmp:
         for stack in to_remove:
             out.info(f"taking down {stack}")
             leftovers.take_down(lambda s=stack: _down(s, region, Path(tmp), endpoint_url), wait)
-            found = leftovers.of_stack(clients, stack)
-            if not found.empty:
-                still[stack] = found.lines()
+    still = _settled(clients, to_remove, wait)
     for stack, lines in still.items():
         out.error(
             f"{stack} still has: " + "; ".join(lines),
-            hint="the tagging API can list a deleted resource for a while: run "
-            "`make test-aws-clean` again in a few minutes",
+            hint="run `make test-aws-clean` again; if it stays, delete these by hand",
         )
     if still:
         return 1
@@ -343,8 +360,15 @@ def policies(env: Mapping[str, str], *, out: Printer) -> int:
     return 0
 
 
+def _on_terminal(question: str) -> str:
+    try:
+        return input(question)
+    except EOFError:  # Ctrl-D: no answer is no
+        return ""
+
+
 def _terminal_ask() -> Ask | None:
-    return input if sys.stdin.isatty() else None
+    return _on_terminal if sys.stdin.isatty() else None
 
 
 def main(argv: list[str]) -> int:
@@ -365,6 +389,10 @@ def main(argv: list[str]) -> int:
     except IotpipeError as exc:
         out.error(exc.message, exc.hint)
         return exc.exit_code
+    except KeyboardInterrupt:
+        # Before the journey starts (it handles Ctrl-C itself), or in the middle of a clean-up.
+        out.notice(f"interrupted: `make test-aws-clean` removes what {argv[0]} may have left")
+        return INTERRUPTED_EXIT_CODE
 
 
 if __name__ == "__main__":

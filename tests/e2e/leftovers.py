@@ -51,6 +51,7 @@ LISTING_ACTIONS = (
     "iot:ListThings",
     "cloudwatch:DescribeAlarms",
     "cloudwatch:ListDashboards",
+    "application-autoscaling:DescribeScalableTargets",
 )
 
 
@@ -129,6 +130,16 @@ LISTINGS: dict[str, Callable[[Clients], Iterator[str]]] = {
         d["DashboardName"] for d in _pages(c("cloudwatch"), "list_dashboards", "DashboardEntries")
     ),
     "KMS alias": lambda c: (a["AliasName"] for a in _pages(c("kms"), "list_aliases", "Aliases")),
+    # The device-state table's capacity auto scaling, where it has one ("table/<table>").
+    "Auto Scaling target": lambda c: (
+        t["ResourceId"]
+        for t in _pages(
+            c("application-autoscaling"),
+            "describe_scalable_targets",
+            "ScalableTargets",
+            ServiceNamespace="dynamodb",
+        )
+    ),
 }
 
 

@@ -302,6 +302,27 @@ def test_clean_takes_down_every_e2e_stack_left_and_nothing_else(
     assert "no e2e stack (iotpipe-e2e-*) has anything left in us-east-1" in capsys.readouterr().out
 
 
+def test_clean_says_what_it_could_not_remove(
+    endpoint: str, emulator_env, aws_clock, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    # Named after an e2e stack, but nothing `down` knows of: it stays, and clean says so.
+    stack = settings.new_stack_name()
+    client(endpoint, "sqs").create_queue(QueueName=f"{stack}-by-hand")
+    monkeypatch.setattr(aws, "SETTLE_LOOKS", 2)
+    waited: list[str] = []
+
+    def wait(seconds: float, why: str) -> None:
+        waited.append(why)
+        aws_clock.advance(seconds)
+
+    code = aws.clean(emulator_env, ask=None, out=aws.Printer(), endpoint_url=endpoint, wait=wait)
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"error: {stack} still has: named: SQS queue {stack}-by-hand" in err
+    assert waited == ["the tagging API lists deleted resources for a while"]
+
+
 def _interrupt_at_mutating_call(number: int):
     """Ctrl-C as the `number`th mutating AWS call is made; returns a remover. As a terminal's
     SIGINT, it interrupts the main thread, whichever thread makes the call."""
