@@ -267,9 +267,65 @@ class ProcessorSection(_Section):
         return self
 
 
+# A device-state item is the reading plus its key, timestamps and attribute names: about this
+# many bytes more (also the price file's dynamodb.item_overhead_bytes). DynamoDB meters a write
+# per 1 KB of item and a strongly consistent read per 4 KB.
+STATE_ITEM_OVERHEAD_BYTES = 100
+STATE_WRITE_UNIT_BYTES = 1024
+STATE_READ_UNIT_BYTES = 4096
+# Provisioned capacity per table and dimension: DynamoDB's default table quota (40,000 units);
+# target utilisation as Application Auto Scaling takes it for DynamoDB (20-90 percent).
+STATE_CAPACITY_QUOTA = 40_000
+_CAPACITY_FIELDS = (
+    "min_write_capacity",
+    "max_write_capacity",
+    "min_read_capacity",
+    "max_read_capacity",
+)
+
+
 class DeviceStateSection(_Section):
     ttl_days: int = Field(30, ge=1, le=3_650)
     point_in_time_recovery: bool = False
+    # Provisioned with auto scaling: the state is written at a steady few units a second around
+    # the clock, where provisioned capacity at 70% utilisation costs about 40% of on-demand.
+    capacity: Literal["provisioned", "on_demand"] = "provisioned"
+    min_write_capacity: int | None = Field(
+        None, ge=1, le=STATE_CAPACITY_QUOTA, description="default derived from [volume]"
+    )
+    max_write_capacity: int | None = Field(
+        None, ge=1, le=STATE_CAPACITY_QUOTA, description="default derived from [volume]"
+    )
+    min_read_capacity: int | None = Field(
+        None, ge=1, le=STATE_CAPACITY_QUOTA, description="default derived from [volume]"
+    )
+    max_read_capacity: int | None = Field(
+        None, ge=1, le=STATE_CAPACITY_QUOTA, description="default derived from [volume]"
+    )
+    target_utilization: int = Field(
+        70,
+        ge=20,
+        le=90,
+        description="percent of the provisioned capacity auto scaling keeps in use",
+    )
+
+    @model_validator(mode="after")
+    def _capacity_settings_fit_the_mode(self) -> DeviceStateSection:
+        given = [name for name in _CAPACITY_FIELDS if getattr(self, name) is not None]
+        if self.capacity == "on_demand" and given:
+            raise ValueError(
+                f'{", ".join(given)}: only with capacity = "provisioned" (an on-demand '
+                'table has no capacity to set); remove it or set capacity = "provisioned"'
+            )
+        for kind in ("write", "read"):
+            low = getattr(self, f"min_{kind}_capacity")
+            high = getattr(self, f"max_{kind}_capacity")
+            if low is not None and high is not None and low > high:
+                raise ValueError(
+                    f"min_{kind}_capacity ({low}) is more than max_{kind}_capacity ({high}); "
+                    f"auto scaling keeps the capacity between the two: make min <= max"
+                )
+        return self
 
 
 class TimeseriesSection(_Section):
@@ -448,6 +504,14 @@ class Sizing(BaseModel):
     lambda_batching_window_seconds: int
     expected_batches_per_day: float
     archive_mb_per_day: float
+    # The processor writes each device's newest reading of a batch: one write per distinct device.
+    state_writes_per_second: float
+    # Provisioned device-state capacity, units per second: auto scaling keeps each between its
+    # minimum and maximum; a dimension whose minimum equals its maximum is fixed (not scaled).
+    state_min_write_capacity: int
+    state_max_write_capacity: int
+    state_min_read_capacity: int
+    state_max_read_capacity: int
 
     @classmethod
     def of(cls, config: Config) -> Sizing:
@@ -468,6 +532,12 @@ class Sizing(BaseModel):
             if per_shard_per_window < processor.batch_size
             else 0,
         )
+        per_batch = volume.readings_per_day / batches
+        writes = (
+            batches
+            / SECONDS_PER_DAY
+            * distinct_devices_per_batch(per_batch, volume.devices / shards)
+        )
         return cls(
             average_readings_per_second=round(average, 3),
             peak_readings_per_second=round(peak, 3),
@@ -479,7 +549,64 @@ class Sizing(BaseModel):
             lambda_batching_window_seconds=processor.batching_window_seconds,
             expected_batches_per_day=round(batches, 1),
             archive_mb_per_day=round(volume.readings_per_day * volume.bytes_per_reading / 1e6, 1),
+            state_writes_per_second=round(writes, 3),
+            **_state_capacity(config, writes, writes * volume.peak_factor),
         )
+
+
+def distinct_devices_per_batch(readings_per_batch: float, devices_per_shard: float) -> float:
+    """Expected distinct devices among n readings from d equally busy devices: d(1-(1-1/d)^n)."""
+    if devices_per_shard <= 1:
+        return min(readings_per_batch, 1.0)
+    expected = -devices_per_shard * math.expm1(
+        readings_per_batch * math.log1p(-1 / devices_per_shard)
+    )
+    return min(readings_per_batch, expected)
+
+
+def _capacity_range(
+    given_min: int | None, given_max: int | None, average: float, peak: float, target: float
+) -> tuple[int, int]:
+    """(minimum, maximum) units: by default the average and the peak load at the target
+    utilisation; a bound given in the config wins, and the other follows it."""
+    low = given_min or max(1, math.ceil(average / target))
+    high = given_max or max(1, math.ceil(peak / target))
+    if given_min is None:
+        low = min(low, high)
+    if given_max is None:
+        high = max(high, low)
+    return min(low, STATE_CAPACITY_QUOTA), min(high, STATE_CAPACITY_QUOTA)
+
+
+def _state_capacity(config: Config, average: float, peak: float) -> dict[str, int]:
+    """The device-state table's capacity ranges for the processor's load of `average` and
+    `peak` writes a second, each of ceil(item / 1 KB) units; before each write the processor
+    reads the device's stored timestamp (strongly consistent: ceil(item / 4 KB))."""
+    state = config.device_state
+    item = config.volume.bytes_per_reading + STATE_ITEM_OVERHEAD_BYTES
+    write_units = math.ceil(item / STATE_WRITE_UNIT_BYTES)
+    read_units = math.ceil(item / STATE_READ_UNIT_BYTES)
+    target = state.target_utilization / 100
+    writes = _capacity_range(
+        state.min_write_capacity,
+        state.max_write_capacity,
+        average * write_units,
+        peak * write_units,
+        target,
+    )
+    reads = _capacity_range(
+        state.min_read_capacity,
+        state.max_read_capacity,
+        average * read_units,
+        peak * read_units,
+        target,
+    )
+    return {
+        "state_min_write_capacity": writes[0],
+        "state_max_write_capacity": writes[1],
+        "state_min_read_capacity": reads[0],
+        "state_max_read_capacity": reads[1],
+    }
 
 
 def example_config_text() -> str:

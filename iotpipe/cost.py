@@ -162,6 +162,7 @@ class Choices:
     stream_mode: Literal["provisioned", "on_demand"]
     aggregated_archive_records: bool
     state_write_per_device: bool
+    state_capacity: Literal["provisioned", "on_demand"]
     architecture: Literal["arm64", "x86_64"]
     crawler_runs_per_day: float
     # "chosen": the processor emits the custom metrics the config lists; "all": every one.
@@ -175,6 +176,7 @@ class Choices:
             stream_mode=config.stream.mode,
             aggregated_archive_records=True,
             state_write_per_device=True,
+            state_capacity=config.device_state.capacity,
             architecture=config.processor.architecture,
             crawler_runs_per_day=crawler_runs_per_day(config.catalog.crawler_schedule),
             custom_metrics="chosen",
@@ -187,6 +189,7 @@ class Choices:
             stream_mode="on_demand",
             aggregated_archive_records=False,
             state_write_per_device=False,
+            state_capacity="on_demand",
             architecture="x86_64",
             crawler_runs_per_day=24,
             custom_metrics="all",
@@ -231,6 +234,14 @@ OPTIMISATIONS: tuple[Optimisation, ...] = (
         False,
         "a read and at most one write per device per batch instead of a conditional write per "
         "reading: fewer calls always, cheaper only when devices repeat within a batch",
+    ),
+    Optimisation(
+        "provisioned device-state capacity",
+        "state_capacity",
+        "provisioned",
+        "on_demand",
+        "a steady load costs less as capacity kept at the target utilisation by auto scaling "
+        "(with its alarms) than per request",
     ),
     Optimisation("arm64 processor", "architecture", "arm64", "x86_64", "Graviton GB-second price"),
     Optimisation(
@@ -407,16 +418,6 @@ class CostReport:
         }
 
 
-def distinct_devices_per_batch(readings_per_batch: float, devices_per_shard: float) -> float:
-    """Expected distinct devices among n readings from d equally busy devices: d(1-(1-1/d)^n)."""
-    if devices_per_shard <= 1:
-        return min(readings_per_batch, 1.0)
-    expected = -devices_per_shard * math.expm1(
-        readings_per_batch * math.log1p(-1 / devices_per_shard)
-    )
-    return min(readings_per_batch, expected)
-
-
 def estimate(
     config: Config, prices: Prices, choices: Choices, assumptions: Assumptions | None = None
 ) -> Estimate:
@@ -525,31 +526,66 @@ def estimate(
     # DynamoDB: latest state per device.
     ddb = "DynamoDB"
     if choices.state_write_per_device:
-        per_shard = volume.devices / sizing.shards
-        writes = batches * distinct_devices_per_batch(per_batch, per_shard)
+        writes = sizing.state_writes_per_second * SECONDS_PER_DAY * DAYS_PER_MONTH
         what = "state writes (one per device per batch)"
     else:
         writes, what = readings, "state writes (one per reading)"
     item_bytes = size + p("dynamodb", "item_overhead_bytes")
-    add(
-        ddb,
-        what,
-        writes * math.ceil(item_bytes / p("dynamodb", "write_unit_bytes")),
-        "write request units",
-        p("dynamodb", "write_request_units_per_million"),
-        1e6,
+    write_units = writes * math.ceil(item_bytes / p("dynamodb", "write_unit_bytes"))
+    # Before writing, the processor reads each device's stored timestamp (strongly consistent,
+    # one read unit per item up to 4 KB) so an older reading never wins.
+    read_units = (
+        writes * math.ceil(item_bytes / p("dynamodb", "read_unit_bytes"))
+        if choices.state_write_per_device
+        else 0
     )
-    if choices.state_write_per_device:
-        # Before writing, the processor reads each device's stored timestamp (strongly
-        # consistent, one read unit per item up to 4 KB) so an older reading never wins.
+    scaled_capacities = 0
+    if choices.state_capacity == "on_demand":
         add(
             ddb,
-            "state reads (stored timestamp, one per device per batch)",
-            writes * math.ceil(item_bytes / p("dynamodb", "read_unit_bytes")),
-            "read request units",
-            p("dynamodb", "read_request_units_per_million"),
+            what,
+            write_units,
+            "write request units",
+            p("dynamodb", "write_request_units_per_million"),
             1e6,
         )
+        if read_units:
+            add(
+                ddb,
+                "state reads (stored timestamp, one per device per batch)",
+                read_units,
+                "read request units",
+                p("dynamodb", "read_request_units_per_million"),
+                1e6,
+            )
+    else:
+        target = config.device_state.target_utilization / 100
+        seconds = DAYS_PER_MONTH * SECONDS_PER_DAY
+        capacities = (
+            (
+                "write",
+                write_units,
+                sizing.state_min_write_capacity,
+                sizing.state_max_write_capacity,
+            ),
+            ("read", read_units, sizing.state_min_read_capacity, sizing.state_max_read_capacity),
+        )
+        for kind, units, low, high in capacities:
+            if low == high:
+                capacity, how = float(low), f"fixed at {low}"
+            else:
+                # Auto scaling follows the load at the target utilisation, within its range.
+                capacity = min(high, max(low, units / seconds / target))
+                how = f"auto scaling {low}-{high} at {target:.0%}"
+                scaled_capacities += 1
+            add(
+                ddb,
+                f"provisioned {kind} capacity ({capacity:.3g} units on average, {how})",
+                capacity * HOURS_PER_MONTH,
+                f"{kind[0].upper()}CU-hours",
+                p("dynamodb", f"{kind}_capacity_unit_hour"),
+                meter=f"dynamodb.{kind}_capacity_unit_hours",
+            )
     add(
         ddb,
         "storage",
@@ -702,6 +738,17 @@ def estimate(
         p("cloudwatch", "standard_alarm_month"),
         meter="cloudwatch.alarms",
     )
+    if scaled_capacities:
+        from iotpipe.resources.autoscaling import ALARMS_PER_POLICY
+
+        add(
+            cw,
+            f"alarms of auto scaling ({ALARMS_PER_POLICY} per scaled capacity)",
+            ALARMS_PER_POLICY * scaled_capacities,
+            "alarm-months",
+            p("cloudwatch", "standard_alarm_month"),
+            meter="cloudwatch.alarms",
+        )
     add(
         cw,
         "dashboard",
@@ -762,9 +809,13 @@ def always_free_allowances(items: list[LineItem], prices: Prices) -> list[LineIt
     so `iotpipe cost` shows them apart from the list-price total rather than inside it.
     """
     credits = []
+    # One allowance per meter, used up in the order of the items (the stack's alarms, then the
+    # auto scaling ones).
+    left = dict(prices.always_free)
     for item in items:
         allowance = prices.always_free.get(item.meter, 0)
-        covered = min(item.quantity, allowance)
+        covered = min(item.quantity, left.get(item.meter, 0))
+        left[item.meter] = left.get(item.meter, 0) - covered
         credit = covered / item.price_per * item.unit_price
         if credit < 0.005:  # nothing worth a cent
             continue

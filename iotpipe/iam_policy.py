@@ -34,6 +34,9 @@ IMPLICIT_ACTIONS: dict[str, str] = {
     "against an explicit endpoint",
     "iot:DescribeEndpoint": "`devices show` finds the account's IoT data endpoint (shadows) "
     "with it; an explicit --endpoint-url replaces that call",
+    "iam:CreateServiceLinkedRole": "the first RegisterScalableTarget of a DynamoDB table creates "
+    "Application Auto Scaling's service-linked role with the caller's permission (Application "
+    "Auto Scaling user guide, 'Service-linked roles')",
     # Creating a resource with tags is authorized as tagging it too ("tag on create"; each
     # service's API reference of its create call). Later tag changes call these by name.
     **{
@@ -170,7 +173,8 @@ def statements(grants: list[Grant]) -> list[dict[str, Any]]:
     counts: dict[str, int] = {}
     for (condition, scope), actions in sorted(shared.items(), key=lambda kv: sorted(kv[1])):
         actions.sort()
-        service = actions[0].split(":")[0].title()
+        # A Sid is alphanumeric: "application-autoscaling" becomes "ApplicationAutoscaling".
+        service = actions[0].split(":")[0].title().replace("-", "")
         counts[service] = counts.get(service, 0) + 1
         statement: dict[str, Any] = {
             "Sid": f"{service}{counts[service]}",

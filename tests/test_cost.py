@@ -8,18 +8,18 @@ from importlib import resources
 
 import pytest
 
-from iotpipe.config import Config
+from iotpipe.config import Config, distinct_devices_per_batch
 from iotpipe.cost import (
     Choices,
     chunked_units,
     cost_report,
     crawler_runs_per_day,
-    distinct_devices_per_batch,
     estimate,
     load_prices,
     tiered,
 )
 from iotpipe.errors import ConfigError
+from tests.support import write_config
 
 PRICES = json.loads(
     resources.files("iotpipe").joinpath("data", "prices-us-east-1.json").read_text()
@@ -83,18 +83,19 @@ def test_default_500k_a_day_line_items_match_hand_arithmetic():
 
 def test_default_and_naive_totals_at_500k_a_day():
     report = cost_report(config(), load_prices(), TODAY)
-    assert report.configured.total == 37.66
+    assert report.configured.total == 32.34
     assert report.naive.total == 181.95
     # Always Free covers the dashboard, 10 of the 13 alarms, the processor's metrics, logs,
     # Lambda and the alerts key's requests: $5.72, the same for both designs.
-    assert report.configured.total_after_allowances == 33.14
+    assert report.configured.total_after_allowances == 22.7
     assert report.naive.total_after_allowances == 174.7
     savings = {s.optimisation: s.monthly_saving for s in report.savings}
     assert savings == {
         "Basic Ingest": 15.2,
-        "provisioned shards": 19.77,
-        "aggregated Firehose records": 1.95,
-        "one state write per device per batch": -1.75,
+        "provisioned shards": 19.78,
+        "aggregated Firehose records": 1.96,
+        "one state write per device per batch": 0.0,
+        "provisioned device-state capacity": 5.32,
         "arm64 processor": 0.03,
         "weekly crawler": 106.37,
         "custom metrics only as chosen": 2.7,
@@ -104,19 +105,19 @@ def test_default_and_naive_totals_at_500k_a_day():
 
 def test_timestream_adds_its_writes_and_storage():
     report = cost_report(config(timeseries=True), load_prices(), TODAY)
-    assert report.configured.total == 45.22
+    assert report.configured.total == 39.9
     assert report.naive.total == 189.81
     assert report.configured.by_service()["Timestream"] == pytest.approx(7.56, abs=0.005)
 
 
 def test_default_and_naive_totals_at_100x():
     report = cost_report(config(readings_per_day=50_000_000, devices=100_000), load_prices(), TODAY)
-    assert report.configured.total == 2086.04
+    assert report.configured.total == 1427.2
     assert report.naive.total == 3729.89
     with_ts = cost_report(
         config(timeseries=True, readings_per_day=50_000_000, devices=100_000), load_prices(), TODAY
     )
-    assert with_ts.configured.total == 2835.18
+    assert with_ts.configured.total == 2176.33
     assert with_ts.naive.total == 4479.32
     # Past a billion messages a month IoT messaging drops to the second tier.
     messages = 50_000_000 * 30.4
@@ -131,15 +132,70 @@ def test_state_writes_shrink_when_devices_repeat_within_a_batch():
         config(readings_per_day=50_000_000, devices=1_000), load_prices(), TODAY
     )
     saving = next(s for s in few_devices.savings if s.optimisation.startswith("one state write"))
-    assert saving.monthly_saving > 500
-    # With few readings per device per batch, the reads cost more than they save.
+    # A third of the write capacity one write per reading would need.
+    assert saving.monthly_saving > 250
+    sizing = config(readings_per_day=50_000_000, devices=1_000).sizing
+    assert sizing.state_writes_per_second == pytest.approx(189.05, abs=0.01)
+    assert sizing.state_min_write_capacity == 271  # 189 writes a second at 70%
+    # At the default volume a device rarely repeats within a batch: both fit the minimum
+    # capacity, and the saving is nil.
     default = cost_report(config(), load_prices(), TODAY)
     default_saving = next(s for s in default.savings if s.optimisation.startswith("one state"))
-    assert default_saving.monthly_saving < 0
+    assert default_saving.monthly_saving == 0
     # 125 devices per shard, ~362 readings per batch: most devices appear, some twice.
     assert distinct_devices_per_batch(361.7, 125) == pytest.approx(118.0, abs=0.5)
     assert distinct_devices_per_batch(5, 1_000_000) == pytest.approx(5, abs=0.01)
     assert distinct_devices_per_batch(0.5, 1) == 0.5
+
+
+def test_device_state_capacity_provisioned_and_on_demand_are_both_priced():
+    prices = load_prices()
+    wcu_hour, rcu_hour = (
+        price("dynamodb", "write_capacity_unit_hour"),
+        price("dynamodb", "read_capacity_unit_hour"),
+    )
+    default = cost_report(config(), prices, TODAY)
+    assert Choices.of(Config()).state_capacity == "provisioned"
+    # Auto scaling keeps 9 units (5.7 writes a second at 70%) all month, the range's minimum.
+    writes = line(default.configured, "DynamoDB", "provisioned write capacity")
+    assert writes.quantity == pytest.approx(9 * 730)
+    assert writes.monthly_cost == pytest.approx(9 * 730 * wcu_hour)
+    reads = line(default.configured, "DynamoDB", "provisioned read capacity")
+    assert reads.monthly_cost == pytest.approx(9 * 730 * rcu_hour)
+    # Each scaled capacity brings the four alarms of its target-tracking policy.
+    assert line(default.configured, "CloudWatch", "alarms of auto scaling").quantity == 8
+    # 25 WCU and 25 RCU are Always Free: the state costs nothing after the allowances.
+    credits = {i.meter: i.monthly_cost for i in default.configured.allowances}
+    assert credits["dynamodb.write_capacity_unit_hours"] == pytest.approx(-writes.monthly_cost)
+    assert credits["dynamodb.read_capacity_unit_hours"] == pytest.approx(-reads.monthly_cost)
+    # One allowance of 10 alarms for the stack's 13 and auto scaling's 8, not one each.
+    alarm_credits = [i for i in default.configured.allowances if i.meter == "cloudwatch.alarms"]
+    assert sum(i.quantity for i in alarm_credits) == 10
+    # On demand: per request, no capacity, no auto scaling alarms.
+    on_demand = Config.model_validate({"device_state": {"capacity": "on_demand"}})
+    report = cost_report(on_demand, prices, TODAY)
+    items = [i.item for i in report.configured.items]
+    assert not any(i.startswith(("provisioned", "alarms of auto scaling")) for i in items)
+    od_writes = line(report.configured, "DynamoDB", "state writes")
+    assert od_writes.quantity == pytest.approx(5.707 * 86_400 * 30.4, rel=1e-3)
+    saving = next(s for s in report.savings if s.optimisation.startswith("provisioned device"))
+    assert not saving.in_use
+    assert saving.monthly_saving == pytest.approx(
+        report.configured.total - default.configured.total
+    )
+    assert saving.monthly_saving == 5.32
+
+
+def test_a_fixed_capacity_is_priced_without_auto_scaling():
+    fixed = Config.model_validate(
+        {"device_state": {"min_write_capacity": 20, "max_write_capacity": 20}}
+    )
+    report = cost_report(fixed, load_prices(), TODAY)
+    writes = line(report.configured, "DynamoDB", "provisioned write capacity")
+    assert writes.quantity == 20 * 730
+    assert "fixed at 20" in writes.item
+    # Only the reads are scaled: one policy's alarms.
+    assert line(report.configured, "CloudWatch", "alarms of auto scaling").quantity == 4
 
 
 def test_always_free_allowances_cover_at_most_what_is_used():
@@ -275,16 +331,16 @@ def test_cost_json_breakdown(cli):
     assert result.exit_code == 0, result
     data = result.json
     assert data["totals"] == {
-        "configured": 37.66,
+        "configured": 32.34,
         "naive": 181.95,
-        "saving": 144.29,
-        "configured_after_always_free": 33.14,
+        "saving": 149.61,
+        "configured_after_always_free": 22.7,
         "naive_after_always_free": 174.7,
     }
     assert data["price_age_days"] == (date.today() - load_prices().taken).days
     for item in data["line_items"]:
         assert set(item) >= {"service", "item", "quantity", "unit", "unit_price", "monthly_cost"}
-    assert sum(i["monthly_cost"] for i in data["line_items"]) == pytest.approx(37.66, abs=0.005)
+    assert sum(i["monthly_cost"] for i in data["line_items"]) == pytest.approx(32.34, abs=0.005)
     assert all(i["monthly_cost"] < 0 for i in data["always_free_allowances"])
     assert {s["optimisation"] for s in data["savings"]} >= {"Basic Ingest", "weekly crawler"}
     if data["prices_stale"]:
@@ -294,7 +350,7 @@ def test_cost_json_breakdown(cli):
 def test_cost_overrides_and_table(cli):
     result = cli("cost", "--readings-per-day", "50000000", "--devices", "100000")
     assert result.exit_code == 0, result
-    assert "$2,086.04" in result.stdout
+    assert "$1,427.20" in result.stdout
     assert "$3,729.89" in result.stdout
     assert "Always Free" in result.stdout
     assert "Basic Ingest" in result.stdout
@@ -323,7 +379,33 @@ def test_bad_overrides_exit_2_naming_the_option(cli, faults, args, option):
 def test_validate_shows_the_monthly_total(cli):
     result = cli("validate", "--output", "json")
     assert result.exit_code == 0, result
-    assert result.json["monthly_cost_usd"] == 37.66
-    assert result.json["monthly_cost_after_always_free_usd"] == 33.14
+    assert result.json["monthly_cost_usd"] == 32.34
+    assert result.json["monthly_cost_after_always_free_usd"] == 22.7
     table = cli("validate")
-    assert "$37.66 at list prices, $33.14 after" in table.stdout
+    assert "$32.34 at list prices, $22.70 after" in table.stdout
+
+
+@pytest.mark.parametrize(
+    ("device_state", "says"),
+    [
+        (
+            {"capacity": "on_demand", "max_write_capacity": 50},
+            'max_write_capacity: only with capacity = "provisioned"',
+        ),
+        (
+            {"min_read_capacity": 10, "max_read_capacity": 5},
+            "min_read_capacity (10) is more than max_read_capacity (5)",
+        ),
+        ({"target_utilization": 95}, "device_state.target_utilization"),
+        ({"capacity": "autoscaled"}, "device_state.capacity"),
+    ],
+)
+def test_capacity_settings_that_cannot_work_are_refused_by_name(
+    cli, tmp_path, faults, device_state, says
+):
+    path = write_config(tmp_path / "bad.toml", device_state=device_state)
+    faults.calls.clear()
+    result = cli("cost", config=path)
+    assert result.exit_code == 2, result
+    assert says in " ".join(result.stderr.split())
+    assert faults.calls == []

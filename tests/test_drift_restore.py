@@ -78,12 +78,8 @@ def loosen_workgroup(endpoint: str) -> None:
     athena.create_work_group(Name=WORKGROUP, Configuration=loose, Tags=tags)
 
 
-def provision_table(endpoint: str) -> None:
-    client(endpoint, "dynamodb").update_table(
-        TableName=TABLE,
-        BillingMode="PROVISIONED",
-        ProvisionedThroughput={"ReadCapacityUnits": 5, "WriteCapacityUnits": 5},
-    )
+def table_to_on_demand(endpoint: str) -> None:
+    client(endpoint, "dynamodb").update_table(TableName=TABLE, BillingMode="PAY_PER_REQUEST")
 
 
 def edit_catalog(endpoint: str) -> None:
@@ -164,7 +160,7 @@ def edit_queue(endpoint: str) -> str:
 def test_up_restores_every_field_changed_outside_it(cli, endpoint, faults) -> None:
     up_ok(cli)
     loosen_workgroup(endpoint)
-    provision_table(endpoint)
+    table_to_on_demand(endpoint)
     edit_catalog(endpoint)
     edit_roles(endpoint)
     keep_readings_longer(endpoint)
@@ -211,7 +207,7 @@ def test_up_restores_every_field_changed_outside_it(cli, endpoint, faults) -> No
     assert config["EnforceWorkGroupConfiguration"] is True
     assert config["BytesScannedCutoffPerQuery"] == CatalogSection().bytes_scanned_cutoff_mb * MIB
     table = client(endpoint, "dynamodb").describe_table(TableName=TABLE)["Table"]
-    assert table["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
+    assert table["BillingModeSummary"]["BillingMode"] == "PROVISIONED"
     glue = client(endpoint, "glue")
     database = glue.get_database(Name=GLUE_DATABASE)["Database"]
     assert database["Description"] == "iotpipe test: archived sensor readings"

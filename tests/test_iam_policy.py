@@ -177,9 +177,18 @@ def condition_keys(action: str) -> set[str]:
     return keys
 
 
-# Resources whose ids AWS chooses (or that a user names), and the account's one Glue catalog,
-# which Glue authorizes every database and table action on: no stack can own these.
-ACCOUNT_WIDE = ("thing/*", "cert/*", "key/*", "event-source-mapping:*", ":catalog")
+# Resources whose ids AWS chooses (or that a user names), the account's one Glue catalog, which
+# Glue authorizes every database and table action on, and the account's one service-linked role
+# of DynamoDB auto scaling: no stack can own these.
+ACCOUNT_WIDE = (
+    "thing/*",
+    "cert/*",
+    "key/*",
+    "event-source-mapping:*",
+    ":catalog",
+    "scalable-target/*",
+    "/AWSServiceRoleForApplicationAutoScaling_DynamoDBTable",
+)
 
 
 def _matches(pattern: str, arn: str) -> bool:

@@ -64,7 +64,7 @@ def test_fresh_up_builds_the_slice_with_its_settings(cli, endpoint) -> None:
 
     dynamodb = client(endpoint, "dynamodb")
     table = dynamodb.describe_table(TableName="test-device-state")["Table"]
-    assert table["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
+    assert table["BillingModeSummary"]["BillingMode"] == "PROVISIONED"
     assert table["KeySchema"] == [{"AttributeName": "device_id", "KeyType": "HASH"}]
     ttl = dynamodb.describe_time_to_live(TableName="test-device-state")["TimeToLiveDescription"]
     assert ttl == {"TimeToLiveStatus": "ENABLED", "AttributeName": "expires_at"}

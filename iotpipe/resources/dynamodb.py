@@ -1,4 +1,8 @@
-"""DynamoDB: the device-state table (latest reading per device, expiring through TTL)."""
+"""DynamoDB: the device-state table (latest reading per device, expiring through TTL).
+
+Provisioned with auto scaling by default (`[device_state] capacity`), or on-demand; the table's
+auto scaling settings are one of its fields (see resources/autoscaling.py).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from iotpipe.engine.model import Change, Deferred, Resource
 from iotpipe.engine.reconcile import report_wait
 from iotpipe.errors import AwsError
 from iotpipe.permissions import Grant, owned, reads, writes
+from iotpipe.resources import autoscaling
 from iotpipe.resources.deletion import DELETING, create_once_deleted, wait_while_deleting
 
 if TYPE_CHECKING:
@@ -28,12 +33,21 @@ BACKUPS_BEING_ENABLED = Transient(
 # during this one hour duration result in a ValidationException", with this text (quoted in
 # aws/aws-cdk #13720).
 TTL_CHANGED_RECENTLY = "modified multiple times within a fixed interval"
+# A table switches back to on-demand at most once a day (DynamoDB developer guide, "Considerations
+# when switching capacity modes"); UpdateTable answers LimitExceededException with this text
+# (quoted in aws-amplify/amplify-cli #1054).
+ON_DEMAND_SWITCHED_RECENTLY = "Update to PayPerRequest mode are limited"
+BILLING_MODES = {"provisioned": "PROVISIONED", "on_demand": "PAY_PER_REQUEST"}
+# Fields that UpdateTable's capacity settings and Application Auto Scaling apply together.
+CAPACITY_FIELDS = ("billing_mode", "provisioned_throughput", "auto_scaling")
 
 
 class DeviceStateTable(Resource):
     kind = "dynamodb.table"
     data_store = True
     replace_on = frozenset({"key_schema"})
+    # Only the capacity of the dimensions that are not auto scaled is ours to set.
+    subset_fields = frozenset({"tags", "provisioned_throughput"})
 
     def grants(self) -> list[Grant]:
         arn = self.ctx.names.device_state_table_arn
@@ -58,13 +72,16 @@ class DeviceStateTable(Resource):
                 arn,
             ),
             writes(["dynamodb:DeleteTable"], arn, condition=owned(self.ctx.stack)),
+            *autoscaling.grants(self.ctx.names),
         ]
 
     def desired(self) -> dict[str, Any]:
+        config = self.ctx.config
         return {
             "tags": self.ctx.tags,
-            # On-demand: a few writes a second do not justify provisioned capacity.
-            "billing_mode": "PAY_PER_REQUEST",
+            "billing_mode": BILLING_MODES[config.device_state.capacity],
+            "provisioned_throughput": autoscaling.fixed_throughput(config),
+            "auto_scaling": autoscaling.scaled(config),
             "key_schema": {DEVICE_KEY: "S"},
             # DynamoDB always encrypts at rest; the AWS-owned key costs nothing per request.
             "encryption": "AWS_OWNED",
@@ -93,7 +110,7 @@ class DeviceStateTable(Resource):
             return None
         types = {a["AttributeName"]: a["AttributeType"] for a in table["AttributeDefinitions"]}
         label, name = self.label, self.name
-        tags, ttl, backups = aws.gather(
+        tags, ttl, backups, scaling = aws.gather(
             lambda: aws.call(
                 "dynamodb", "list_tags_of_resource", resource=label, ResourceArn=table["TableArn"]
             ),
@@ -103,12 +120,23 @@ class DeviceStateTable(Resource):
             lambda: aws.call(
                 "dynamodb", "describe_continuous_backups", resource=label, TableName=name
             )["ContinuousBackupsDescription"],
+            lambda: autoscaling.observe(aws, name, label),
         )
         pitr = backups.get("PointInTimeRecoveryDescription", {}).get("PointInTimeRecoveryStatus")
         sse = table.get("SSEDescription", {})
+        billing_mode = table.get("BillingModeSummary", {}).get("BillingMode", "PROVISIONED")
+        throughput = table.get("ProvisionedThroughput", {})
         return {
             "tags": {t["Key"]: t["Value"] for t in tags.get("Tags", [])},
-            "billing_mode": table.get("BillingModeSummary", {}).get("BillingMode", "PROVISIONED"),
+            "billing_mode": billing_mode,
+            "provisioned_throughput": {
+                field: throughput.get(field)
+                for field in ("ReadCapacityUnits", "WriteCapacityUnits")
+            }
+            if billing_mode == "PROVISIONED"
+            else {},
+            "auto_scaling": autoscaling.shown(scaling),
+            "scaling_targets": scaling,
             "key_schema": {
                 k["AttributeName"]: types.get(k["AttributeName"]) for k in table["KeySchema"]
             },
@@ -135,7 +163,7 @@ class DeviceStateTable(Resource):
                 TableName=self.name,
                 AttributeDefinitions=[{"AttributeName": DEVICE_KEY, "AttributeType": "S"}],
                 KeySchema=[{"AttributeName": DEVICE_KEY, "KeyType": "HASH"}],
-                BillingMode="PAY_PER_REQUEST",
+                **self._capacity_parameters(),
                 Tags=self.ctx.tag_list,
             )
 
@@ -155,9 +183,71 @@ class DeviceStateTable(Resource):
 
         return aws.wait_for(active, resource=self.label, what="for the table to become ACTIVE")
 
+    def _capacity_parameters(self, observed: dict[str, Any] | None = None) -> dict[str, Any]:
+        """BillingMode, and for a provisioned table its ProvisionedThroughput: the fixed
+        dimensions as configured, the scaled ones as they are (or at their minimum)."""
+        config = self.ctx.config
+        mode = BILLING_MODES[config.device_state.capacity]
+        if mode == "PAY_PER_REQUEST":
+            return {"BillingMode": mode}
+        current = {
+            k: v for k, v in ((observed or {}).get("provisioned_throughput") or {}).items() if v
+        }
+        return {
+            "BillingMode": mode,
+            "ProvisionedThroughput": {
+                **autoscaling.initial_throughput(config),
+                **current,
+                **autoscaling.fixed_throughput(config),
+            },
+        }
+
+    def _update_capacity(self, aws: Aws, observed: dict[str, Any]) -> None:
+        """Billing mode, throughput and auto scaling, in the order AWS takes them: targets go
+        before a table leaves provisioned mode, and come after it enters it."""
+        want = self.desired()
+        targets = observed.get("scaling_targets") or {}
+        going = {d: s for d, s in targets.items() if d not in want["auto_scaling"]}
+        for dimension, spec in going.items():
+            autoscaling.remove(aws, self.name, self.label, dimension, spec)
+        parameters = self._capacity_parameters(observed)
+        unchanged_mode = parameters["BillingMode"] == observed["billing_mode"]
+        if unchanged_mode:
+            parameters.pop("BillingMode")
+        throughput = parameters.get("ProvisionedThroughput")
+        if unchanged_mode and throughput == observed["provisioned_throughput"]:
+            parameters.pop("ProvisionedThroughput", None)
+        if parameters:
+            self._update_table(aws, parameters)
+        kept = {d: s for d, s in targets.items() if d in want["auto_scaling"]}
+        autoscaling.apply(aws, self.name, self.label, want["auto_scaling"], kept)
+
+    def _update_table(self, aws: Aws, parameters: dict[str, Any]) -> None:
+        try:
+            aws.call(
+                "dynamodb",
+                "update_table",
+                resource=self.label,
+                TableName=self.name,
+                **parameters,
+            )
+        except AwsError as exc:
+            if exc.code != "LimitExceededException" or ON_DEMAND_SWITCHED_RECENTLY not in str(exc):
+                raise
+            raise Deferred(
+                "not switched to on-demand yet: DynamoDB switches a table back to on-demand at "
+                "most once a day, and this table was switched within the last day; run "
+                "`iotpipe up` again tomorrow (its auto scaling is already removed, so its "
+                "provisioned capacity stays as it is until then)",
+                resource=self.label,
+            ) from None
+        self.wait_active(aws)
+
     def update(self, aws: Aws, changes: list[Change]) -> None:
         want = self.desired()
         observed = self.wait_active(aws)
+        if any(change.field in CAPACITY_FIELDS for change in changes):
+            self._update_capacity(aws, observed)
         for change in changes:
             field = change.field
             if field == "tags":
@@ -168,15 +258,6 @@ class DeviceStateTable(Resource):
                     ResourceArn=observed["arn"],
                     Tags=[{"Key": k, "Value": v} for k, v in want["tags"].items()],
                 )
-            elif field == "billing_mode":
-                aws.call(
-                    "dynamodb",
-                    "update_table",
-                    resource=self.label,
-                    TableName=self.name,
-                    BillingMode=want[field],
-                )
-                self.wait_active(aws)
             elif field == "encryption":
                 aws.call(
                     "dynamodb",
@@ -254,6 +335,10 @@ class DeviceStateTable(Resource):
             ) from None
 
     def delete(self, aws: Aws) -> None:
+        # DynamoDB leaves a deleted table's scalable targets, policies and alarms behind.
+        targets = autoscaling.observe(aws, self.name, self.label)
+        for dimension, spec in targets.items():
+            autoscaling.remove(aws, self.name, self.label, dimension, spec)
         aws.call(
             "dynamodb",
             "delete_table",
