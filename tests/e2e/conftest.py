@@ -84,7 +84,7 @@ class Target:
         self.stack = stack
         self.region = region
         self.workdir = workdir
-        self.config_path = workdir / "iotpipe.toml"
+        self.config_path = workdir / f"{stack}.toml"
         self.devices_dir = workdir / "devices"
         self.actions: set[str] = set()
         # Set once the journey itself has taken the stack down and found nothing left.
