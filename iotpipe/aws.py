@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -36,9 +36,9 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_after_attempt,
-    stop_after_delay,
     wait_random_exponential,
 )
+from tenacity.stop import stop_base
 
 from iotpipe.errors import AwsError, UsageError
 
@@ -177,10 +177,18 @@ def add_sleep_hook(hook: Callable[[float], None]) -> Callable[[], None]:
     return lambda: _sleep_hooks.remove(hook)
 
 
-def _sleep(seconds: float) -> None:
-    time.sleep(seconds)
-    for hook in list(_sleep_hooks):
-        hook(seconds)
+def _told(sleep: Callable[[float], None]) -> Callable[[float], None]:
+    """`sleep`, then the sleep hooks told of it."""
+
+    def sleep_and_tell(seconds: float) -> None:
+        sleep(seconds)
+        for hook in list(_sleep_hooks):
+            hook(seconds)
+
+    return sleep_and_tell
+
+
+_sleep = _told(time.sleep)
 
 
 @dataclass(frozen=True)
@@ -192,7 +200,9 @@ class RetryPolicy:
     max_attempts: int = 8
     # IAM propagation takes seconds to a couple of minutes; it gets its own, longer, deadline.
     transient_deadline_seconds: float = 120.0
+    # What the policy waits with, and the clock its deadlines (retries, `wait_for`) read.
     sleep: Callable[[float], None] = _sleep
+    clock: Callable[[], float] = time.monotonic
 
     def backoff_seconds(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
@@ -205,13 +215,38 @@ class RetryPolicy:
             max_attempts=self.max_attempts,
             transient_deadline_seconds=self.transient_deadline_seconds * factor,
             sleep=self.sleep,
+            clock=self.clock,
         )
+
+    def on_clock(self, clock: Callable[[], float], sleep: Callable[[float], None]) -> RetryPolicy:
+        """This policy on another clock (a test's, which moves only when `sleep` is called): its
+        deadlines then count its own waits, not how long the calls took. The sleep hooks are
+        told of these sleeps as of real ones."""
+        return replace(self, clock=clock, sleep=_told(sleep))
+
+
+# Test seam: the clock (and sleep) of the default policy; None for the real ones.
+_default_clock: tuple[Callable[[], float], Callable[[float], None]] | None = None
+
+
+def use_clock(clock: Callable[[], float], sleep: Callable[[float], None]) -> Callable[[], None]:
+    """Put every `Aws` made from now on without a policy of its own on this clock (see
+    `RetryPolicy.on_clock`); returns a remover."""
+    global _default_clock
+    _default_clock = (clock, sleep)
+
+    def remove() -> None:
+        global _default_clock
+        _default_clock = None
+
+    return remove
 
 
 def _default_policy() -> RetryPolicy:
     # Tests and benchmarks shorten every sleep with IOTPIPE_RETRY_SCALE (e.g. 0.001).
     scale = float(os.environ.get("IOTPIPE_RETRY_SCALE", "1"))
-    return RetryPolicy().scaled(scale)
+    policy = RetryPolicy().scaled(scale)
+    return policy if _default_clock is None else policy.on_clock(*_default_clock)
 
 
 def error_code(exc: BaseException) -> tuple[str, str, int]:
@@ -465,9 +500,13 @@ class Aws:
         deadline = policy.transient_deadline_seconds if transients else None
         stop = stop_after_attempt(policy.max_attempts if not transients else 10_000)
         if deadline is not None:
-            # The deadline counts the calls' own time too, which a shortened policy (tests,
-            # benchmarks) does not shorten: a transient always gets its max_attempts.
-            stop = stop | (stop_after_delay(deadline) & stop_after_attempt(policy.max_attempts))
+            # On the real clock the deadline counts the calls' own time too, which a shortened
+            # policy (tests, benchmarks) does not shorten: a transient always gets its
+            # max_attempts.
+            stop = stop | (
+                _stop_after_seconds(policy.clock, deadline)
+                & stop_after_attempt(policy.max_attempts)
+            )
         stop = stop | _stop_after_connect_attempts
         retrying = Retrying(
             stop=stop,
@@ -547,13 +586,14 @@ class Aws:
     ) -> T:
         """Poll `check` with backoff until it returns something other than None/False."""
         timeout = timeout_seconds if timeout_seconds is not None else max(5.0, 600 * self._scale)
-        deadline = time.monotonic() + timeout
+        clock = self.policy.clock
+        deadline = clock() + timeout
         attempt = 0
         while True:
             result = check()
             if result is not None and result is not False:
                 return result
-            if time.monotonic() >= deadline:
+            if clock() >= deadline:
                 raise AwsError(f"timed out after {timeout:.0f} s waiting {what}", resource=resource)
             attempt += 1
             self.policy.sleep(min(self.policy.backoff_seconds(attempt), 10 * self._scale))
@@ -658,6 +698,19 @@ _FIRST_PAGE_ONLY: dict[tuple[str, str], tuple[str, ...]] = {
         "StreamCreationTimestamp",
     ),
 }
+
+
+class _stop_after_seconds(stop_base):
+    """Stop once `seconds` have passed on `clock` since the call began (tenacity's own
+    stop_after_delay reads the real clock only)."""
+
+    def __init__(self, clock: Callable[[], float], seconds: float) -> None:
+        self.clock = clock
+        self.seconds = seconds
+        self.started = clock()
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self.clock() - self.started >= self.seconds
 
 
 def _stop_after_connect_attempts(state: RetryCallState) -> bool:

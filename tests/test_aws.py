@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from iotpipe.aws import IAM_PROPAGATION, Aws, RetryPolicy, is_mutating
+from iotpipe.aws import IAM_PROPAGATION, Aws, RetryPolicy, add_sleep_hook, is_mutating
 from iotpipe.errors import AwsError
 
 
@@ -95,6 +95,25 @@ def test_backoff_has_full_jitter_within_the_cap() -> None:
     waits = [policy.backoff_seconds(attempt) for attempt in range(1, 10) for _ in range(50)]
     assert all(0 <= w <= 8 for w in waits)
     assert len({round(w, 3) for w in waits}) > 100
+
+
+def test_a_policy_on_its_own_clock_reads_it_and_still_tells_the_sleep_hooks() -> None:
+    """A test's clock moves only when the policy sleeps on it; the emulator's clock, which
+    follows the sleep hooks, moves with it as with real sleeps."""
+    now = [100.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    told: list[float] = []
+    remove = add_sleep_hook(told.append)
+    try:
+        policy = RetryPolicy().on_clock(lambda: now[0], sleep).scaled(0.5)
+        policy.sleep(0.01)
+    finally:
+        remove()
+    assert policy.clock() == pytest.approx(100.01)
+    assert told == [0.01]
 
 
 @pytest.mark.parametrize(

@@ -3,15 +3,21 @@
 The emulator refuses each service's first attempts with a role that was just created or changed,
 in that service's own words (iotpipe/local/aws_rules/iam.py), so a fresh `up` meets what it meets
 on a new AWS account.
+
+The retry policy runs on a clock of its own here: time passes only when it waits, so its
+deadlines count its attempts' waits and never how long the emulator took to answer (which
+parallel test workers slow down), and no test sleeps for real.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
+from collections.abc import Iterator
 
 import pytest
 
-from iotpipe.aws import IAM_PROPAGATION, Aws, RetryPolicy
+from iotpipe.aws import IAM_PROPAGATION, Aws, RetryPolicy, use_clock
 from iotpipe.errors import AwsError
 from iotpipe.local.aws_rules.iam import REFUSALS_AFTER_CHANGE
 
@@ -89,10 +95,74 @@ def test_permanent_denials_are_not_retried(code: str, message: str) -> None:
     assert not _retried(code, message)
 
 
+class PolicyClock:
+    """Seconds that pass only when the policy sleeps, in each thread apart: a thread's deadline
+    counts its own waits, not those of the steps running beside it."""
+
+    def __init__(self) -> None:
+        self._thread = threading.local()
+        self._lock = threading.Lock()
+        self.slept: list[float] = []
+
+    def now(self) -> float:
+        return getattr(self._thread, "now", 0.0)
+
+    def sleep(self, seconds: float) -> None:
+        self._thread.now = self.now() + seconds
+        with self._lock:
+            self.slept.append(seconds)
+
+
 @pytest.fixture
-def aws(endpoint: str) -> Aws:
-    policy = RetryPolicy(base_seconds=0.001, max_wait_seconds=0.01, transient_deadline_seconds=2)
+def clock() -> PolicyClock:
+    return PolicyClock()
+
+
+@pytest.fixture
+def aws(endpoint: str, clock: PolicyClock) -> Aws:
+    # AWS's own timings (two minutes for a role to propagate), none of it spent waiting.
+    policy = RetryPolicy().on_clock(clock.now, clock.sleep)
     return Aws(region="us-east-1", endpoint_url=endpoint, policy=policy)
+
+
+LAMBDA_REFUSAL = "The role defined for the function cannot be assumed by Lambda."
+
+
+def test_a_propagating_role_is_waited_for_on_the_policy_clock(aws, clock, faults) -> None:
+    faults.fail(
+        "lambda", "ListFunctions", "InvalidParameterValueException", LAMBDA_REFUSAL, times=5
+    )
+    aws.call("lambda", "list_functions", resource="fn", retry_on=IAM_PROPAGATION)
+    assert aws.retries["lambda:list_functions"] == 5
+    assert len(clock.slept) == 5
+    assert clock.now() == pytest.approx(sum(clock.slept))
+
+
+def test_a_role_that_never_propagates_is_retried_for_the_whole_deadline(aws, clock, faults):
+    faults.fail(
+        "lambda", "ListFunctions", "InvalidParameterValueException", LAMBDA_REFUSAL, times=None
+    )
+    with pytest.raises(AwsError) as caught:
+        aws.call("lambda", "list_functions", resource="fn", retry_on=IAM_PROPAGATION)
+    assert "cannot be assumed by Lambda" in str(caught.value)
+    policy = aws.policy
+    # Two minutes of the policy's waits (the last one may end past the deadline), and so more
+    # attempts than the eight a throttled call gets: the first waits are short.
+    assert policy.transient_deadline_seconds <= clock.now()
+    assert clock.now() < policy.transient_deadline_seconds + policy.max_wait_seconds
+    attempts = faults.calls.count(("lambda", "ListFunctions"))
+    assert attempts == len(clock.slept) + 1 > policy.max_attempts
+
+
+def test_a_wait_times_out_on_the_policy_clock(aws, clock) -> None:
+    checks: list[None] = []
+    with pytest.raises(AwsError) as caught:
+        aws.wait_for(
+            lambda: checks.append(None), resource="fn", what="for Active", timeout_seconds=30
+        )
+    assert "timed out after 30 s waiting for Active" in str(caught.value)
+    assert 30 <= clock.now() < 30 + 10
+    assert len(checks) == len(clock.slept) + 1
 
 
 def test_a_pass_role_denial_fails_at_the_first_attempt_with_the_fix_named(aws, faults) -> None:
@@ -123,13 +193,25 @@ CONSUMERS = [
 ]
 
 
-def test_up_on_a_fresh_account_retries_through_role_propagation(cli, faults) -> None:
+@pytest.fixture
+def on_policy_clock(clock: PolicyClock) -> Iterator[PolicyClock]:
+    """The commands' retry policy on the policy clock (the emulator's clock follows its sleeps)."""
+    remove = use_clock(clock.now, clock.sleep)
+    yield clock
+    remove()
+
+
+def test_up_on_a_fresh_account_retries_through_role_propagation(
+    cli, faults, on_policy_clock
+) -> None:
     result = cli("up", "--yes")
     assert result.exit_code == 0, result
     attempts = Counter(faults.calls)
     for consumer in CONSUMERS:
         # Refused REFUSALS_AFTER_CHANGE times by the emulator, then accepted.
         assert attempts[consumer] >= REFUSALS_AFTER_CHANGE + 1, (consumer, attempts[consumer])
+    # Each refusal was waited out on the policy clock, not in real time.
+    assert len(on_policy_clock.slept) >= len(CONSUMERS) * REFUSALS_AFTER_CHANGE
     faults.calls.clear()
     assert cli("up", "--yes").exit_code == 0
     assert faults.mutating_calls == []
