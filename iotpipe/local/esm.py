@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from iotpipe.errors import AwsError, UsageError
+from iotpipe.local import moto_patches
 from iotpipe.local.environ import scoped_environ
 
 if TYPE_CHECKING:
@@ -54,26 +55,10 @@ GET_RECORDS_LIMIT = 10_000
 # (function ARN, stream ARN) of the mappings this module runs: the emulator's own trigger, which
 # would try to start a Docker container per record, stands down for them.
 _local_mappings: set[tuple[str, str]] = set()
-_patched = False
 
 
-def _patch_emulator_trigger() -> None:
-    global _patched
-    if _patched:
-        return
-    from moto.awslambda.models import LambdaBackend
-
-    original = LambdaBackend.send_kinesis_message
-
-    def send_kinesis_message(
-        backend: Any, function_name: str, kinesis_stream: str, **kw: Any
-    ) -> Any:
-        if (function_name, kinesis_stream) in _local_mappings:
-            return None
-        return original(backend, function_name=function_name, kinesis_stream=kinesis_stream, **kw)
-
-    LambdaBackend.send_kinesis_message = send_kinesis_message
-    _patched = True
+def _runs_locally(function_arn: str, stream_arn: str) -> bool:
+    return (function_arn, stream_arn) in _local_mappings
 
 
 @dataclass(frozen=True)
@@ -360,7 +345,7 @@ class KinesisPoller:
 
     def install(self) -> Callable[[], None]:
         """Run this mapping instead of the emulator's own trigger; returns an uninstaller."""
-        _patch_emulator_trigger()
+        moto_patches.divert_kinesis_trigger(_runs_locally)
         key = (self.mapping.function_arn, self.mapping.stream_arn)
         _local_mappings.add(key)
         return lambda: _local_mappings.discard(key)

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from iotpipe.errors import UsageError
+from iotpipe.local import moto_patches
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
@@ -168,34 +169,15 @@ class DeliveryConfig:
 
 # (account, region, delivery stream) -> the local delivery that receives its records.
 _deliveries: dict[tuple[str, str, str], LocalDelivery] = {}
-_patch_lock = threading.Lock()
-_patched = False
 
 
-def _patch_emulator_firehose() -> None:
-    global _patched
-    with _patch_lock:
-        if _patched:
-            return
-        from moto.firehose.models import FirehoseBackend
-
-        original = FirehoseBackend.put_s3_records
-
-        def put_s3_records(
-            backend: Any, name: str, version: str, destination: Any, records: list[dict[str, Any]]
-        ) -> list[dict[str, str]]:
-            delivery = _deliveries.get((backend.account_id, backend.region_name, name))
-            if delivery is None:
-                return original(backend, name, version, destination, records)
-            delivery.accept([_record_bytes(r["Data"]) for r in records])
-            return [{"RecordId": str(uuid.uuid4())} for _ in records]
-
-        FirehoseBackend.put_s3_records = put_s3_records
-        _patched = True
-
-
-def _record_bytes(data: Any) -> bytes:
-    return data if isinstance(data, bytes) else str(data).encode()
+def _take(account: str, region: str, stream: str, records: list[bytes]) -> bool:
+    """Hand the emulator's records to the stream's local delivery, if it has one."""
+    delivery = _deliveries.get((account, region, stream))
+    if delivery is None:
+        return False
+    delivery.accept(records)
+    return True
 
 
 class LocalDelivery:
@@ -233,7 +215,7 @@ class LocalDelivery:
 
     def install(self) -> Callable[[], None]:
         """Receive the emulator's records for this stream from now on; returns an uninstaller."""
-        _patch_emulator_firehose()
+        moto_patches.divert_firehose_delivery(_take)
         key = (self.aws.account_id, self.aws.region, self.config.stream)
         _deliveries[key] = self
 

@@ -8,8 +8,9 @@ import queue
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from iotpipe.local import moto_patches
 from iotpipe.local.esm import KinesisPoller
 from iotpipe.local.firehose import LocalDelivery
 from iotpipe.local.rules import RuleEngine
@@ -178,19 +179,6 @@ class LocalDataPlane:
 def listen_to_iot_data(aws: Aws, inbox: queue.Queue[tuple[str, bytes]]) -> Callable[[], None]:
     # The emulator only stores what is published to its IoT data plane; hand it to the rules
     # engine as well (from a queue, so the publisher's request returns as it would from AWS).
-    from moto.iotdata.models import IoTDataPlaneBackend
-
-    original = IoTDataPlaneBackend.publish
-    account, region = aws.account_id, aws.region
-
-    def publish(backend: Any, topic: str, payload: bytes) -> None:
-        original(backend, topic, payload)
-        if (backend.account_id, backend.region_name) == (account, region):
-            inbox.put((topic, payload if isinstance(payload, bytes) else str(payload).encode()))
-
-    IoTDataPlaneBackend.publish = publish
-
-    def restore() -> None:
-        IoTDataPlaneBackend.publish = original
-
-    return restore
+    return moto_patches.listen_to_iot_publish(
+        aws.account_id, aws.region, lambda topic, payload: inbox.put((topic, payload))
+    )
