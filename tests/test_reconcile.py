@@ -222,13 +222,50 @@ def _timeseries_names(down_json: dict) -> set[str]:
     }
 
 
-def test_down_leaves_what_the_stack_does_not_own(cli, endpoint) -> None:
+def test_up_refuses_a_resource_another_stack_owns(cli, endpoint) -> None:
     client(endpoint, "sns").create_topic(
         Name="test-alerts", Tags=[{"Key": "iotpipe:stack", "Value": "someone-else"}]
     )
     result = cli("up", "--yes")
     assert result.exit_code == 1
     assert "someone-else" in result.stderr
+
+
+def test_down_keeps_what_the_stack_does_not_own(cli, endpoint) -> None:
+    assert cli("up", "--yes").exit_code == 0
+    # The alerts topic now carries another stack's tag; the readings stream, the stack's name
+    # but no tag of any stack.
+    sns, kinesis = client(endpoint, "sns"), client(endpoint, "kinesis")
+    topic = f"arn:aws:sns:us-east-1:{ACCOUNT}:test-alerts"
+    sns.tag_resource(ResourceArn=topic, Tags=[{"Key": "iotpipe:stack", "Value": "someone-else"}])
+    kinesis.remove_tags_from_stream(StreamName="test-readings", TagKeys=["iotpipe:stack"])
+
+    result = cli("down", "--yes", "--delete-data")
+    assert result.exit_code == 0, result
+    # The teardown plan says so, one line for each.
+    kept = [line for line in result.stdout.splitlines() if "not owned by stack 'test'" in line]
+    assert any("sns.topic" in line and "test-alerts" in line for line in kept), result
+    assert any("kinesis.stream" in line and "test-readings" in line for line in kept), result
+    # Both are still there, as their owners left them; what the stack owns is gone, data too.
+    assert sns.list_tags_for_resource(ResourceArn=topic)["Tags"] == [
+        {"Key": "iotpipe:stack", "Value": "someone-else"}
+    ]
+    assert kinesis.list_streams()["StreamNames"] == ["test-readings"]
+    assert client(endpoint, "dynamodb").list_tables()["TableNames"] == []
+    assert client(endpoint, "s3").list_buckets()["Buckets"] == []
+    assert client(endpoint, "lambda").list_functions()["Functions"] == []
+
+    again = cli("down", "--yes", "--delete-data", "-o", "json")
+    assert again.exit_code == 0, again
+    kept_steps = {
+        (s["kind"], s["name"]): s["note"] for s in again.json["steps"] if s["action"] == "keep"
+    }
+    assert kept_steps == {
+        ("sns.topic", "test-alerts"): "not owned by stack 'test'",
+        # Subscriptions belong to whoever owns the topic.
+        ("sns.subscriptions", "test-alerts"): "not owned by stack 'test'",
+        ("kinesis.stream", "test-readings"): "not owned by stack 'test'",
+    }
 
 
 def test_dependencies_order_the_plan(endpoint) -> None:
