@@ -269,10 +269,9 @@ class ProcessorSection(_Section):
 
 # A device-state item is the reading plus its key, timestamps and attribute names: about this
 # many bytes more (also the price file's dynamodb.item_overhead_bytes). DynamoDB meters a write
-# per 1 KB of item and a strongly consistent read per 4 KB.
+# per 1 KB of item.
 STATE_ITEM_OVERHEAD_BYTES = 100
 STATE_WRITE_UNIT_BYTES = 1024
-STATE_READ_UNIT_BYTES = 4096
 # Provisioned capacity per table and dimension: DynamoDB's default table quota (40,000 units);
 # target utilisation as Application Auto Scaling takes it for DynamoDB (20-90 percent).
 STATE_CAPACITY_QUOTA = 40_000
@@ -564,7 +563,7 @@ def distinct_devices_per_batch(readings_per_batch: float, devices_per_shard: flo
     return min(readings_per_batch, expected)
 
 
-def _capacity_range(
+def capacity_range(
     given_min: int | None, given_max: int | None, average: float, peak: float, target: float
 ) -> tuple[int, int]:
     """(minimum, maximum) units: by default the average and the peak load at the target
@@ -580,27 +579,21 @@ def _capacity_range(
 
 def _state_capacity(config: Config, average: float, peak: float) -> dict[str, int]:
     """The device-state table's capacity ranges for the processor's load of `average` and
-    `peak` writes a second, each of ceil(item / 1 KB) units; before each write the processor
-    reads the device's stored timestamp (strongly consistent: ceil(item / 4 KB))."""
+    `peak` writes a second, each of ceil(item / 1 KB) units. The processor reads nothing (its
+    writes are conditioned on the stored timestamp): reads are a person's (`devices show`,
+    `simulate`), one unit unless the config says more."""
     state = config.device_state
     item = config.volume.bytes_per_reading + STATE_ITEM_OVERHEAD_BYTES
     write_units = math.ceil(item / STATE_WRITE_UNIT_BYTES)
-    read_units = math.ceil(item / STATE_READ_UNIT_BYTES)
     target = state.target_utilization / 100
-    writes = _capacity_range(
+    writes = capacity_range(
         state.min_write_capacity,
         state.max_write_capacity,
         average * write_units,
         peak * write_units,
         target,
     )
-    reads = _capacity_range(
-        state.min_read_capacity,
-        state.max_read_capacity,
-        average * read_units,
-        peak * read_units,
-        target,
-    )
+    reads = capacity_range(state.min_read_capacity, state.max_read_capacity, 0, 0, target)
     return {
         "state_min_write_capacity": writes[0],
         "state_max_write_capacity": writes[1],

@@ -20,7 +20,7 @@ from datetime import date
 from importlib import resources
 from typing import Any, Literal, get_args
 
-from iotpipe.config import SECONDS_PER_DAY, Config, ProcessorMetric
+from iotpipe.config import SECONDS_PER_DAY, Config, ProcessorMetric, capacity_range
 from iotpipe.errors import ConfigError
 
 DAYS_PER_MONTH = 30.4
@@ -162,6 +162,8 @@ class Choices:
     stream_mode: Literal["provisioned", "on_demand"]
     aggregated_archive_records: bool
     state_write_per_device: bool
+    # The alternative to a write conditioned on the stored timestamp: read it first.
+    state_read_before_write: bool
     state_capacity: Literal["provisioned", "on_demand"]
     architecture: Literal["arm64", "x86_64"]
     crawler_runs_per_day: float
@@ -176,6 +178,7 @@ class Choices:
             stream_mode=config.stream.mode,
             aggregated_archive_records=True,
             state_write_per_device=True,
+            state_read_before_write=False,
             state_capacity=config.device_state.capacity,
             architecture=config.processor.architecture,
             crawler_runs_per_day=crawler_runs_per_day(config.catalog.crawler_schedule),
@@ -189,6 +192,7 @@ class Choices:
             stream_mode="on_demand",
             aggregated_archive_records=False,
             state_write_per_device=False,
+            state_read_before_write=False,
             state_capacity="on_demand",
             architecture="x86_64",
             crawler_runs_per_day=24,
@@ -232,8 +236,16 @@ OPTIMISATIONS: tuple[Optimisation, ...] = (
         "state_write_per_device",
         True,
         False,
-        "a read and at most one write per device per batch instead of a conditional write per "
-        "reading: fewer calls always, cheaper only when devices repeat within a batch",
+        "at most one conditional write per device per batch instead of one per reading: fewer "
+        "calls always, cheaper when devices repeat within a batch",
+    ),
+    Optimisation(
+        "conditional state writes (no read first)",
+        "state_read_before_write",
+        False,
+        True,
+        "the write's condition on the stored timestamp keeps an older reading from overwriting "
+        "a newer one: no strongly consistent read of each device before its write",
     ),
     Optimisation(
         "provisioned device-state capacity",
@@ -532,13 +544,10 @@ def estimate(
         writes, what = readings, "state writes (one per reading)"
     item_bytes = size + p("dynamodb", "item_overhead_bytes")
     write_units = writes * math.ceil(item_bytes / p("dynamodb", "write_unit_bytes"))
-    # Before writing, the processor reads each device's stored timestamp (strongly consistent,
-    # one read unit per item up to 4 KB) so an older reading never wins.
-    read_units = (
-        writes * math.ceil(item_bytes / p("dynamodb", "read_unit_bytes"))
-        if choices.state_write_per_device
-        else 0
-    )
+    # The writes are conditioned on the stored timestamp; the alternative design reads it first
+    # (strongly consistent, one read unit per item up to 4 KB) so an older reading never wins.
+    reading = choices.state_write_per_device and choices.state_read_before_write
+    read_units = writes * math.ceil(item_bytes / p("dynamodb", "read_unit_bytes")) if reading else 0
     scaled_capacities = 0
     if choices.state_capacity == "on_demand":
         add(
@@ -561,6 +570,11 @@ def estimate(
     else:
         target = config.device_state.target_utilization / 100
         seconds = DAYS_PER_MONTH * SECONDS_PER_DAY
+        reads = (sizing.state_min_read_capacity, sizing.state_max_read_capacity)
+        if reading:
+            # Reading first needs read capacity for the processor's load, scaled as writes are.
+            per_second = read_units / seconds
+            reads = capacity_range(None, None, per_second, per_second * volume.peak_factor, target)
         capacities = (
             (
                 "write",
@@ -568,7 +582,7 @@ def estimate(
                 sizing.state_min_write_capacity,
                 sizing.state_max_write_capacity,
             ),
-            ("read", read_units, sizing.state_min_read_capacity, sizing.state_max_read_capacity),
+            ("read", read_units, *reads),
         )
         for kind, units, low, high in capacities:
             if low == high:
@@ -580,7 +594,8 @@ def estimate(
                 scaled_capacities += 1
             add(
                 ddb,
-                f"provisioned {kind} capacity ({capacity:.3g} units on average, {how})",
+                f"provisioned {kind} capacity ({capacity:.3g} unit{'' if capacity == 1 else 's'}"
+                f" on average, {how})",
                 capacity * HOURS_PER_MONTH,
                 f"{kind[0].upper()}CU-hours",
                 p("dynamodb", f"{kind}_capacity_unit_hour"),

@@ -58,6 +58,24 @@ def iam_action(service: str, operation: str) -> str:
     return OPERATION_ACTIONS.get((prefix, operation), f"{prefix}:{operation}")
 
 
+# A PartiQL statement is authorized by its verb, whatever operation carries it ("IAM security
+# policies with PartiQL for DynamoDB": PartiQLSelect, PartiQLInsert, PartiQLUpdate, PartiQLDelete).
+PARTIQL_OPERATIONS = {"ExecuteStatement", "BatchExecuteStatement", "ExecuteTransaction"}
+PARTIQL_VERBS = {"SELECT": "Select", "INSERT": "Insert", "UPDATE": "Update", "DELETE": "Delete"}
+
+
+def call_actions(service: str, operation: str, request: dict[str, Any]) -> set[str]:
+    """The IAM actions one call is authorized as: its own, or one per PartiQL statement verb."""
+    if service != "dynamodb" or operation not in PARTIQL_OPERATIONS:
+        return {iam_action(service, operation)}
+    body = json.loads(request.get("body") or b"{}")
+    statements = body.get("Statements") or body.get("TransactStatements") or [body]
+    return {
+        f"dynamodb:PartiQL{PARTIQL_VERBS[s['Statement'].split(None, 1)[0].upper()]}"
+        for s in statements
+    }
+
+
 @lru_cache(maxsize=1)
 def _root() -> Any:
     return typer.main.get_command(app)
@@ -89,8 +107,8 @@ def recording() -> Iterator[set[str]]:
     actions: set[str] = set()
 
     def on_client(service: str, client: Any) -> None:
-        def before_call(model: Any, **_: Any) -> None:
-            actions.add(iam_action(service, model.name))
+        def before_call(model: Any, params: dict[str, Any], **_: Any) -> None:
+            actions.update(call_actions(service, model.name, params))
 
         client.meta.events.register("before-call", before_call)
 
@@ -260,8 +278,8 @@ def recording_processor(clients_module: Any, monkeypatch: Any) -> Iterator[set[s
         found = original(service)
         if created:
 
-            def before_call(model: Any, **_: Any) -> None:
-                actions.add(iam_action(service, model.name))
+            def before_call(model: Any, params: dict[str, Any], **_: Any) -> None:
+                actions.update(call_actions(service, model.name, params))
 
             found.meta.events.register("before-call", before_call)
         return found

@@ -10,6 +10,7 @@ import base64
 import itertools
 import json
 import random
+import re
 import sys
 import time
 import urllib.error
@@ -486,31 +487,39 @@ class MemoryAws:
     def _fails(self, scale: float = 1.0) -> bool:
         return self.fault_rate > 0 and self.rng.random() < self.fault_rate * scale
 
-    def _BatchGetItem(self, params: dict[str, Any]) -> dict[str, Any]:
-        found: dict[str, list[Any]] = {}
-        unprocessed: dict[str, dict[str, Any]] = {}
-        for table, request in params["RequestItems"].items():
-            projected = [name.strip() for name in request["ProjectionExpression"].split(",")]
-            for key in request["Keys"]:
-                if self._fails():
-                    unprocessed.setdefault(table, {**request, "Keys": []})["Keys"].append(key)
-                    continue
-                item = self.state.get(key["device_id"]["S"])
-                if item is not None:
-                    answer = {name: item[name] for name in projected if name in item}
-                    found.setdefault(table, []).append(answer)
-        return {"Responses": found, "UnprocessedKeys": unprocessed}
-
-    def _BatchWriteItem(self, params: dict[str, Any]) -> dict[str, Any]:
-        unprocessed: dict[str, list[Any]] = {}
-        for table, requests in params["RequestItems"].items():
-            for request in requests:
-                if self._fails():
-                    unprocessed.setdefault(table, []).append(request)
-                    continue
-                item = request["PutRequest"]["Item"]
-                self.state[item["device_id"]["S"]] = item
-        return {"UnprocessedItems": unprocessed}
+    def _BatchExecuteStatement(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The processor's two PartiQL forms: UPDATE ... WHERE device_id = ? AND ts <= ?, and
+        INSERT ... VALUE {...}; a statement may be throttled on its own, as AWS answers."""
+        responses = []
+        for request in params["Statements"]:
+            statement, values = request["Statement"], list(request["Parameters"])
+            if self._fails():
+                error = {"Code": "ProvisionedThroughputExceeded", "Message": "injected"}
+                responses.append({"Error": error})
+                continue
+            if statement.startswith("INSERT"):
+                item = dict(zip(re.findall(r"'([a-z_]+)': \?", statement), values, strict=True))
+                if item["device_id"]["S"] in self.state:
+                    responses.append({"Error": {"Code": "DuplicateItem", "Message": "exists"}})
+                else:
+                    self.state[item["device_id"]["S"]] = item
+                    responses.append({})
+                continue
+            names = re.findall(r'SET "([a-z_]+)" = \?', statement)
+            removed = re.findall(r'REMOVE "([a-z_]+)"', statement)
+            device, newest = values[len(names)]["S"], values[len(names) + 1]
+            stored = self.state.get(device)
+            if stored is None or int(stored["ts"]["N"]) > int(newest["N"]):
+                error = {"Code": "ConditionalCheckFailed", "Message": "condition"}
+                if stored is not None:
+                    error["Item"] = stored
+                responses.append({"Error": error})
+                continue
+            changed = {k: v for k, v in stored.items() if k not in removed}
+            changed.update(zip(names, values, strict=False))
+            self.state[device] = changed
+            responses.append({})
+        return {"Responses": responses}
 
     def _WriteRecords(self, params: dict[str, Any]) -> dict[str, Any]:
         rejected = []

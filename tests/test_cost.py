@@ -83,19 +83,20 @@ def test_default_500k_a_day_line_items_match_hand_arithmetic():
 
 def test_default_and_naive_totals_at_500k_a_day():
     report = cost_report(config(), load_prices(), TODAY)
-    assert report.configured.total == 32.34
-    assert report.naive.total == 181.95
-    # Always Free covers the dashboard, 10 of the 13 alarms, the processor's metrics, logs,
-    # Lambda and the alerts key's requests: $5.72, the same for both designs.
-    assert report.configured.total_after_allowances == 22.7
-    assert report.naive.total_after_allowances == 174.7
+    assert report.configured.total == 31.08
+    assert report.naive.total == 181.85
+    # Always Free covers the dashboard, 10 of the 16 alarms, logs, Lambda, the alerts key's
+    # requests and the device state's provisioned capacity (25 WCU, 25 RCU).
+    assert report.configured.total_after_allowances == 22.2
+    assert report.naive.total_after_allowances == 174.6
     savings = {s.optimisation: s.monthly_saving for s in report.savings}
     assert savings == {
         "Basic Ingest": 15.2,
         "provisioned shards": 19.78,
         "aggregated Firehose records": 1.96,
         "one state write per device per batch": 0.0,
-        "provisioned device-state capacity": 5.32,
+        "conditional state writes (no read first)": 1.16,
+        "provisioned device-state capacity": 4.6,
         "arm64 processor": 0.03,
         "weekly crawler": 106.37,
         "custom metrics only as chosen": 2.7,
@@ -105,20 +106,20 @@ def test_default_and_naive_totals_at_500k_a_day():
 
 def test_timestream_adds_its_writes_and_storage():
     report = cost_report(config(timeseries=True), load_prices(), TODAY)
-    assert report.configured.total == 39.9
-    assert report.naive.total == 189.81
+    assert report.configured.total == 38.64
+    assert report.naive.total == 189.71
     assert report.configured.by_service()["Timestream"] == pytest.approx(7.56, abs=0.005)
 
 
 def test_default_and_naive_totals_at_100x():
     report = cost_report(config(readings_per_day=50_000_000, devices=100_000), load_prices(), TODAY)
-    assert report.configured.total == 1427.2
-    assert report.naive.total == 3729.89
+    assert report.configured.total == 1349.45
+    assert report.naive.total == 3729.79
     with_ts = cost_report(
         config(timeseries=True, readings_per_day=50_000_000, devices=100_000), load_prices(), TODAY
     )
-    assert with_ts.configured.total == 2176.33
-    assert with_ts.naive.total == 4479.32
+    assert with_ts.configured.total == 2098.58
+    assert with_ts.naive.total == 4479.22
     # Past a billion messages a month IoT messaging drops to the second tier.
     messages = 50_000_000 * 30.4
     assert line(report.naive, "IoT Core", "messaging").monthly_cost == pytest.approx(
@@ -160,15 +161,17 @@ def test_device_state_capacity_provisioned_and_on_demand_are_both_priced():
     writes = line(default.configured, "DynamoDB", "provisioned write capacity")
     assert writes.quantity == pytest.approx(9 * 730)
     assert writes.monthly_cost == pytest.approx(9 * 730 * wcu_hour)
+    # The processor reads nothing: one read unit, fixed (for `devices show` and `simulate`).
     reads = line(default.configured, "DynamoDB", "provisioned read capacity")
-    assert reads.monthly_cost == pytest.approx(9 * 730 * rcu_hour)
-    # Each scaled capacity brings the four alarms of its target-tracking policy.
-    assert line(default.configured, "CloudWatch", "alarms of auto scaling").quantity == 8
+    assert "fixed at 1" in reads.item
+    assert reads.monthly_cost == pytest.approx(1 * 730 * rcu_hour)
+    # The scaled capacity (writes) brings the four alarms of its target-tracking policy.
+    assert line(default.configured, "CloudWatch", "alarms of auto scaling").quantity == 4
     # 25 WCU and 25 RCU are Always Free: the state costs nothing after the allowances.
     credits = {i.meter: i.monthly_cost for i in default.configured.allowances}
     assert credits["dynamodb.write_capacity_unit_hours"] == pytest.approx(-writes.monthly_cost)
     assert credits["dynamodb.read_capacity_unit_hours"] == pytest.approx(-reads.monthly_cost)
-    # One allowance of 10 alarms for the stack's 13 and auto scaling's 8, not one each.
+    # One allowance of 10 alarms for the stack's 12 and auto scaling's 4, not one each.
     alarm_credits = [i for i in default.configured.allowances if i.meter == "cloudwatch.alarms"]
     assert sum(i.quantity for i in alarm_credits) == 10
     # On demand: per request, no capacity, no auto scaling alarms.
@@ -183,7 +186,28 @@ def test_device_state_capacity_provisioned_and_on_demand_are_both_priced():
     assert saving.monthly_saving == pytest.approx(
         report.configured.total - default.configured.total
     )
-    assert saving.monthly_saving == 5.32
+    assert saving.monthly_saving == 4.6
+
+
+def test_conditional_writes_save_the_read_before_each_write():
+    prices = load_prices()
+    rcu_hour = price("dynamodb", "read_capacity_unit_hour")
+    default = cost_report(config(), prices, TODAY)
+    saving = next(s for s in default.savings if s.optimisation.startswith("conditional state"))
+    assert saving.in_use
+    # Reading first would need 9 read units (5.7 strongly consistent reads a second at 70%),
+    # scaled with their 4 alarms, instead of 1 fixed unit.
+    assert saving.monthly_saving == pytest.approx(
+        (9 - 1) * 730 * rcu_hour + 4 * price("cloudwatch", "standard_alarm_month"), abs=0.01
+    )
+    on_demand = Config.model_validate({"device_state": {"capacity": "on_demand"}})
+    report = cost_report(on_demand, prices, TODAY)
+    assert not any(i.item.startswith("state reads") for i in report.configured.items)
+    saving = next(s for s in report.savings if s.optimisation.startswith("conditional state"))
+    reads = 5.707 * 86_400 * 30.4
+    assert saving.monthly_saving == pytest.approx(
+        reads / 1e6 * price("dynamodb", "read_request_units_per_million"), abs=0.01
+    )
 
 
 def test_a_fixed_capacity_is_priced_without_auto_scaling():
@@ -194,15 +218,15 @@ def test_a_fixed_capacity_is_priced_without_auto_scaling():
     writes = line(report.configured, "DynamoDB", "provisioned write capacity")
     assert writes.quantity == 20 * 730
     assert "fixed at 20" in writes.item
-    # Only the reads are scaled: one policy's alarms.
-    assert line(report.configured, "CloudWatch", "alarms of auto scaling").quantity == 4
+    # Neither writes nor reads are scaled: no target-tracking alarms.
+    assert not any(i.item.startswith("alarms of auto scaling") for i in report.configured.items)
 
 
 def test_always_free_allowances_cover_at_most_what_is_used():
     small = cost_report(config(), load_prices(), TODAY).configured
     credits = {i.meter: i for i in small.allowances}
     assert credits["cloudwatch.dashboards"].monthly_cost == pytest.approx(-3.0)
-    assert credits["cloudwatch.alarms"].quantity == 10  # of 13: three are paid for
+    assert credits["cloudwatch.alarms"].quantity == 10  # of 12 and 4: six are paid for
     assert credits["cloudwatch.alarms"].monthly_cost == pytest.approx(-1.0)
     # 525,312 requests a month sit inside the first million: all free.
     requests = line(small, "Lambda", "requests")
@@ -331,16 +355,16 @@ def test_cost_json_breakdown(cli):
     assert result.exit_code == 0, result
     data = result.json
     assert data["totals"] == {
-        "configured": 32.34,
-        "naive": 181.95,
-        "saving": 149.61,
-        "configured_after_always_free": 22.7,
-        "naive_after_always_free": 174.7,
+        "configured": 31.08,
+        "naive": 181.85,
+        "saving": 150.77,
+        "configured_after_always_free": 22.2,
+        "naive_after_always_free": 174.6,
     }
     assert data["price_age_days"] == (date.today() - load_prices().taken).days
     for item in data["line_items"]:
         assert set(item) >= {"service", "item", "quantity", "unit", "unit_price", "monthly_cost"}
-    assert sum(i["monthly_cost"] for i in data["line_items"]) == pytest.approx(32.34, abs=0.005)
+    assert sum(i["monthly_cost"] for i in data["line_items"]) == pytest.approx(31.08, abs=0.005)
     assert all(i["monthly_cost"] < 0 for i in data["always_free_allowances"])
     assert {s["optimisation"] for s in data["savings"]} >= {"Basic Ingest", "weekly crawler"}
     if data["prices_stale"]:
@@ -350,8 +374,8 @@ def test_cost_json_breakdown(cli):
 def test_cost_overrides_and_table(cli):
     result = cli("cost", "--readings-per-day", "50000000", "--devices", "100000")
     assert result.exit_code == 0, result
-    assert "$1,427.20" in result.stdout
-    assert "$3,729.89" in result.stdout
+    assert "$1,349.45" in result.stdout
+    assert "$3,729.79" in result.stdout
     assert "Always Free" in result.stdout
     assert "Basic Ingest" in result.stdout
 
@@ -379,10 +403,10 @@ def test_bad_overrides_exit_2_naming_the_option(cli, faults, args, option):
 def test_validate_shows_the_monthly_total(cli):
     result = cli("validate", "--output", "json")
     assert result.exit_code == 0, result
-    assert result.json["monthly_cost_usd"] == 32.34
-    assert result.json["monthly_cost_after_always_free_usd"] == 22.7
+    assert result.json["monthly_cost_usd"] == 31.08
+    assert result.json["monthly_cost_after_always_free_usd"] == 22.2
     table = cli("validate")
-    assert "$32.34 at list prices, $22.70 after" in table.stdout
+    assert "$31.08 at list prices, $22.20 after" in table.stdout
 
 
 @pytest.mark.parametrize(

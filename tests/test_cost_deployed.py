@@ -118,11 +118,9 @@ def test_the_deployed_capacity_and_alarms_are_the_ones_priced(cli, endpoint, con
     assert table["BillingModeSummary"]["BillingMode"] == "PROVISIONED"
     assert Choices.of(config).state_capacity == "provisioned"
     writes = (sizing.state_min_write_capacity, sizing.state_max_write_capacity)
-    reads = (sizing.state_min_read_capacity, sizing.state_max_read_capacity)
-    assert scaling_targets(endpoint) == {
-        "dynamodb:table:WriteCapacityUnits": writes,
-        "dynamodb:table:ReadCapacityUnits": reads,
-    }
+    # Writes are scaled; the processor reads nothing, so reads are one fixed unit.
+    assert (sizing.state_min_read_capacity, sizing.state_max_read_capacity) == (1, 1)
+    assert scaling_targets(endpoint) == {"dynamodb:table:WriteCapacityUnits": writes}
     policies = client(endpoint, "application-autoscaling").describe_scaling_policies(
         ServiceNamespace="dynamodb", ResourceId="table/test-device-state"
     )["ScalingPolicies"]
@@ -134,10 +132,10 @@ def test_the_deployed_capacity_and_alarms_are_the_ones_priced(cli, endpoint, con
             ],
         )
         for p in policies
-    ) == [(70.0, "DynamoDBReadCapacityUtilization"), (70.0, "DynamoDBWriteCapacityUtilization")]
-    # The table starts at the minimum of each range; auto scaling moves it from there.
+    ) == [(70.0, "DynamoDBWriteCapacityUtilization")]
+    # The table starts at the minimum of the range; auto scaling moves it from there.
     assert table["ProvisionedThroughput"]["WriteCapacityUnits"] == writes[0]
-    assert table["ProvisionedThroughput"]["ReadCapacityUnits"] == reads[0]
+    assert table["ProvisionedThroughput"]["ReadCapacityUnits"] == 1
     report = cost_report(config, load_prices(), TODAY)
     stack_alarms = client(endpoint, "cloudwatch").describe_alarms(AlarmNamePrefix="test-")
     assert line(report, "CloudWatch", "alarms").quantity == len(stack_alarms["MetricAlarms"])
@@ -145,6 +143,7 @@ def test_the_deployed_capacity_and_alarms_are_the_ones_priced(cli, endpoint, con
         scaling_alarms(endpoint)
     )
     assert line(report, "DynamoDB", "provisioned write capacity").quantity == writes[0] * 730
+    assert line(report, "DynamoDB", "provisioned read capacity").quantity == 730
     # A second up changes nothing: auto scaling's own changes to the capacity are not drift.
     plan = cli("plan", "--output", "json")
     assert set(plan.json["summary"]) == {"no-change"}, plan.json["summary"]
@@ -187,7 +186,7 @@ def test_down_with_delete_data_removes_the_tables_auto_scaling(cli, endpoint, co
     kept = cli("down", "--yes")
     assert kept.exit_code == 0, kept
     # Kept with the table, whose capacity it keeps low.
-    assert len(scaling_targets(endpoint)) == 2
+    assert set(scaling_targets(endpoint)) == {"dynamodb:table:WriteCapacityUnits"}
     result = cli("down", "--yes", "--delete-data")
     assert result.exit_code == 0, result
     assert scaling_targets(endpoint) == {}

@@ -174,7 +174,7 @@ def test_up_restores_every_field_changed_outside_it(cli, endpoint, faults) -> No
 
     assert updated_fields(result) == {
         ("athena.workgroup", WORKGROUP): {"enforced", "bytes_scanned_cutoff"},
-        ("dynamodb.table", TABLE): {"billing_mode"},
+        ("dynamodb.table", TABLE): {"billing_mode", "provisioned_throughput"},
         ("glue.database", GLUE_DATABASE): {"description"},
         ("glue.table", GLUE_TABLE): {"columns"},
         ("iam.role", "test-crawler"): {"trust_policy"},

@@ -237,8 +237,8 @@ def test_processor_role_is_least_privilege(cli, aws) -> None:
             STREAM_ARN,
         ),
         "ListStreams": (["kinesis:ListStreams"], "*"),
-        "ReadWriteDeviceState": (
-            ["dynamodb:BatchGetItem", "dynamodb:BatchWriteItem"],
+        "WriteDeviceState": (
+            ["dynamodb:PartiQLInsert", "dynamodb:PartiQLUpdate"],
             f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/test-device-state",
         ),
         "ArchiveReadings": (

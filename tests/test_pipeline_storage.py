@@ -532,14 +532,7 @@ EXPECTED_ALARMS = {
     "test-device-state-throttled-requests": (
         "AWS/DynamoDB",
         "ThrottledRequests",
-        {"TableName": "test-device-state", "Operation": "BatchWriteItem"},
-        "Sum",
-        0.0,
-    ),
-    "test-device-state-read-throttled": (
-        "AWS/DynamoDB",
-        "ReadThrottleEvents",
-        {"TableName": "test-device-state"},
+        {"TableName": "test-device-state", "Operation": "BatchExecuteStatement"},
         "Sum",
         0.0,
     ),

@@ -80,9 +80,10 @@ def test_valid_readings_reach_every_sink(intercept, faults, sinks, capsys) -> No
     }
     assert next(line for line in found.archive if line["device_id"] == "meter_3")["extra"] is None
     assert found.quarantine_keys == []
-    # The fewest calls: one per sink for this batch (plus the state read), no quarantine object.
-    assert calls(faults, "BatchGetItem") == 1
-    assert calls(faults, "BatchWriteItem") == 1
+    # The fewest calls: one per sink for this batch, no quarantine object; the devices are new,
+    # so their conditional UPDATEs find no item and a second call INSERTs their first state.
+    assert calls(faults, "BatchExecuteStatement") == 2
+    assert calls(faults, "BatchGetItem") + calls(faults, "BatchWriteItem") == 0
     assert calls(faults, "WriteRecords") == 1
     assert calls(faults, "PutRecordBatch") == 1
     assert calls(faults, "PutObject") == 0
@@ -209,9 +210,9 @@ def test_device_state_keeps_the_newest_reading_per_device(intercept, faults, sin
     assert all(state[d]["ts"] == now - 1_000 for d in devices)
     assert float(state["dev-00"]["metrics"]["v"]) == 9
     assert float(state["dev-01"]["metrics"]["v"]) == 1_000
-    # 30 devices: one BatchGetItem and two BatchWriteItem calls (25 + 5), not 92 writes.
-    assert calls(faults, "BatchGetItem") == 1
-    assert calls(faults, "BatchWriteItem") == 2
+    # 30 new devices: UPDATEs of 25 and 5, each followed by the INSERTs of the same devices,
+    # not 92 writes.
+    assert calls(faults, "BatchExecuteStatement") == 4
 
 
 def test_an_older_reading_in_a_later_batch_leaves_the_newer_state(
@@ -222,8 +223,8 @@ def test_an_older_reading_in_a_later_batch_leaves_the_newer_state(
     devices = [f"dev-{i:03d}" for i in range(150)]
     first = kinesis_event(*[message(d, ts=now - 5_000, seq=5, metrics={"v": 5}) for d in devices])
     assert handler.lambda_handler(first, LambdaContext()) == {"batchItemFailures": []}
-    # 150 devices: two reads (100 + 50) and six writes (25 each).
-    assert (calls(faults, "BatchGetItem"), calls(faults, "BatchWriteItem")) == (2, 6)
+    # 150 new devices: six UPDATE calls (25 each), each followed by its INSERTs.
+    assert calls(faults, "BatchExecuteStatement") == 12
     before = read_sinks(sinks).state
     faults.calls.clear()
     capsys.readouterr()
@@ -236,15 +237,18 @@ def test_an_older_reading_in_a_later_batch_leaves_the_newer_state(
         message("dev-002", ts=now - 5_000, seq=5, metrics={"v": 5}),
     ]
     second = kinesis_event(*backlog)
-    written: list[str] = []
+    refused: list[str] = []
 
-    def record_devices(params, forward):
-        written.extend(
-            r["PutRequest"]["Item"]["device_id"]["S"] for r in params["RequestItems"][TABLE]
-        )
-        return forward(params)
+    def record_refusals(params, forward):
+        answer = forward(params)
+        for statement, result in zip(params["Statements"], answer["Responses"], strict=True):
+            if "Error" in result:
+                assert result["Error"]["Code"] == "ConditionalCheckFailed"
+                assert result["Error"]["Item"]["ts"] == {"N": str(now - 5_000)}
+                refused.append(statement["Parameters"][-2]["S"])
+        return answer
 
-    intercept.answer("dynamodb", "BatchWriteItem", record_devices)
+    intercept.answer("dynamodb", "BatchExecuteStatement", record_refusals)
     response = handler.lambda_handler(second, LambdaContext())
 
     assert response == {"batchItemFailures": []}
@@ -253,10 +257,10 @@ def test_an_older_reading_in_a_later_batch_leaves_the_newer_state(
     assert found.state["dev-001"]["ts"] == now - 1_000
     assert float(found.state["dev-001"]["metrics"]["v"]) == 6
     assert found.state["dev-002"]["ts"] == now - 5_000
-    # Ties are rewritten (an identical item but for updated_at); older readings are not sent.
-    assert calls(faults, "BatchGetItem") == 1
-    assert calls(faults, "BatchWriteItem") == 1
-    assert sorted(written) == ["dev-001", "dev-002"]
+    # One call; DynamoDB's condition refuses only the older reading; ties are rewritten (an
+    # identical item but for updated_at).
+    assert calls(faults, "BatchExecuteStatement") == 1
+    assert refused == ["dev-000"]
     # The skipped readings still reach the time series and the archive: nothing is lost.
     assert outcomes(second, response, found) == {
         "failed": 0,
@@ -279,8 +283,9 @@ def test_redelivery_creates_no_duplicate_state_or_point(intercept, faults, sinks
     handler.lambda_handler(event, LambdaContext())  # Lambda retries the same batch
 
     second = read_sinks(sinks)
-    # The stored state is as new as the redelivered readings: rewritten identically.
-    assert calls(faults, "BatchWriteItem") == 2
+    # The stored state is as new as the redelivered readings: rewritten identically, by one
+    # UPDATE call (the first run also INSERTed the new devices' state).
+    assert calls(faults, "BatchExecuteStatement") == 3
     drop = "updated_at"
     assert {d: {k: v for k, v in i.items() if k != drop} for d, i in second.state.items()} == {
         d: {k: v for k, v in i.items() if k != drop} for d, i in first.state.items()
@@ -351,7 +356,7 @@ def test_quarantine_bucket_is_the_archive_bucket(intercept, sinks) -> None:
 
 
 def test_failures_are_reported_by_sequence_number(intercept, faults, sinks) -> None:
-    faults.fail("dynamodb", "BatchWriteItem", "AccessDeniedException", times=None)
+    faults.fail("dynamodb", "BatchExecuteStatement", "AccessDeniedException", times=None)
     event = kinesis_event(message("d1"), b"junk", message("d2"))
     response = handler.lambda_handler(event, LambdaContext())
     sequences = [r["kinesis"]["sequenceNumber"] for r in event["Records"]]

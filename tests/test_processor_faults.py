@@ -8,6 +8,7 @@ would accept and answers the rest exactly as AWS does.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -38,148 +39,166 @@ def sequences_of(event: dict, device_id: str) -> set[str]:
 
 
 # --- DynamoDB -------------------------------------------------------------------------------
+# The state sink sends conditional PartiQL UPDATEs (INSERTs for new devices), 25 per
+# BatchExecuteStatement; AWS reports a throttled or failed statement in its own response's Error.
+
+
+def statement_device(statement: dict) -> str:
+    """The device a state statement writes (the UPDATE's key, or the INSERT's first value)."""
+    if statement["Statement"].startswith("UPDATE"):
+        return statement["Parameters"][-2]["S"]
+    return statement["Parameters"][0]["S"]
+
+
+def answer_statements(fail: Callable[[str], dict | None]):
+    """An answer that runs the statements `fail` lets through and answers the others with the
+    error it gives, in the order of the statements, as AWS does."""
+
+    def answer(params, forward):
+        statements = params["Statements"]
+        errors = [fail(statement_device(s)) for s in statements]
+        passed = [s for s, error in zip(statements, errors, strict=True) if error is None]
+        ran = iter(forward({"Statements": passed})["Responses"] if passed else [])
+        return {
+            "Responses": [
+                next(ran) if error is None else {"TableName": TABLE, "Error": error}
+                for error in errors
+            ]
+        }
+
+    return answer
 
 
 def test_device_state_throttling_is_retried(intercept, faults, sinks, capsys) -> None:
-    faults.fail("dynamodb", "BatchWriteItem", "ProvisionedThroughputExceededException", times=2)
+    faults.fail(
+        "dynamodb", "BatchExecuteStatement", "ProvisionedThroughputExceededException", times=2
+    )
     event = kinesis_event(*[message(f"d{i}") for i in range(10)])
 
     response = handler_call(event)
 
     assert response == {"batchItemFailures": []}
-    assert calls(faults, "BatchWriteItem") == 3
+    # Two throttled calls, then the UPDATEs (no item yet) and the INSERTs.
+    assert calls(faults, "BatchExecuteStatement") == 4
     assert outcomes(event, response, read_sinks(sinks)) == fates(written=10)
     assert emf_metrics(capsys.readouterr().out)["Retries"] == 2
 
 
-def test_unprocessed_items_are_retried(intercept, faults, sinks) -> None:
+def test_statements_throttled_one_by_one_are_retried(intercept, faults, sinks) -> None:
     event = kinesis_event(*[message(f"d{i:02d}") for i in range(30)])
+    throttled = {f"d{i:02d}" for i in range(10, 25)}
 
-    def accept_ten(params, forward):
-        items = params["RequestItems"][TABLE]
-        forward({"RequestItems": {TABLE: items[:10]}})
-        return {"UnprocessedItems": {TABLE: items[10:]}}
+    def once(device: str) -> dict | None:
+        if device not in throttled:
+            return None
+        throttled.discard(device)
+        return {"Code": "ProvisionedThroughputExceeded", "Message": "throughput exceeded"}
 
-    intercept.answer("dynamodb", "BatchWriteItem", accept_ten)
+    intercept.answer("dynamodb", "BatchExecuteStatement", answer_statements(once), times=100)
 
     response = handler_call(event)
 
     assert response == {"batchItemFailures": []}
-    # 25 (15 unprocessed) + 5, then the 15 again.
-    assert calls(faults, "BatchWriteItem") == 3
     found = read_sinks(sinks)
     assert len(found.state) == 30
     assert outcomes(event, response, found) == fates(written=30)
 
 
-def test_items_that_stay_unprocessed_are_reported_for_their_device(
-    intercept, faults, sinks
-) -> None:
-    event = kinesis_event(*[message(f"d{i}", seq=n) for n in range(2) for i in range(5)])
-
-    def never_d3(params, forward):
-        items = params["RequestItems"][TABLE]
-        stuck = [i for i in items if i["PutRequest"]["Item"]["device_id"]["S"] == "d3"]
-        forward({"RequestItems": {TABLE: [i for i in items if i not in stuck]}})
-        return {"UnprocessedItems": {TABLE: stuck} if stuck else {}}
-
-    intercept.answer("dynamodb", "BatchWriteItem", never_d3, times=100)
-
-    response = handler_call(event)
-
-    assert failed_sequence_numbers(response) == sequences_of(event, "d3")
-    assert outcomes(event, response, read_sinks(sinks)) == fates(failed=2, written=8)
-
-
-def test_a_hard_device_state_error_fails_fast(intercept, faults, sinks) -> None:
-    faults.fail("dynamodb", "BatchWriteItem", "ResourceNotFoundException", times=None)
-    event = kinesis_event(*[message(f"d{i}") for i in range(4)], b"junk")
-
-    response = handler_call(event)
-
-    assert calls(faults, "BatchWriteItem") == 1, "not retried"
-    assert outcomes(event, response, read_sinks(sinks)) == fates(failed=4, quarantined=1)
-
-
-def test_device_state_read_throttling_is_retried(intercept, faults, sinks, capsys) -> None:
-    faults.fail("dynamodb", "BatchGetItem", "ProvisionedThroughputExceededException", times=2)
-    event = kinesis_event(*[message(f"d{i}") for i in range(10)])
-
-    response = handler_call(event)
-
-    assert response == {"batchItemFailures": []}
-    assert calls(faults, "BatchGetItem") == 3
-    assert calls(faults, "BatchWriteItem") == 1
-    assert outcomes(event, response, read_sinks(sinks)) == fates(written=10)
-    assert emf_metrics(capsys.readouterr().out)["Retries"] == 2
-
-
-def test_unprocessed_keys_are_read_again_and_the_newer_state_kept(intercept, faults, sinks) -> None:
-    now = now_ms()
-    # Stored states newer than anything the batch carries, for every device.
-    handler_call(kinesis_event(*[message(f"d{i:02d}", ts=now - 1_000) for i in range(30)]))
-    faults.calls.clear()
-    event = kinesis_event(*[message(f"d{i:02d}", ts=now - 9_000) for i in range(30)])
-
-    def answer_ten(params, forward):
-        request = params["RequestItems"][TABLE]
-        keys = request["Keys"]
-        answer = forward({"RequestItems": {TABLE: {**request, "Keys": keys[:10]}}})
-        return {**answer, "UnprocessedKeys": {TABLE: {**request, "Keys": keys[10:]}}}
-
-    intercept.answer("dynamodb", "BatchGetItem", answer_ten)
-
-    response = handler_call(event)
-
-    assert response == {"batchItemFailures": []}
-    assert calls(faults, "BatchGetItem") == 2, "30 keys in one call, then the 20 unprocessed"
-    assert calls(faults, "BatchWriteItem") == 0, "no device was written back in time"
-    found = read_sinks(sinks)
-    assert all(item["ts"] == now - 1_000 for item in found.state.values())
-    assert outcomes(event, response, found) == fates(written=30)
-
-
-def test_a_device_whose_state_cannot_be_read_is_reported_not_written(
+def test_statements_that_stay_throttled_are_reported_for_their_device(
     intercept, faults, sinks
 ) -> None:
     now = now_ms()
     handler_call(kinesis_event(message("d3", ts=now - 1_000, metrics={"v": 1})))
-    faults.calls.clear()
     event = kinesis_event(
-        *[message(f"d{i}", ts=now - 9_000, seq=n) for n in range(2) for i in range(5)]
+        *[message(f"d{i}", ts=now - 500, seq=n) for n in range(2) for i in range(5)]
     )
 
-    def never_d3(params, forward):
-        request = params["RequestItems"][TABLE]
-        stuck = [k for k in request["Keys"] if k["device_id"]["S"] == "d3"]
-        rest = [k for k in request["Keys"] if k not in stuck]
-        answer = forward({"RequestItems": {TABLE: {**request, "Keys": rest}}}) if rest else {}
-        unprocessed = {TABLE: {**request, "Keys": stuck}} if stuck else {}
-        return {"Responses": answer.get("Responses", {}), "UnprocessedKeys": unprocessed}
+    def never_d3(device: str) -> dict | None:
+        return {"Code": "ThrottlingError", "Message": "slow down"} if device == "d3" else None
 
-    intercept.answer("dynamodb", "BatchGetItem", never_d3, times=100)
+    intercept.answer("dynamodb", "BatchExecuteStatement", answer_statements(never_d3), times=100)
 
     response = handler_call(event)
 
-    assert calls(faults, "BatchGetItem") == retry.MAX_ATTEMPTS
     assert failed_sequence_numbers(response) == sequences_of(event, "d3")
     found = read_sinks(sinks)
-    assert found.state["d3"]["ts"] == now - 1_000, "not overwritten blindly"
-    assert float(found.state["d3"]["metrics"]["v"]) == 1
+    assert found.state["d3"]["ts"] == now - 1_000, "not lost: reported, and redelivered later"
     assert outcomes(event, response, found) == fates(failed=2, written=8)
+    # The redelivery, once the throttling is over, writes d3's newer reading.
+    intercept.answers.clear()
+    redelivered = kinesis_event(*[message("d3", ts=now - 500, seq=1)])
+    assert handler_call(redelivered) == {"batchItemFailures": []}
+    assert read_sinks(sinks).state["d3"]["ts"] == now - 500
 
 
-def test_a_hard_device_state_read_error_fails_fast(intercept, faults, sinks) -> None:
-    faults.fail("dynamodb", "BatchGetItem", "AccessDeniedException", times=None)
+def test_a_hard_device_state_error_fails_fast(intercept, faults, sinks) -> None:
+    faults.fail("dynamodb", "BatchExecuteStatement", "ResourceNotFoundException", times=None)
     event = kinesis_event(*[message(f"d{i}") for i in range(4)], b"junk")
 
     response = handler_call(event)
 
-    assert calls(faults, "BatchGetItem") == 1, "not retried"
-    assert calls(faults, "BatchWriteItem") == 0
+    assert calls(faults, "BatchExecuteStatement") == 1, "not retried"
+    assert outcomes(event, response, read_sinks(sinks)) == fates(failed=4, quarantined=1)
+
+
+def test_a_statement_that_cannot_succeed_fails_its_device_only(intercept, faults, sinks) -> None:
+    event = kinesis_event(*[message(f"d{i}") for i in range(4)])
+
+    def invalid_d2(device: str) -> dict | None:
+        return {"Code": "ValidationError", "Message": "bad"} if device == "d2" else None
+
+    intercept.answer("dynamodb", "BatchExecuteStatement", answer_statements(invalid_d2), times=10)
+
+    response = handler_call(event)
+
+    assert failed_sequence_numbers(response) == sequences_of(event, "d2")
+    # UPDATEs, then the INSERTs of the three others: d2 is not retried.
+    assert calls(faults, "BatchExecuteStatement") == 2
+    assert outcomes(event, response, read_sinks(sinks)) == fates(failed=1, written=3)
+
+
+def test_a_first_state_created_meanwhile_is_updated_not_lost(intercept, faults, sinks) -> None:
+    """An INSERT whose answer is lost and is sent again finds the item: DuplicateItem, and the
+    reading goes in by an UPDATE."""
+    now = now_ms()
+    event = kinesis_event(*[message(f"d{i}", ts=now - 1_000, seq=i) for i in range(3)])
+
+    def insert_then_answer_duplicate(params, forward):
+        forward(params)
+        error = {"Code": "DuplicateItem", "Message": "Duplicate primary key exists in table"}
+        return {"Responses": [{"TableName": TABLE, "Error": error} for _ in params["Statements"]]}
+
+    # The first call's UPDATEs pass through; the INSERTs that follow are answered as duplicates.
+    intercept.answer("dynamodb", "BatchExecuteStatement", lambda params, forward: forward(params))
+    intercept.answer("dynamodb", "BatchExecuteStatement", insert_then_answer_duplicate)
+
+    response = handler_call(event)
+
+    assert response == {"batchItemFailures": []}
+    # UPDATE (no item), INSERT (answered as duplicate), UPDATE (the tie is written).
+    assert calls(faults, "BatchExecuteStatement") == 3
     found = read_sinks(sinks)
-    assert found.state == {}
-    assert outcomes(event, response, found) == fates(failed=4, quarantined=1)
+    assert {d: item["seq"] for d, item in found.state.items()} == {"d0": 0, "d1": 1, "d2": 2}
+    assert outcomes(event, response, found) == fates(written=3)
+
+
+def test_an_older_reading_refused_by_the_condition_stays_refused_when_retried(
+    intercept, faults, sinks
+) -> None:
+    now = now_ms()
+    handler_call(kinesis_event(*[message(f"d{i}", ts=now - 1_000) for i in range(3)]))
+    faults.calls.clear()
+    # The whole call is throttled once: the retry still refuses every older reading.
+    faults.fail("dynamodb", "BatchExecuteStatement", "ThrottlingException", times=1)
+    event = kinesis_event(*[message(f"d{i}", ts=now - 9_000) for i in range(3)])
+
+    response = handler_call(event)
+
+    assert response == {"batchItemFailures": []}
+    assert calls(faults, "BatchExecuteStatement") == 2
+    found = read_sinks(sinks)
+    assert all(item["ts"] == now - 1_000 for item in found.state.values())
+    assert outcomes(event, response, found) == fates(written=3)
 
 
 # --- Timestream -----------------------------------------------------------------------------

@@ -196,21 +196,12 @@ def specs_for(names: Names, config: Config) -> list[AlarmSpec]:
         ),
         AlarmSpec(
             "device-state-throttled-requests",
+            # The processor writes device state with PartiQL batches (no reads); WriteThrottleEvents
+            # above counts each throttled write, this each wholly throttled batch.
             "Batch writes to the device-state table are throttled.",
             "AWS/DynamoDB",
             "ThrottledRequests",
-            {"TableName": names.device_state_table, "Operation": "BatchWriteItem"},
-            "Sum",
-            0,
-        ),
-        AlarmSpec(
-            "device-state-read-throttled",
-            # ThrottledRequests counts a BatchGetItem only when every read in it is throttled;
-            # ReadThrottleEvents counts each throttled read.
-            "The processor's reads of stored device state (BatchGetItem) are throttled.",
-            "AWS/DynamoDB",
-            "ReadThrottleEvents",
-            {"TableName": names.device_state_table},
+            {"TableName": names.device_state_table, "Operation": "BatchExecuteStatement"},
             "Sum",
             0,
         ),

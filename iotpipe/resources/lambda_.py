@@ -199,12 +199,13 @@ def processor_role(ctx: StackContext) -> ServiceRole:
         ),
         # kinesis:ListStreams has no resource-level permission: AWS accepts only "*".
         allow(["kinesis:ListStreams"], ["*"], "ListStreams"),
-        # The processor reads each device's stored ts, then writes only newer readings: BatchGetItem
-        # and BatchWriteItem, nothing else (see docs/PROCESSOR.md).
+        # The processor writes each device's newest reading with a PartiQL UPDATE conditioned on
+        # the stored ts, and INSERTs a device's first state (BatchExecuteStatement authorizes each
+        # statement by its verb), nothing else (see docs/PROCESSOR.md).
         allow(
-            ["dynamodb:BatchGetItem", "dynamodb:BatchWriteItem"],
+            ["dynamodb:PartiQLInsert", "dynamodb:PartiQLUpdate"],
             [names.device_state_table_arn],
-            "ReadWriteDeviceState",
+            "WriteDeviceState",
         ),
         allow(
             ["firehose:PutRecordBatch"],

@@ -1,9 +1,8 @@
 """Lambda entry point: decode -> validate -> route -> write in batches -> partial batch response.
 
 Powertools' BatchProcessor calls a handler once per record; our sinks are written in batches
-across records (100 devices per BatchGetItem and 25 per BatchWriteItem, 100 records per
-WriteRecords, many readings per Firehose record), so the handler builds the same
-`batchItemFailures` response itself.
+across records (25 devices per BatchExecuteStatement, 100 records per WriteRecords, many readings
+per Firehose record), so the handler builds the same `batchItemFailures` response itself.
 """
 
 from __future__ import annotations

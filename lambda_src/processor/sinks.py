@@ -22,7 +22,6 @@ from processor.settings import Settings
 from processor.validate import Reading
 
 DYNAMODB_BATCH_ITEMS = 25
-DYNAMODB_BATCH_GET_KEYS = 100
 TIMESTREAM_BATCH_RECORDS = 100
 FIREHOSE_BATCH_RECORDS = 500
 FIREHOSE_BATCH_BYTES = 4 * 1024 * 1024
@@ -127,17 +126,31 @@ def _latest_key(reading: Reading) -> tuple[int, int, int, int]:
 
 # --- device state ---------------------------------------------------------------------------
 
+# BatchStatementError codes (DynamoDB API reference) that may clear on a retry; every other code
+# but the two the sink acts on (ConditionalCheckFailed, DuplicateItem) fails its statement.
+RETRYABLE_STATEMENT_CODES = frozenset(
+    {
+        "ProvisionedThroughputExceeded",
+        "ThrottlingError",
+        "RequestLimitExceeded",
+        "InternalServerError",
+        "TransactionConflict",
+    }
+)
+# The state item's attributes besides the key, in statement order; `seq` is optional.
+STATE_ATTRIBUTES = ("ts", "received_at", "metrics", "expires_at", "updated_at", "seq")
+
 
 def write_device_state(
     readings: list[Reading], settings: Settings, budget: Budget, now_ms: int
 ) -> SinkReport:
     """Each device's newest reading of the batch, unless the stored state is newer.
 
-    Read-then-write: one strongly consistent BatchGetItem per 100 devices fetches the stored `ts`,
-    then BatchWriteItem (25 per call) writes only the devices whose newest reading is at least as
-    new. No condition is needed because each device has a single writer: its readings share one
-    partition key, hence one shard, whose batches Lambda processes one at a time and in order, so
-    nothing writes the item between our read and our write. See docs/PROCESSOR.md.
+    One PartiQL UPDATE per device, conditioned on the stored `ts` being at most the reading's,
+    25 to a BatchExecuteStatement: DynamoDB itself keeps an older reading from overwriting a
+    newer one, so no read comes first. An UPDATE never creates an item: a device with no state
+    yet fails its condition without an existing item and gets an INSERT in a second call of the
+    same round. See docs/PROCESSOR.md.
     """
     report = SinkReport("device_state")
     newest: dict[str, Reading] = {}
@@ -149,82 +162,101 @@ def write_device_state(
             newest[reading.device_id] = reading
     table = settings.device_state_table
     dynamodb = clients.client("dynamodb")
-
-    stored_ts = _read_stored_ts(dynamodb, table, members, budget, report)
     expiry_seconds = settings.device_state_ttl_days * 86_400
-    items = []
-    for device_id, reading in newest.items():
-        if not report.failed.isdisjoint(members[device_id]):
-            continue  # its stored state could not be read: reported, not written blindly
-        stored = stored_ts.get(device_id)
-        # Ties are written: a redelivered reading is rewritten as the same item (only
-        # `updated_at` changes).
-        if stored is not None and reading.ts < stored:
-            report.skipped_older += len(members[device_id])
-            continue
-        items.append(
-            Item(
-                members=members[device_id],
-                payload={"PutRequest": {"Item": _state_item(reading, expiry_seconds, now_ms)}},
-                key=device_id,
-            )
+    items = [
+        Item(
+            members=members[device_id],
+            payload=_state_item(reading, expiry_seconds, now_ms),
+            key=device_id,
         )
+        for device_id, reading in newest.items()
+    ]
+    # Devices found to have no state item (their next statement is an INSERT), and devices
+    # whose stored state is newer.
+    absent: set[str] = set()
+    newer: set[str] = set()
+
+    def run(chunk: list[Item]) -> list[tuple[Item, dict[str, Any]]]:
+        statements = [
+            _insert_statement(table, item.payload)
+            if item.key in absent
+            else _update_statement(table, item.payload)
+            for item in chunk
+        ]
+        response = dynamodb.batch_execute_statement(Statements=statements)
+        # One response per statement, in the order of the statements.
+        return list(zip(chunk, response["Responses"], strict=True))
 
     def send(chunk: list[Item]) -> list[Item]:
-        by_device = {item.key: item for item in chunk}
-        response = dynamodb.batch_write_item(RequestItems={table: [item.payload for item in chunk]})
-        unprocessed = response.get("UnprocessedItems", {}).get(table, [])
-        if unprocessed:
-            report.errors["UnprocessedItems"] += len(unprocessed)
-        return [by_device[u["PutRequest"]["Item"]["device_id"]["S"]] for u in unprocessed]
+        again: list[Item] = []
+        inserts: list[Item] = []
+        for item, result in run(chunk):
+            error = result.get("Error")
+            if not error:
+                continue
+            code = str(error.get("Code", ""))
+            if code == "ConditionalCheckFailed" and "Item" in error:
+                # The stored state is newer: the readings are covered by it.
+                newer.add(item.key)
+            elif code == "ConditionalCheckFailed" and item.key not in absent:
+                absent.add(item.key)
+                inserts.append(item)
+            elif code == "DuplicateItem":
+                # Created since (an earlier INSERT whose answer was lost): update it instead.
+                absent.discard(item.key)
+                again.append(item)
+            elif code in RETRYABLE_STATEMENT_CODES:
+                report.errors[code] += 1
+                again.append(item)
+            else:
+                report.errors[code or "StatementFailed"] += 1
+                _fail(report, [item])
+        if inserts:
+            # First states go in the same round: a second call, not a retry.
+            report.calls += 1
+            try:
+                again.extend(send(inserts))
+            except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+                report.errors[error_code(exc)] += 1
+                if is_retryable(exc):
+                    again.extend(inserts)
+                else:
+                    _fail(report, inserts)
+        return again
 
     deliver(items, fixed_chunks(DYNAMODB_BATCH_ITEMS), send, budget, report)
-    # Every reading of a device whose read and (needed) write succeeded is covered by the state,
-    # including the ones skipped because the stored state is newer.
+    # Every reading of a device whose write succeeded or found a newer state is covered.
     report.written = sum(
         len(positions) for positions in members.values() if report.failed.isdisjoint(positions)
+    )
+    report.skipped_older = sum(
+        len(members[device]) for device in newer if report.failed.isdisjoint(members[device])
     )
     return report
 
 
-def _read_stored_ts(
-    dynamodb: Any,
-    table: str,
-    members: dict[str, list[int]],
-    budget: Budget,
-    report: SinkReport,
-) -> dict[str, int]:
-    """The stored `ts` of each device that has a state item; devices not read end in `failed`.
+def _update_statement(table: str, item: dict[str, Any]) -> dict[str, Any]:
+    """UPDATE of every state attribute, only where the stored `ts` is not newer (ties are
+    written: a redelivered reading rewrites the same item)."""
+    present = [name for name in STATE_ATTRIBUTES if name in item]
+    changes = [f'SET "{name}" = ?' for name in present]
+    changes += [f'REMOVE "{name}"' for name in STATE_ATTRIBUTES if name not in item]
+    return {
+        "Statement": f'UPDATE "{table}" {" ".join(changes)} WHERE "device_id" = ? AND "ts" <= ?',
+        "Parameters": [item[name] for name in present] + [item["device_id"], item["ts"]],
+        # The stored item comes back when the condition fails: newer state, or no state at all.
+        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+    }
 
-    Strongly consistent: an eventually consistent read could miss the previous batch's write and
-    let an older reading overwrite it."""
-    stored: dict[str, int] = {}
-    keys = [
-        Item(members=positions, payload={"device_id": {"S": device_id}}, key=device_id)
-        for device_id, positions in members.items()
-    ]
 
-    def send(chunk: list[Item]) -> list[Item]:
-        by_device = {item.key: item for item in chunk}
-        response = dynamodb.batch_get_item(
-            RequestItems={
-                table: {
-                    "Keys": [item.payload for item in chunk],
-                    "ConsistentRead": True,
-                    "ProjectionExpression": "device_id, ts",
-                }
-            }
-        )
-        for found in response.get("Responses", {}).get(table, []):
-            if "ts" in found:
-                stored[found["device_id"]["S"]] = int(found["ts"]["N"])
-        unprocessed = response.get("UnprocessedKeys", {}).get(table, {}).get("Keys", [])
-        if unprocessed:
-            report.errors["UnprocessedKeys"] += len(unprocessed)
-        return [by_device[key["device_id"]["S"]] for key in unprocessed]
-
-    deliver(keys, fixed_chunks(DYNAMODB_BATCH_GET_KEYS), send, budget, report)
-    return stored
+def _insert_statement(table: str, item: dict[str, Any]) -> dict[str, Any]:
+    """INSERT of a device's first state; fails with DuplicateItem if one exists by now."""
+    names = ["device_id", *(name for name in STATE_ATTRIBUTES if name in item)]
+    pairs = ", ".join(f"'{name}': ?" for name in names)
+    return {
+        "Statement": f'INSERT INTO "{table}" VALUE {{{pairs}}}',
+        "Parameters": [item[name] for name in names],
+    }
 
 
 def _state_item(reading: Reading, expiry_seconds: int, now_ms: int) -> dict[str, Any]:

@@ -11,6 +11,8 @@ A rule is a function registered for a (service, operation) pair:
   `AwsRefusal(code, message)`, which the emulator answers in the service's own wire protocol.
 - `@after("kinesis", "DeleteStream")` runs after a successful reply; it may record what happened
   (a deletion time) or return a changed reply body (a status AWS shows and moto does not).
+- `@answer("dynamodb", "BatchExecuteStatement")` replies in moto's place, for an operation moto
+  does not emulate as AWS runs it; it returns the reply body (or raises `AwsRefusal`).
 
 Time-based rules read `clock`, which the tests control. It follows real time, and the code's own
 waits: `IOTPIPE_RETRY_SCALE` shortens every retry and wait sleep of the code (tests set 0.01), and
@@ -122,6 +124,8 @@ class Call:
 BeforeRule = Callable[[Call], None]
 # Returns a replacement reply body, or None to keep moto's.
 AfterRule = Callable[[Call, dict[str, Any]], dict[str, Any] | None]
+# Returns the reply body; moto does not handle the request.
+AnswerRule = Callable[[Call], dict[str, Any]]
 
 
 def _rule_table() -> defaultdict[tuple[str, str], list[Any]]:
@@ -132,10 +136,11 @@ def _rule_table() -> defaultdict[tuple[str, str], list[Any]]:
 class Registry:
     before: dict[tuple[str, str], list[BeforeRule]] = field(default_factory=_rule_table)
     after: dict[tuple[str, str], list[AfterRule]] = field(default_factory=_rule_table)
+    answers: dict[tuple[str, str], AnswerRule] = field(default_factory=dict)
     enabled: bool = True
 
     def watches(self, key: tuple[str, str]) -> bool:
-        return self.enabled and (key in self.before or key in self.after)
+        return self.enabled and (key in self.before or key in self.after or key in self.answers)
 
 
 registry = Registry()
@@ -156,6 +161,14 @@ def after(service: str, *operations: str) -> Callable[[AfterRule], AfterRule]:
     def register(rule: AfterRule) -> AfterRule:
         for operation in operations:
             registry.after[(service, operation)].append(rule)
+        return rule
+
+    return register
+
+
+def answer(service: str, operation: str) -> Callable[[AnswerRule], AnswerRule]:
+    def register(rule: AnswerRule) -> AnswerRule:
+        registry.answers[(service, operation)] = rule
         return rule
 
     return register
@@ -208,6 +221,14 @@ def install() -> None:
                 rule(call)
         except AwsRefusal as refusal:
             return _refuse(response, refusal)
+        answering = registry.answers.get(key)
+        if answering is not None:
+            try:
+                reply = answering(call)
+            except AwsRefusal as refusal:
+                return _refuse(response, refusal)
+            headers, body = response._enrich_response(response.response_headers, json.dumps(reply))
+            return 200, headers, body
         status, headers, body = original(response)
         rules = registry.after.get(key, [])
         if rules and 200 <= int(status) < 300:
