@@ -171,13 +171,35 @@ class StackSection(_Section):
         return region
 
 
+# AWS IoT Core's largest message (its service quotas): a batched message must fit.
+IOT_MESSAGE_BYTES = 128 * 1024
+
+
 class VolumeSection(_Section):
     readings_per_day: int = Field(500_000, ge=1, le=100_000_000_000)
     devices: int = Field(1_000, ge=1, le=10_000_000)
-    bytes_per_reading: int = Field(300, ge=16, le=128 * 1024)
+    bytes_per_reading: int = Field(300, ge=16, le=IOT_MESSAGE_BYTES)
     peak_factor: float = Field(
         10.0, ge=1.0, le=1_000.0, description="peak-to-average ratio of the ingest rate"
     )
+    # 1: each reading is sent as it is taken. More: devices send their readings in batches
+    # ({"readings": [...]}, see docs/PROCESSOR.md), which divides the IoT rule, rule action and
+    # Kinesis record charges, at the price of a reading waiting for its message to fill.
+    readings_per_message: int = Field(
+        1, ge=1, le=IOT_MESSAGE_BYTES // 16, description="readings a device sends in one message"
+    )
+
+    @model_validator(mode="after")
+    def _a_message_fits_iot_core(self) -> VolumeSection:
+        size = self.readings_per_message * self.bytes_per_reading
+        if size > IOT_MESSAGE_BYTES:
+            most = IOT_MESSAGE_BYTES // self.bytes_per_reading
+            raise ValueError(
+                f"readings_per_message ({self.readings_per_message}) x bytes_per_reading "
+                f"({self.bytes_per_reading}) is {size:,} bytes, over AWS IoT Core's "
+                f"{IOT_MESSAGE_BYTES:,}-byte message limit; send at most {most} readings a message"
+            )
+        return self
 
 
 class StreamSection(_Section):
@@ -519,14 +541,19 @@ class Sizing(BaseModel):
         peak = average * volume.peak_factor
         peak_bytes = peak * volume.bytes_per_reading
         spare = 1.0 + stream.headroom
-        for_records = math.ceil(peak * spare / SHARD_RECORDS_PER_SECOND)
+        # One Kinesis record per device message: several readings with device-side batching.
+        records_per_day = volume.readings_per_day / volume.readings_per_message
+        peak_records = peak / volume.readings_per_message
+        for_records = math.ceil(peak_records * spare / SHARD_RECORDS_PER_SECOND)
         for_bytes = math.ceil(peak_bytes * spare / SHARD_BYTES_PER_SECOND)
         shards = stream.shards or max(1, for_records, for_bytes)
         processor = config.processor
         # A batch never waits for more records than one window of average traffic per shard brings.
-        per_shard_per_window = average / shards * max(processor.batching_window_seconds, 1)
+        per_shard_per_window = (
+            records_per_day / SECONDS_PER_DAY / shards * max(processor.batching_window_seconds, 1)
+        )
         batches = max(
-            volume.readings_per_day / processor.batch_size,
+            records_per_day / processor.batch_size,
             SECONDS_PER_DAY / max(processor.batching_window_seconds, 1) * shards
             if per_shard_per_window < processor.batch_size
             else 0,

@@ -165,6 +165,8 @@ class Choices:
     # The alternative to a write conditioned on the stored timestamp: read it first.
     state_read_before_write: bool
     state_capacity: Literal["provisioned", "on_demand"]
+    # Readings a device sends in one message (1: each as it is taken).
+    readings_per_message: int
     architecture: Literal["arm64", "x86_64"]
     crawler_runs_per_day: float
     # "chosen": the processor emits the custom metrics the config lists; "all": every one.
@@ -180,6 +182,7 @@ class Choices:
             state_write_per_device=True,
             state_read_before_write=False,
             state_capacity=config.device_state.capacity,
+            readings_per_message=config.volume.readings_per_message,
             architecture=config.processor.architecture,
             crawler_runs_per_day=crawler_runs_per_day(config.catalog.crawler_schedule),
             custom_metrics="chosen",
@@ -194,6 +197,7 @@ class Choices:
             state_write_per_device=False,
             state_read_before_write=False,
             state_capacity="on_demand",
+            readings_per_message=1,
             architecture="x86_64",
             crawler_runs_per_day=24,
             custom_metrics="all",
@@ -255,6 +259,17 @@ OPTIMISATIONS: tuple[Optimisation, ...] = (
         "a steady load costs less as capacity kept at the target utilisation by auto scaling "
         "(with its alarms) than per request",
     ),
+    Optimisation(
+        "device-side batching",
+        "readings_per_message",
+        # A message of this many readings (the config's, or as many as fill one 5 KB increment
+        # of IoT metering): see `batching_readings`.
+        None,
+        1,
+        "devices send {n} readings a message: IoT rules and actions are metered per 5 KB "
+        "message and Kinesis per record, so the readings share one charge; off by default, "
+        "since a reading then waits for its message to fill",
+    ),
     Optimisation("arm64 processor", "architecture", "arm64", "x86_64", "Graviton GB-second price"),
     Optimisation(
         "weekly crawler",
@@ -302,6 +317,9 @@ class Assumptions:
             "price, with AWS's Always Free allowances (per account or organization, shared with "
             "everything else it runs) shown apart; 12-month free tiers and credits are ignored",
             "every device stays connected all month",
+            f"a device sends {config.volume.readings_per_message} reading"
+            f"{'s' if config.volume.readings_per_message != 1 else ''} a message (one Kinesis "
+            "record)",
             "a reading is bytes_per_reading long everywhere it travels (message, Kinesis record, "
             "DynamoDB item, Timestream record, archive line)",
             f"a processor invocation lasts {self.processor_ms_per_batch:g} ms plus "
@@ -436,6 +454,12 @@ def estimate(
     """Price one month of `config`'s volume with the given design choices."""
     a = assumptions or Assumptions()
     p = prices
+    if choices.readings_per_message != config.volume.readings_per_message:
+        # Another message size means other record counts, so other derived sizes too.
+        volume = config.volume.model_copy(
+            update={"readings_per_message": choices.readings_per_message}
+        )
+        config = config.model_copy(update={"volume": volume})
     volume, sizing = config.volume, config.sizing
     size = volume.bytes_per_reading
     readings = volume.readings_per_day * DAYS_PER_MONTH
@@ -456,9 +480,12 @@ def estimate(
     ) -> None:
         items.append(LineItem(service, item, qty, unit, price, qty / per * price, note, per, meter))
 
-    # IoT Core: messages, rules and actions are metered in 5 KB increments.
+    # IoT Core: messages, rules and actions are metered in 5 KB increments. A message carries
+    # `readings_per_message` readings, and is one Kinesis record.
     iot = "IoT Core"
-    metered = readings * math.ceil(size / p("iot_core", "message_bytes_increment"))
+    messages = readings / volume.readings_per_message
+    message_bytes = size * volume.readings_per_message
+    metered = messages * math.ceil(message_bytes / p("iot_core", "message_bytes_increment"))
     if choices.basic_ingest:
         add(iot, "messaging (Basic Ingest)", metered, "messages", 0.0, 1, "no messaging charge")
     else:
@@ -498,7 +525,7 @@ def estimate(
         add(
             kinesis,
             "PUT payload units (25 KB)",
-            readings * math.ceil(size / p("kinesis", "put_payload_unit_bytes")),
+            messages * math.ceil(message_bytes / p("kinesis", "put_payload_unit_bytes")),
             "units",
             p("kinesis", "put_payload_units_per_million"),
             1e6,
@@ -511,7 +538,8 @@ def estimate(
             "stream-hours",
             p("kinesis", "on_demand_stream_hour"),
         )
-        gb = readings * round_up(size, p("kinesis", "on_demand_record_bytes_increment")) / GB
+        increment = p("kinesis", "on_demand_record_bytes_increment")
+        gb = messages * round_up(message_bytes, increment) / GB
         add(kinesis, "data ingested", gb, "GB", p("kinesis", "on_demand_ingested_per_gb"))
         add(kinesis, "data retrieved", gb, "GB", p("kinesis", "on_demand_retrieved_per_gb"))
 
@@ -859,21 +887,25 @@ def cost_report(
     configured = estimate(config, prices, chosen, a)
     savings = []
     for opt in OPTIMISATIONS:
-        with_opt = estimate(config, prices, replace(chosen, **{opt.field: opt.optimised}), a)
+        optimised = opt.optimised
+        if opt.field == "readings_per_message":
+            optimised = batching_readings(config, prices)
+        with_opt = estimate(config, prices, replace(chosen, **{opt.field: optimised}), a)
         without = estimate(config, prices, replace(chosen, **{opt.field: opt.naive}), a)
-        in_use = (
-            chosen.crawler_runs_per_day <= opt.optimised
-            if opt.field == "crawler_runs_per_day"
-            else getattr(chosen, opt.field) == opt.optimised
-        )
+        if opt.field == "crawler_runs_per_day":
+            in_use = chosen.crawler_runs_per_day <= optimised
+        elif opt.field == "readings_per_message":
+            in_use = chosen.readings_per_message > 1
+        else:
+            in_use = getattr(chosen, opt.field) == optimised
         savings.append(
             Saving(
                 optimisation=opt.name,
-                optimised=opt.optimised,
+                optimised=optimised,
                 naive=opt.naive,
                 in_use=in_use,
                 monthly_saving=round(without.total - with_opt.total, 2),
-                why=opt.why,
+                why=opt.why.format(n=optimised),
             )
         )
     return CostReport(
@@ -891,6 +923,15 @@ def cost_report(
         savings=savings,
         assumptions=a.notes(config),
     )
+
+
+def batching_readings(config: Config, prices: Prices) -> int:
+    """Readings a message for device-side batching: the config's, or (when it sends one a
+    message) as many as fill one 5 KB increment of IoT Core's metering."""
+    if config.volume.readings_per_message > 1:
+        return config.volume.readings_per_message
+    increment = prices("iot_core", "message_bytes_increment")
+    return max(2, increment // config.volume.bytes_per_reading)
 
 
 def monthly_estimate(config: Config) -> Estimate:

@@ -4,7 +4,8 @@
 humidity moving against it, a battery draining slowly, one reading a minute ending at the present
 (never in the future: the processor quarantines a reading stamped ahead of its clock); it can mix
 in malformed messages (bad JSON, missing metrics, non-finite values, timestamps in the future) for
-the quarantine to catch.
+the quarantine to catch. A device may send its readings one a message, or several a message
+(`{"readings": [...]}`, the message contract's batched shape); malformed ones always go alone.
 
 Publishers:
 - `MqttPublisher`, for AWS: one MQTT connection per device over TLS on port 8883, authenticated
@@ -336,7 +337,8 @@ class MqttPublisher:
 
 @dataclass
 class SimulationResult:
-    sent: int = 0  # each one acknowledged by the endpoint (QoS 1 PUBACK, or the HTTP answer)
+    sent: int = 0  # readings, each in a message the endpoint acknowledged (PUBACK, HTTP answer)
+    messages: int = 0  # messages published: fewer than `sent` when devices batch readings
     malformed: int = 0
     seconds: float = 0.0
     # Readings stamped after the moment they were sent: the processor would quarantine them.
@@ -350,6 +352,7 @@ class SimulationResult:
     def to_dict(self) -> dict[str, Any]:
         found: dict[str, Any] = {
             "sent": self.sent,
+            "messages": self.messages,
             "malformed": self.malformed,
             "future": self.future,
             "seconds": round(self.seconds, 2),
@@ -362,7 +365,10 @@ class SimulationResult:
     def summary(self, target: str) -> str:
         """One line: what was sent, what the endpoint took, and what the pipeline showed."""
         valid = self.sent - self.malformed
-        line = f"sent {self.sent:,} readings in {self.seconds:.1f} s; {target} accepted all"
+        batched = f" in {self.messages:,} messages" if self.messages != self.sent else ""
+        line = (
+            f"sent {self.sent:,} readings{batched} in {self.seconds:.1f} s; {target} accepted all"
+        )
         if self.malformed:
             line += f" ({self.malformed:,} malformed on purpose, for the quarantine)"
         line += f"; {'none' if not self.future else f'{self.future:,}'} stamped in the future"
@@ -385,24 +391,45 @@ def simulate(
     rate: float | None = None,
     seed: int = 7,
     on_sent: Callable[[int], None] | None = None,
+    readings_per_message: int = 1,
 ) -> SimulationResult:
-    """Publish `readings` readings from `devices`, at most `rate` per second."""
+    """Publish `readings` readings from `devices`, at most `rate` per second, each device
+    `readings_per_message` of them in one message (its last message may hold fewer)."""
     by_name = {d.thing_name: d for d in devices}
     generator = ReadingGenerator(list(by_name), seed=seed)
     pacer = Pacer(rate)
     result = SimulationResult()
+    waiting: dict[str, list[Reading]] = {}
     started = time.monotonic()
-    try:
-        for reading in generator.readings(readings):
-            pacer.wait()
-            publisher.publish(reading.thing, by_name[reading.thing].topic, reading.payload)
+
+    def send(thing: str, batch: list[Reading]) -> None:
+        if readings_per_message == 1 or batch[0].malformed is not None:
+            payload = batch[0].payload
+        else:
+            payload = json.dumps({"readings": [json.loads(r.payload) for r in batch]}).encode()
+        publisher.publish(thing, by_name[thing].topic, payload)
+        result.messages += 1
+        for reading in batch:
             result.sent += 1
             result.malformed += reading.malformed is not None
             result.future += reading.ts > int(time.time() * 1000)
             if reading.malformed is None:
-                result.newest[reading.thing] = max(reading.ts, result.newest.get(reading.thing, 0))
+                result.newest[thing] = max(reading.ts, result.newest.get(thing, 0))
             if on_sent is not None:
                 on_sent(result.sent)
+
+    try:
+        for reading in generator.readings(readings):
+            pacer.wait()
+            if readings_per_message == 1 or reading.malformed is not None:
+                send(reading.thing, [reading])
+                continue
+            batch = waiting.setdefault(reading.thing, [])
+            batch.append(reading)
+            if len(batch) == readings_per_message:
+                send(reading.thing, waiting.pop(reading.thing))
+        for thing, batch in list(waiting.items()):
+            send(thing, batch)
     finally:
         publisher.close()
     result.seconds = time.monotonic() - started
@@ -410,6 +437,9 @@ def simulate(
 
 
 CONFIRM_POLL_SECONDS = 0.5
+# The device state's read capacity is small (one unit by default, the processor reads nothing):
+# keys DynamoDB leaves unprocessed are asked again after a pause, not at once.
+UNPROCESSED_WAIT_SECONDS = 0.2
 
 
 def confirm_device_state(
@@ -446,6 +476,8 @@ def confirm_device_state(
                     thing, ts = item["device_id"]["S"], int(item.get("ts", {}).get("N", 0))
                     confirmed += ts >= result.newest.get(thing, 0)
                 pending = found.get("UnprocessedKeys") or {}
+                if pending:
+                    sleep(UNPROCESSED_WAIT_SECONDS)
         if on_poll is not None:
             on_poll(confirmed)
         elapsed = time.monotonic() - started

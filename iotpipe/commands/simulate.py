@@ -33,6 +33,15 @@ def simulate(
             "Amazon Root CA 1).",
         ),
     ] = None,
+    readings_per_message: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=1000,
+            help="Readings each device sends in one message (default: [volume] "
+            "readings_per_message; 1 sends each reading as it is taken).",
+        ),
+    ] = None,
 ) -> None:
     """Send readings: over MQTT/TLS with each device's certificate to AWS IoT Core, or to the
     emulator's IoT data plane when --endpoint-url / AWS_ENDPOINT_URL points at one."""
@@ -69,10 +78,19 @@ def simulate(
         publisher = MqttPublisher(devices, ca_file=ca_file)
         target = f"{devices[0].endpoint}:{devices[0].port} over MQTT/TLS"
         accepted_by = "AWS IoT Core"  # each publish waited for its PUBACK
+    # Devices batch as the config says (publishing over MQTT needs no config file).
+    per_message = readings_per_message or (
+        app.config.volume.readings_per_message if app.config_path.is_file() else 1
+    )
     out.info(f"sending {readings:,} readings from {len(devices)} device(s) to {target}")
     with out.progress("publishing", total=readings) as progress:
         result = run_simulation(
-            devices, publisher, readings=readings, rate=rate, on_sent=lambda _: progress.advance()
+            devices,
+            publisher,
+            readings=readings,
+            rate=rate,
+            on_sent=lambda _: progress.advance(),
+            readings_per_message=per_message,
         )
     if endpoint and result.newest:
         # The emulator's pipeline (`local serve`) can be asked what it made of the readings;

@@ -89,9 +89,13 @@ def _validate(records: list[dict[str, Any]], now_ms: int) -> tuple[list[Reading]
     invalid: dict[int, str] = {}
     for position, record in enumerate(records):
         try:
-            readings.append(decode(position, record, window))
+            valid, problems = decode(position, record, window)
         except Invalid as exc:
-            invalid[position] = str(exc)
+            valid, problems = [], [str(exc)]
+        readings.extend(valid)
+        if problems:
+            # A batched message's valid readings go on; the record is quarantined for the rest.
+            invalid[position] = "; ".join(problems)
             # Reasons may quote parts of a payload: kept out of INFO logs.
             logger.debug(
                 "invalid reading",

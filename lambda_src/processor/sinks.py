@@ -118,10 +118,11 @@ def fixed_chunks(size: int) -> Callable[[list[Item]], Iterator[list[Item]]]:
     return chunks
 
 
-def _latest_key(reading: Reading) -> tuple[int, int, int, int]:
-    # Newest by device time, then sequence, then arrival; position breaks exact ties.
+def _latest_key(reading: Reading) -> tuple[int, int, int, int, int]:
+    # Newest by device time, then sequence, then arrival; position (in the batch, then in a
+    # batched message) breaks exact ties.
     seq = -1 if reading.seq is None else reading.seq
-    return (reading.ts, seq, reading.received_at, reading.index)
+    return (reading.ts, seq, reading.received_at, reading.index, reading.part)
 
 
 # --- device state ---------------------------------------------------------------------------
@@ -310,9 +311,10 @@ def write_time_series(
         key = (reading.device_id, reading.ts)
         members.setdefault(key, []).append(reading.index)
         current = winners.get(key)
-        if current is None or (reading.received_at, reading.index) > (
+        if current is None or (reading.received_at, reading.index, reading.part) > (
             current.received_at,
             current.index,
+            current.part,
         ):
             winners[key] = reading
     items = [

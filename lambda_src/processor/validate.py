@@ -1,9 +1,13 @@
-"""Decode a Kinesis record into a Reading, or say precisely why it is invalid.
+"""Decode a Kinesis record into its readings, or say precisely why they are invalid.
 
 A record's data is the device message plus `device_id` and `received_at`, added by the IoT rule
 (`SELECT *, topic(3) AS device_id, timestamp() AS received_at`). Who published is taken from the
 record's partition key, which the rule's Kinesis action sets to `${topic(3)}`: the device policy
 lets a device publish only to its own topic, while the message body is whatever it chose to send.
+
+A message is one reading (`ts`, `seq`, `metrics` at its top) or, sent by a device that batches,
+several: `{"readings": [{"ts": ..., "seq": ..., "metrics": {...}}, ...]}`. Each reading of a batch
+is validated on its own: the valid ones go on, and the record is quarantined for the others.
 """
 
 from __future__ import annotations
@@ -35,6 +39,11 @@ FUTURE_TOLERANCE_MS = 15 * 60 * 1000
 DYNAMODB_MAX = 1e126
 DYNAMODB_MIN = 1e-130
 KNOWN_FIELDS = frozenset({"device_id", "ts", "seq", "received_at", "metrics"})
+# A batched message: its readings, and the fields of one reading (the rest is the reading's extra).
+READINGS_FIELD = "readings"
+READING_FIELDS = frozenset({"ts", "seq", "metrics"})
+# Set by the IoT rule for the whole message: never a reading's own.
+MESSAGE_FIELDS = frozenset({"device_id", "received_at"})
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
@@ -48,6 +57,7 @@ class Reading:
     received_at: int  # epoch ms, from the IoT rule
     metrics: dict[str, float]
     extra: dict[str, Any] | None  # unknown top-level fields of the device message
+    part: int = 0  # position in a batched message (0 for a single reading)
 
 
 class Invalid(Exception):
@@ -69,8 +79,9 @@ class Window:
         return cls(oldest_ms=PLAUSIBLE_SINCE_MS, newest_ms=now_ms + FUTURE_TOLERANCE_MS)
 
 
-def decode(index: int, record: dict[str, Any], window: Window) -> Reading:
-    """The reading in a Lambda Kinesis event record; raises Invalid with the reason."""
+def decode(index: int, record: dict[str, Any], window: Window) -> tuple[list[Reading], list[str]]:
+    """The valid readings of a Lambda Kinesis event record, and why each other one is invalid
+    (`readings[i]: reason`); raises Invalid when nothing of the record can be read."""
     kinesis = record.get("kinesis")
     if not isinstance(kinesis, dict) or not isinstance(kinesis.get("data"), str):
         raise Invalid("not a Kinesis event record (no kinesis.data)")
@@ -90,16 +101,64 @@ def decode(index: int, record: dict[str, Any], window: Window) -> Reading:
         raise Invalid("data is JSON nested too deeply") from None
     if not isinstance(message, dict):
         raise Invalid(f"data is {_json_type(message)}, not a JSON object")
-    extra = {k: v for k, v in message.items() if k not in KNOWN_FIELDS}
-    return Reading(
-        index=index,
-        device_id=_publisher(message.get("device_id"), kinesis.get("partitionKey")),
-        ts=_timestamp(message.get("ts"), window),
-        seq=_seq(message.get("seq")),
-        received_at=_received_at(message.get("received_at")),
-        metrics=_metrics(message.get("metrics")),
-        extra=extra or None,
-    )
+    if READINGS_FIELD not in message:
+        extra = {k: v for k, v in message.items() if k not in KNOWN_FIELDS}
+        reading = Reading(
+            index=index,
+            device_id=_publisher(message.get("device_id"), kinesis.get("partitionKey")),
+            ts=_timestamp(message.get("ts"), window),
+            seq=_seq(message.get("seq")),
+            received_at=_received_at(message.get("received_at")),
+            metrics=_metrics(message.get("metrics")),
+            extra=extra or None,
+        )
+        return [reading], []
+    return _batch(index, message, kinesis.get("partitionKey"), window)
+
+
+def _batch(
+    index: int, message: dict[str, Any], partition_key: Any, window: Window
+) -> tuple[list[Reading], list[str]]:
+    """The readings of a batched message; the message's own fields apply to all of them."""
+    device_id = _publisher(message.get("device_id"), partition_key)
+    received_at = _received_at(message.get("received_at"))
+    mixed = sorted(READING_FIELDS & message.keys())
+    if mixed:
+        raise Invalid(
+            f"a message with readings may not have {', '.join(mixed)} of its own: send one "
+            "reading (ts, metrics) or a list of them (readings), not both"
+        )
+    entries = message[READINGS_FIELD]
+    if not isinstance(entries, list):
+        raise Invalid(f"readings is {_json_type(entries)}, expected an array of readings")
+    if not entries:
+        raise Invalid("readings is empty")
+    shared = {k: v for k, v in message.items() if k not in MESSAGE_FIELDS and k != READINGS_FIELD}
+    readings: list[Reading] = []
+    problems: list[str] = []
+    for part, entry in enumerate(entries):
+        try:
+            if not isinstance(entry, dict):
+                raise Invalid(f"is {_json_type(entry)}, expected an object")
+            claimed = sorted(MESSAGE_FIELDS & entry.keys())
+            if claimed:
+                raise Invalid(f"has {', '.join(claimed)}, which the IoT rule sets per message")
+            extra = {**shared, **{k: v for k, v in entry.items() if k not in READING_FIELDS}}
+            readings.append(
+                Reading(
+                    index=index,
+                    device_id=device_id,
+                    ts=_timestamp(entry.get("ts"), window),
+                    seq=_seq(entry.get("seq")),
+                    received_at=received_at,
+                    metrics=_metrics(entry.get("metrics")),
+                    extra=extra or None,
+                    part=part,
+                )
+            )
+        except Invalid as exc:
+            problems.append(f"readings[{part}]: {exc}")
+    return readings, problems
 
 
 def _no_constant(name: str) -> Any:
