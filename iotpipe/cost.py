@@ -752,7 +752,7 @@ def estimate(
     run_hours = p("glue", "crawler_minimum_minutes") / 60
     add(
         "Glue",
-        f"crawler ({choices.crawler_runs_per_day:g} runs/day)",
+        f"crawler ({choices.crawler_runs_per_day:.3g} runs/day)",
         choices.crawler_runs_per_day * DAYS_PER_MONTH * a.crawler_dpus * run_hours,
         "DPU-hours",
         p("glue", "crawler_dpu_hour"),
