@@ -100,16 +100,19 @@ class Health:
             )
         return Check("alarms", OK, f"{len(alarms)} alarm(s), all OK", counts)
 
-    def iterator_age(self) -> Check:
-        stream = self.names.readings_stream
-        label = f"kinesis.stream {stream}"
-        summary = self.aws.call(
+    def _stream_summary(self, stream: str, label: str) -> dict[str, Any] | None:
+        return self.aws.call(
             "kinesis",
             "describe_stream_summary",
             resource=label,
             missing=("ResourceNotFoundException",),
             StreamName=stream,
         )
+
+    def iterator_age(self) -> Check:
+        stream = self.names.readings_stream
+        label = f"kinesis.stream {stream}"
+        summary = self._stream_summary(stream, label)
         if summary is None:
             return Check("iterator age", MISSING, f"stream {stream} does not exist")
         stats = self.aws.call(
@@ -246,13 +249,7 @@ class Health:
         """When the stream first received records (CloudWatch's IncomingRecords), or None."""
         stream = self.names.readings_stream
         label = f"kinesis.stream {stream}"
-        summary = self.aws.call(
-            "kinesis",
-            "describe_stream_summary",
-            resource=label,
-            missing=("ResourceNotFoundException",),
-            StreamName=stream,
-        )
+        summary = self._stream_summary(stream, label)
         if summary is None:
             return None
         created = summary["StreamDescriptionSummary"]["StreamCreationTimestamp"]
