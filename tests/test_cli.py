@@ -3,6 +3,7 @@ clear message (never a traceback) for a bad endpoint, region or config."""
 
 from __future__ import annotations
 
+import _thread
 import io
 import socket
 import threading
@@ -95,20 +96,21 @@ def test_answering_anything_but_yes_cancels_with_exit_1(
 
 # Ctrl-C ----------------------------------------------------------------------------------------
 def _interrupt_at_mutating_call(number: int):
-    """Ctrl-C as the `number`th mutating AWS call is about to be sent; returns a remover."""
+    """Ctrl-C as the `number`th mutating AWS call is made; returns a remover. The interrupt goes
+    to the main thread, as a terminal's does, whichever thread makes the call."""
     seen = [0]
     lock = threading.Lock()
 
     def attach(service: str, client) -> None:
-        def before_send(request, **_) -> None:
-            if not is_mutating(request.context.get("operation_name", "")):
+        def before_call(model, **_) -> None:
+            if not is_mutating(model.name):
                 return
             with lock:
                 seen[0] += 1
                 if seen[0] == number:
-                    raise KeyboardInterrupt
+                    _thread.interrupt_main()
 
-        client.meta.events.register("before-send", before_send)
+        client.meta.events.register("before-call", before_call)
 
     return add_client_hook(attach)
 
