@@ -109,25 +109,38 @@ class Health:
             StreamName=stream,
         )
 
+    def _stream_metric(
+        self, stream: str, label: str, metric: str, statistic: str, *, start: datetime, period: int
+    ) -> list[dict[str, Any]]:
+        """The datapoints of one of the stream's AWS/Kinesis metrics from `start` to now."""
+        stats = self.aws.call(
+            "cloudwatch",
+            "get_metric_statistics",
+            resource=f"CloudWatch metrics of {label}",
+            Namespace="AWS/Kinesis",
+            MetricName=metric,
+            Dimensions=[{"Name": "StreamName", "Value": stream}],
+            StartTime=start,
+            EndTime=self.now,
+            Period=period,
+            Statistics=[statistic],
+        )
+        return stats.get("Datapoints", [])
+
     def iterator_age(self) -> Check:
         stream = self.names.readings_stream
         label = f"kinesis.stream {stream}"
         summary = self._stream_summary(stream, label)
         if summary is None:
             return Check("iterator age", MISSING, f"stream {stream} does not exist")
-        stats = self.aws.call(
-            "cloudwatch",
-            "get_metric_statistics",
-            resource=f"CloudWatch metrics of {label}",
-            Namespace="AWS/Kinesis",
-            MetricName="GetRecords.IteratorAgeMilliseconds",
-            Dimensions=[{"Name": "StreamName", "Value": stream}],
-            StartTime=self.now - ITERATOR_AGE_WINDOW,
-            EndTime=self.now,
-            Period=60,
-            Statistics=["Maximum"],
+        points = self._stream_metric(
+            stream,
+            label,
+            "GetRecords.IteratorAgeMilliseconds",
+            "Maximum",
+            start=self.now - ITERATOR_AGE_WINDOW,
+            period=60,
         )
-        points = stats.get("Datapoints", [])
         if not points:
             return Check(
                 "iterator age",
@@ -255,19 +268,10 @@ class Health:
         created = summary["StreamDescriptionSummary"]["StreamCreationTimestamp"]
         # 5-minute periods: at most 1,440 datapoints per call (CloudWatch's limit), 5 days back.
         start = max(created, self.now - TRAFFIC_LOOKBACK)
-        stats = self.aws.call(
-            "cloudwatch",
-            "get_metric_statistics",
-            resource=f"CloudWatch metrics of {label}",
-            Namespace="AWS/Kinesis",
-            MetricName="IncomingRecords",
-            Dimensions=[{"Name": "StreamName", "Value": stream}],
-            StartTime=start,
-            EndTime=self.now,
-            Period=300,
-            Statistics=["Sum"],
+        points = self._stream_metric(
+            stream, label, "IncomingRecords", "Sum", start=start, period=300
         )
-        seen = [p["Timestamp"] for p in stats.get("Datapoints", []) if p.get("Sum", 0) > 0]
+        seen = [p["Timestamp"] for p in points if p.get("Sum", 0) > 0]
         return min(seen, default=None)
 
     def alert_subscriptions(self) -> Check:

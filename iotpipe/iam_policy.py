@@ -103,10 +103,12 @@ def _observation(ctx: StackContext, *, plan: bool) -> list[Grant]:
 
 
 def _deploy(ctx: StackContext) -> list[Grant]:
+    # Everything of every resource: its reads (plan's preflight too) and its writes.
     resources = build_teardown_resources(ctx, prewarm=False)
     return [
-        *_observation(ctx, plan=True),
+        *account_grants(),
         *[grant for resource in resources for grant in resource.grants()],
+        *health.grants(ctx.names, ctx.config),
     ]
 
 
@@ -116,7 +118,6 @@ def _operate(ctx: StackContext) -> list[Grant]:
     return [
         *_observation(ctx, plan=False),
         *devices.grants(names),
-        *[grant for grant in stream.grants() if grant.read],
         *stream.reshard_grants(),
         *resharding.recommend_grants(),
         *athena_query.grants(names),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,6 +51,22 @@ def endpoint(emulator: Emulator) -> str:
     """A fresh, empty emulated account for each test; the URL to send AWS calls to."""
     emulator.reset()
     return emulator.endpoint_url
+
+
+@pytest.fixture
+def local_server(endpoint: str) -> Iterator[Any]:
+    """`iotpipe local serve`'s server for stack "test", running on its own thread. Its emulator
+    shares the in-process emulator state: `endpoint` emptied it."""
+    from iotpipe.config import parse_config
+    from iotpipe.local.serve import LocalServer
+
+    stop = threading.Event()
+    with LocalServer(parse_config({"stack": {"name": "test"}}), port=0, on_event=print) as s:
+        thread = threading.Thread(target=s.run, args=(stop,), daemon=True)
+        thread.start()
+        yield s
+        stop.set()
+        thread.join(timeout=10)
 
 
 @pytest.fixture

@@ -30,3 +30,25 @@ def write_full_config(path: Path, stack: str = "test", **sections: dict) -> Path
     """`write_config` with every sink on: Timestream is off by default."""
     timeseries = {"enabled": True, **sections.pop("timeseries", {})}
     return write_config(path, stack, timeseries=timeseries, **sections)
+
+
+def create_archive_delivery_stream(aws: Any, prefix: str, error_prefix: str) -> str:
+    """A bucket "archive" and a Direct PUT delivery stream "test-archive" into it, GZIP, with a
+    1 MiB / 60 s buffer; `aws` is an iotpipe.aws.Aws. Returns the stream's name."""
+    aws.call("s3", "create_bucket", resource="b", Bucket="archive")
+    aws.call(
+        "firehose",
+        "create_delivery_stream",
+        resource="f",
+        DeliveryStreamName="test-archive",
+        DeliveryStreamType="DirectPut",
+        ExtendedS3DestinationConfiguration={
+            "RoleARN": "arn:aws:iam::123456789012:role/firehose",
+            "BucketARN": "arn:aws:s3:::archive",
+            "Prefix": prefix,
+            "ErrorOutputPrefix": error_prefix,
+            "BufferingHints": {"SizeInMBs": 1, "IntervalInSeconds": 60},
+            "CompressionFormat": "GZIP",
+        },
+    )
+    return "test-archive"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import gzip
 import json
-import threading
 import time
 from datetime import date
 from pathlib import Path
@@ -212,21 +211,10 @@ def test_the_simulator_sends_one_reading_a_message_by_default() -> None:
     assert all("readings" not in m and "metrics" in m for _, m in recorder.sent)
 
 
-@pytest.fixture
-def server(endpoint: str):
-    stop = threading.Event()
-    with LocalServer(parse_config({"stack": {"name": "test"}}), port=0, on_event=print) as s:
-        thread = threading.Thread(target=s.run, args=(stop,), daemon=True)
-        thread.start()
-        yield s
-        stop.set()
-        thread.join(timeout=10)
-
-
 def test_batched_messages_go_through_the_whole_local_pipeline(
-    server: LocalServer, tmp_path: Path, capsys
+    local_server: LocalServer, tmp_path: Path, capsys
 ) -> None:
-    url = server.endpoint_url
+    url = local_server.endpoint_url
 
     def cli(*args: str) -> int:
         return run([*args, "--config", str(config), "--endpoint-url", url])

@@ -12,6 +12,7 @@ import pytest
 from iotpipe.aws import Aws
 from iotpipe.errors import UsageError
 from iotpipe.local.firehose import LocalDelivery, expand_prefix
+from tests.support import create_archive_delivery_stream
 
 PREFIX = "readings/dt=!{timestamp:yyyy-MM-dd}/hour=!{timestamp:HH}/"
 ERROR_PREFIX = "firehose-errors/!{firehose:error-output-type}/dt=!{timestamp:yyyy-MM-dd}/"
@@ -46,23 +47,7 @@ def aws(endpoint: str) -> Aws:
 
 @pytest.fixture
 def delivery_stream(aws: Aws) -> str:
-    aws.call("s3", "create_bucket", resource="b", Bucket="archive")
-    aws.call(
-        "firehose",
-        "create_delivery_stream",
-        resource="f",
-        DeliveryStreamName="test-archive",
-        DeliveryStreamType="DirectPut",
-        ExtendedS3DestinationConfiguration={
-            "RoleARN": "arn:aws:iam::123456789012:role/firehose",
-            "BucketARN": "arn:aws:s3:::archive",
-            "Prefix": PREFIX,
-            "ErrorOutputPrefix": ERROR_PREFIX,
-            "BufferingHints": {"SizeInMBs": 1, "IntervalInSeconds": 60},
-            "CompressionFormat": "GZIP",
-        },
-    )
-    return "test-archive"
+    return create_archive_delivery_stream(aws, PREFIX, ERROR_PREFIX)
 
 
 class Clock:

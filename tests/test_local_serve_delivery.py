@@ -9,6 +9,7 @@ import pytest
 from iotpipe.aws import Aws
 from iotpipe.errors import AwsError
 from iotpipe.local.firehose import LocalDelivery
+from tests.support import create_archive_delivery_stream
 
 START = 1_700_000_000.0
 
@@ -16,21 +17,8 @@ START = 1_700_000_000.0
 @pytest.fixture
 def delivery(endpoint: str):
     aws = Aws(endpoint_url=endpoint, region="us-east-1")
-    aws.call("s3", "create_bucket", resource="b", Bucket="archive")
-    aws.call(
-        "firehose",
-        "create_delivery_stream",
-        resource="f",
-        DeliveryStreamName="test-archive",
-        DeliveryStreamType="DirectPut",
-        ExtendedS3DestinationConfiguration={
-            "RoleARN": "arn:aws:iam::123456789012:role/firehose",
-            "BucketARN": "arn:aws:s3:::archive",
-            "Prefix": "readings/dt=!{timestamp:yyyy-MM-dd}/",
-            "ErrorOutputPrefix": "errors/!{firehose:error-output-type}/",
-            "BufferingHints": {"SizeInMBs": 1, "IntervalInSeconds": 60},
-            "CompressionFormat": "GZIP",
-        },
+    create_archive_delivery_stream(
+        aws, "readings/dt=!{timestamp:yyyy-MM-dd}/", "errors/!{firehose:error-output-type}/"
     )
     now = [START]
     local = LocalDelivery.from_emulator(aws, "test-archive", clock=lambda: now[0])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import threading
 import time
 from pathlib import Path
 
@@ -13,7 +12,6 @@ import boto3
 import pytest
 
 from iotpipe.cli import run
-from iotpipe.config import parse_config
 from iotpipe.local.serve import LocalServer
 from iotpipe.simulate import ReadingGenerator
 
@@ -46,26 +44,14 @@ def test_a_start_in_the_future_is_moved_back() -> None:
     assert generator.start_ms < later
 
 
-@pytest.fixture
-def server(endpoint: str):
-    # The server's emulator shares the in-process emulator state: `endpoint` emptied it.
-    stop = threading.Event()
-    with LocalServer(parse_config({"stack": {"name": "test"}}), port=0, on_event=print) as s:
-        thread = threading.Thread(target=s.run, args=(stop,), daemon=True)
-        thread.start()
-        yield s
-        stop.set()
-        thread.join(timeout=10)
-
-
 def _cli(*args: str, config: Path, endpoint: str) -> int:
     return run([*args, "--config", str(config), "--endpoint-url", endpoint])
 
 
 def test_simulate_against_local_serve_reports_what_the_pipeline_accepted(
-    server: LocalServer, tmp_path: Path, capsys
+    local_server: LocalServer, tmp_path: Path, capsys
 ) -> None:
-    url = server.endpoint_url
+    url = local_server.endpoint_url
     config = tmp_path / "iotpipe.toml"
     config.write_text('[stack]\nname = "test"\n')
     assert _cli("up", "--yes", config=config, endpoint=url) == 0

@@ -85,15 +85,7 @@ def deliver(
                 report.errors["TimeBudgetExhausted"] += 1
                 _fail(report, chunk)
                 continue
-            report.calls += 1
-            try:
-                again.extend(send(chunk))
-            except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
-                report.errors[error_code(exc)] += 1
-                if is_retryable(exc):
-                    again.extend(chunk)
-                else:
-                    _fail(report, chunk)
+            again.extend(send_once(send, chunk, report))
         if again and not budget.backoff(attempt):
             _fail(report, again)
             break
@@ -103,6 +95,22 @@ def deliver(
     report.written = sum(
         1 for item in items for position in item.members if position not in settled
     )
+
+
+def send_once(
+    send: Callable[[list[Item]], list[Item]], chunk: list[Item], report: SinkReport
+) -> list[Item]:
+    """One call of `send`: what it hands back to send again; on a retryable error the whole
+    chunk, on any other none (the chunk has failed)."""
+    report.calls += 1
+    try:
+        return send(chunk)
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+        report.errors[error_code(exc)] += 1
+        if is_retryable(exc):
+            return list(chunk)
+        _fail(report, chunk)
+        return []
 
 
 def _fail(report: SinkReport, items: Sequence[Item]) -> None:
@@ -214,15 +222,7 @@ def write_device_state(
                 _fail(report, [item])
         if inserts:
             # First states go in the same round: a second call, not a retry.
-            report.calls += 1
-            try:
-                again.extend(send(inserts))
-            except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
-                report.errors[error_code(exc)] += 1
-                if is_retryable(exc):
-                    again.extend(inserts)
-                else:
-                    _fail(report, inserts)
+            again.extend(send_once(send, inserts, report))
         return again
 
     deliver(items, fixed_chunks(DYNAMODB_BATCH_ITEMS), send, budget, report)
