@@ -19,9 +19,10 @@ from typing import Any, TypeVar
 import pytest
 
 import iotpipe.engine
-from iotpipe.engine.model import STACK_TAG, Action, Change, Resource
+from iotpipe.engine.fields import REPLACE, Field, Settled, State, Tagging, Write, call
+from iotpipe.engine.model import STACK_TAG, Action, Change, Resource, desired_problems
 from iotpipe.engine.reconcile import execute, plan_down, plan_up, status
-from iotpipe.errors import AwsError
+from iotpipe.errors import AwsError, IotpipeError
 
 T = TypeVar("T")
 STACK = "plant-7"
@@ -43,6 +44,9 @@ class Account:
     calls: list[tuple[str, str]] = field(default_factory=list)
     # Reads of a resource that answer "not found" right after its creation.
     lagging_reads: dict[str, int] = field(default_factory=dict)
+    # Reads that still show a settling status (e.g. WARMING) before it turns READY.
+    lagging_status: int = 0
+    on_write: Callable[[str, str], None] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def record(self, call: str, key: str) -> None:
@@ -56,13 +60,39 @@ class Account:
                 return result
         raise AwsError(f"never came {what}", resource=resource)
 
+    def call(self, service: str, operation: str, *, resource: str, **params: Any) -> Any:
+        """The fake service's API: list_tags, tag_resource and set_<field>, by the resource's key."""
+        key = params.pop("Key")
+        params.pop("missing", None)
+        if operation == "list_tags":
+            aws_state = self.state[key]
+            return {"Tags": dict(aws_state["tags"])}
+        self.record(operation, key)
+        if self.on_write is not None:
+            self.on_write(operation, key)
+        if operation == "tag_resource":
+            self.state[key]["tags"].update(params["Tags"])
+        elif operation.startswith("set_"):  # set_size(Size=...), set_heat(Heat=...)
+            name = operation.removeprefix("set_")
+            self.state[key][name] = params[name.capitalize()]
+        return {}
+
+
+def _by_key(r: Resource, raw: dict[str, Any]) -> dict[str, Any]:
+    return {"Key": r.key}
+
 
 class Machine(Resource):
     """A resource whose create call cannot set its tags (as many AWS create calls cannot), and
     whose shape AWS cannot change in place."""
 
     kind = "fake.machine"
-    replace_on = frozenset({"shape"})
+    fields = (
+        Field("size", "size", "set_size"),
+        Field("shape", "shape", REPLACE),
+    )
+    writes = (call("fake", "set_size", lambda r, want, have: {"Key": r.key, "Size": want["size"]}),)
+    tagging = Tagging("fake", "list_tags", "tag_resource", _by_key, shape="map")
 
     def desired(self) -> dict[str, Any]:
         return {**self.ctx.settings[self.name], "tags": {STACK_TAG: self.ctx.stack}}
@@ -72,20 +102,18 @@ class Machine(Resource):
         if aws.lagging_reads.get(self.key):
             aws.lagging_reads[self.key] -= 1
             raise AwsError("not found", resource=self.label, code="ResourceNotFoundException")
-        return deepcopy(aws.state.get(self.key))
+        state = aws.state.get(self.key)
+        if state is None:
+            return None
+        if aws.lagging_status:
+            aws.lagging_status -= 1
+        elif state.get("status") == "WARMING":
+            state["status"] = "READY"
+        return {k: v for k, v in state.items() if k != "tags"}
 
     def create(self, aws: Account) -> None:
         aws.record("create", self.key)
         aws.state[self.key] = {**deepcopy(self.ctx.settings[self.name]), "tags": {}}
-
-    def update(self, aws: Account, changes: list[Change]) -> None:
-        for change in changes:
-            aws.record(f"set {change.field}", self.key)
-            state = aws.state[self.key]
-            if change.subset:
-                state[change.field] = {**state[change.field], **change.new}
-            else:
-                state[change.field] = change.new
 
     def delete(self, aws: Account) -> None:
         aws.record("delete", self.key)
@@ -128,9 +156,9 @@ def test_up_creates_in_dependency_order_and_converges_what_create_could_not_set(
     execute(account, plan)
     assert _mutations(account) == [
         ("create", "fake.machine/press"),
-        ("set tags", "fake.machine/press"),
+        ("tag_resource", "fake.machine/press"),
         ("create", "fake.machine/line"),
-        ("set tags", "fake.machine/line"),
+        ("tag_resource", "fake.machine/line"),
     ]
     assert account.state["fake.machine/line"] == {
         "size": 3,
@@ -156,7 +184,7 @@ def test_a_changed_field_is_an_update_of_that_field_only(ctx, machines) -> None:
         (Action.UPDATE, "press", [Change("size", 1, 2)])
     ]
     execute(account, plan)
-    assert _mutations(account) == [("set size", "fake.machine/press")]
+    assert _mutations(account) == [("set_size", "fake.machine/press")]
     assert status(account, machines)[0].state == "in sync"
 
 
@@ -171,7 +199,7 @@ def test_a_field_aws_cannot_change_in_place_replaces_the_resource(ctx, machines)
     assert _mutations(account) == [
         ("delete", "fake.machine/press"),
         ("create", "fake.machine/press"),
-        ("set tags", "fake.machine/press"),
+        ("tag_resource", "fake.machine/press"),
     ]
     assert account.state["fake.machine/press"]["shape"] == "square"
 
@@ -268,11 +296,96 @@ def test_down_keeps_a_data_store_and_what_it_needs_unless_asked(ctx) -> None:
     assert account.state == {}
 
 
+# The field table -------------------------------------------------------------------------
+
+
+def test_a_field_whose_write_is_not_declared_is_refused_when_the_class_is_defined() -> None:
+    with pytest.raises(TypeError, match="field 'colour' has no writer"):
+
+        class Painted(Machine):
+            fields = (*Machine.fields, Field("colour", "colour", "paint"))
+
+    with pytest.raises(TypeError, match="write 'paint' sets no field"):
+
+        class Unused(Machine):
+            writes = (*Machine.writes, Write("paint", lambda r, aws, want, have: None))
+
+
+def test_a_desired_field_with_no_reader_or_writer_fails_the_plan_and_the_check(ctx) -> None:
+    ctx.settings["press"]["colour"] = "red"
+    press = Machine(ctx, "press")
+    assert desired_problems(press) == [
+        "fake.machine/press: wants 'colour' but declares no Field for it"
+    ]
+    account = Account()
+    account.state[press.key] = {"size": 1, "shape": "round", "tags": {STACK_TAG: STACK}}
+    with pytest.raises(IotpipeError, match="no reader, no writer"):
+        plan_up(account, [press], STACK)
+
+
+class Oven(Machine):
+    """A resource that must be READY to take a change, and that a resize leaves WARMING."""
+
+    kind = "fake.oven"
+    fields = (*Machine.fields, Field("heat", "heat", "set_heat"))
+    writes = (
+        Write("set_size", Machine.writes[0].apply, settles=True),
+        call("fake", "set_heat", lambda r, want, have: {"Key": r.key, "Heat": want["heat"]}),
+    )
+    settled = Settled("status", frozenset({"READY"}), "for the oven to be READY")
+
+
+def test_writes_get_the_latest_state_and_wait_for_the_declared_settled_state(ctx) -> None:
+    ctx.settings["oven"] = {"size": 1, "shape": "box", "heat": 100}
+    oven = Oven(ctx, "oven")
+    account = Account()
+    account.state[oven.key] = {
+        "size": 1,
+        "shape": "box",
+        "heat": 100,
+        "status": "READY",
+        "tags": {STACK_TAG: STACK},
+    }
+    seen: list[State] = []
+
+    def warming(operation: str, key: str) -> None:
+        # A resize leaves the oven WARMING for two reads; a heat change needs it READY.
+        if operation == "set_size":
+            account.state[key]["status"] = "WARMING"
+            account.lagging_status = 2
+        if operation == "set_heat":
+            assert account.state[key]["status"] == "READY"
+
+    account.on_write = warming
+    ctx.settings["oven"].update(size=2, heat=180)
+    plan = plan_up(account, [oven], STACK)
+    [step] = plan.changes
+    seen.append(step.observed)
+    account.calls.clear()
+    execute(account, plan)
+    assert _mutations(account) == [("set_size", oven.key), ("set_heat", oven.key)]
+    # The plan's reading served the first write; only the unsettling write made it read again.
+    assert [c for c in account.calls if c[0] == "read"] == [("read", oven.key)] * 3
+    assert account.state[oven.key]["heat"] == 180
+    assert seen[0]["size"] == 1
+
+
+def test_a_changed_field_is_dispatched_to_its_write_without_reading_again(ctx, machines) -> None:
+    account = Account()
+    execute(account, plan_up(account, machines, STACK))
+    ctx.settings["line"]["size"] = 5
+    plan = plan_up(account, machines, STACK)
+    account.calls.clear()
+    execute(account, plan)
+    assert account.calls == [("set_size", "fake.machine/line")]
+
+
 # The engine imports nothing of the pipeline --------------------------------------------------
 
 ENGINE = Path(iotpipe.engine.__file__).parent
 # At run time: the standard library, the engine itself and the errors every layer shares.
-RUNTIME_ALLOWED = ("iotpipe.engine", "iotpipe.errors")
+# jmespath reads a field from an AWS answer by its path (a dependency of its own, not the SDK).
+RUNTIME_ALLOWED = ("iotpipe.engine", "iotpipe.errors", "jmespath")
 # For type hints only (under TYPE_CHECKING): also the grants a resource declares.
 TYPING_ALLOWED = (*RUNTIME_ALLOWED, "iotpipe.permissions")
 
@@ -320,7 +433,7 @@ def test_the_import_check_finds_a_pipeline_import() -> None:
     source = """
 from typing import TYPE_CHECKING
 import boto3
-from iotpipe.errors import AwsError
+from iotpipe.errors import AwsError, IotpipeError
 from . import model
 if TYPE_CHECKING:
     from iotpipe.permissions import Grant
@@ -354,6 +467,7 @@ def test_importing_the_engine_loads_no_pipeline_module_and_no_aws_sdk() -> None:
     assert loaded == [
         "iotpipe",
         "iotpipe.engine",
+        "iotpipe.engine.fields",
         "iotpipe.engine.model",
         "iotpipe.engine.reconcile",
         "iotpipe.errors",

@@ -18,7 +18,8 @@ from difflib import SequenceMatcher
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
-from iotpipe.errors import AwsError
+from iotpipe.engine.fields import REPLACE, Field, Settled, State, Tagging, Write, normal
+from iotpipe.errors import AwsError, IotpipeError
 
 if TYPE_CHECKING:
     from iotpipe.permissions import Grant
@@ -30,7 +31,12 @@ T = TypeVar("T")
 
 class AwsAccess(Protocol):
     """What the engine needs of the AWS access it is handed (iotpipe.aws.Aws in the pipeline):
-    a wait with backoff. The engine passes it on to the resources, which make the calls."""
+    a call that retries what AWS asks to be retried, and a wait with backoff. The engine makes
+    the tagging and write calls the resources declare, and passes it on to the resources."""
+
+    def call(self, service: str, operation: str, *, resource: str, **params: Any) -> Any:
+        """Call `service.operation(**params)`; errors name `resource`."""
+        ...
 
     def wait_for(self, check: Callable[[], T | None], *, resource: str, what: str) -> T:
         """Poll `check` until it returns something other than None/False (or time out)."""
@@ -149,7 +155,7 @@ class Difference:
 
 
 def _differences(old: Any, new: Any, path: tuple[str | int, ...]) -> list[Difference]:
-    if _normal(old) == _normal(new):
+    if normal(old) == normal(new):
         return []
     if isinstance(old, dict) and isinstance(new, dict):
         found = []
@@ -216,7 +222,7 @@ def _is_container(value: Any) -> bool:
 
 
 def _key(value: Any) -> str:
-    return json.dumps(_normal(value), sort_keys=True)
+    return json.dumps(normal(value), sort_keys=True)
 
 
 def _path_text(path: tuple[str | int, ...]) -> str:
@@ -285,17 +291,28 @@ def _common_prefix_length(a: str, b: str) -> int:
 
 
 class Resource(ABC):
-    """One AWS resource the stack owns."""
+    """One AWS resource the stack owns.
+
+    A subclass declares its field table (`fields`, `writes`), its service's `tagging` rule and,
+    where AWS needs it, the `settled` state it must be in to take a change; it implements only
+    what cannot be declared: how to observe, create and delete it (see iotpipe.engine.fields).
+    """
 
     kind: ClassVar[str]
     # Data stores survive `down` unless --delete-data.
     data_store: ClassVar[bool] = False
-    # Fields AWS cannot change in place: a change to one of them means replace.
-    replace_on: ClassVar[frozenset[str]] = frozenset()
-    # Dict fields where extra observed keys are fine (tags others added), only ours must match.
-    subset_fields: ClassVar[frozenset[str]] = frozenset({"tags"})
     # An optional resource that raises `Unavailable` is skipped with a warning, not a failure.
     optional: ClassVar[bool] = False
+    fields: ClassVar[tuple[Field, ...]] = ()
+    writes: ClassVar[tuple[Write, ...]] = ()
+    tagging: ClassVar[Tagging | None] = None
+    settled: ClassVar[Settled | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        problems = field_table_problems(cls)
+        if problems:
+            raise TypeError(f"{cls.__name__}: " + "; ".join(problems))
 
     def __init__(self, ctx: Any, name: str, depends_on: tuple[str, ...] = ()) -> None:
         # What the resource reads its desired state from (iotpipe.context.StackContext in the
@@ -315,19 +332,17 @@ class Resource(ABC):
 
     @abstractmethod
     def desired(self) -> dict[str, Any]:
-        """The spec this resource should have, as plain JSON-able values."""
+        """The spec this resource should have, as plain JSON-able values, keyed by field name
+        (and `tags`); it reads the context only, never AWS."""
 
     @abstractmethod
     def observe(self, aws: AwsAccess) -> dict[str, Any] | None:
-        """The current state in the shape of `desired()` (plus `tags`), or None when absent."""
+        """AWS's answers about the resource (what its fields are read from), or None when it
+        is absent. The engine reads the fields and the tags from it."""
 
     @abstractmethod
     def create(self, aws: AwsAccess) -> None:
         """Create the resource; the engine then re-observes and updates whatever still differs."""
-
-    @abstractmethod
-    def update(self, aws: AwsAccess, changes: list[Change]) -> None:
-        """Apply exactly these changes."""
 
     @abstractmethod
     def delete(self, aws: AwsAccess) -> None:
@@ -343,39 +358,101 @@ class Resource(ABC):
         owns (a public layer version), raising with the setting to fix. Nothing by default."""
         return None
 
-    def notes(self, observed: dict[str, Any]) -> list[str]:
+    def notes(self, observed: State) -> list[str]:
         """Facts about the observed state worth showing with the plan (none by default)."""
         return []
 
-    def keep_note(self, observed: dict[str, Any]) -> str:
+    def keep_note(self, observed: State) -> str:
         """Why `down` without --delete-data keeps this data store."""
         return "data store (use --delete-data to remove)"
 
-    def delete_note(self, observed: dict[str, Any]) -> str | None:
+    def delete_note(self, observed: State) -> str | None:
         """What deleting the observed resource takes with it, when that is worth showing."""
         return None
 
-    def owner(self, observed: dict[str, Any]) -> str | None:
+    def owner(self, observed: State) -> str | None:
         """The stack that owns the observed resource, or None when nothing records one."""
         tags = observed.get("tags") or {}
         return tags.get(STACK_TAG)
 
-    def diff(self, observed: dict[str, Any]) -> list[Change]:
+    def read(self, aws: AwsAccess) -> State | None:
+        """The latest state: observe, then read every field (and the tags) from the answers."""
+        raw = self.observe(aws)
+        if raw is None:
+            return None
+        values = {f.name: f.value(raw) for f in self.fields}
+        if self.tagging is not None:
+            values["tags"] = self.tagging.observe(self, aws, raw)
+        return State(values, raw)
+
+    def field(self, name: str) -> Field:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise IotpipeError(
+            f"internal: {self.kind} wants field {name!r} but declares no Field for it "
+            "(no reader, no writer)"
+        )
+
+    def diff(self, observed: State | dict[str, Any]) -> list[Change]:
         changes = []
         for name, want in self.desired().items():
             have = observed.get(name)
-            if name in self.subset_fields and isinstance(want, dict):
-                have_dict = have or {}
-                if any(have_dict.get(k) != v for k, v in want.items()):
+            if name == "tags":
+                if self.tagging is None or self.tagging.write is None:
+                    raise IotpipeError(f"internal: {self.kind} wants tags but cannot write them")
+                if TAGS.differs(have, want):
                     changes.append(Change(name, have, want, subset=True))
-            elif _normal(have) != _normal(want):
-                changes.append(Change(name, have, want))
+                continue
+            f = self.field(name)
+            if f.differs(have, want):
+                changes.append(Change(name, have, want, subset=f.compare == "subset"))
         return changes
 
+    def replaces(self, changes: list[Change]) -> bool:
+        """Whether a change is to a field AWS cannot change in place."""
+        return any(c.field != "tags" and self.field(c.field).write == REPLACE for c in changes)
 
-def _normal(value: Any) -> Any:
-    """Compare JSON-ish values without caring about key order or number types."""
-    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+# The engine's own tags field: only the stack's own tags must match (others' are kept).
+TAGS = Field("tags", "tags", "tags", compare="subset")
+
+
+def field_table_problems(cls: type[Resource]) -> list[str]:
+    """What is wrong with a resource's field table: a field whose write is not declared, a
+    write no field uses, a name declared twice, a write that unsettles with nothing to wait for."""
+    problems = []
+    writes = {w.name for w in cls.writes}
+    names = [f.name for f in cls.fields]
+    for name in {n for n in names if names.count(n) > 1}:
+        problems.append(f"field {name!r} declared twice")
+    if "tags" in names:
+        problems.append("declares a tags field: tags are the engine's, declare a Tagging rule")
+    for f in cls.fields:
+        if f.write != REPLACE and f.write not in writes:
+            problems.append(f"field {f.name!r} has no writer ({f.write!r} is not declared)")
+    used = {f.write for f in cls.fields}
+    for w in cls.writes:
+        if w.name not in used:
+            problems.append(f"write {w.name!r} sets no field")
+        if w.settles and cls.settled is None:
+            problems.append(f"write {w.name!r} unsettles the resource, which declares no Settled")
+    if len(writes) != len(cls.writes):
+        problems.append("a write declared twice")
+    return problems
+
+
+def desired_problems(r: Resource) -> list[str]:
+    """Desired fields the resource cannot read or write (a test runs this on every resource)."""
+    problems = []
+    declared = {f.name for f in r.fields}
+    for name in r.desired():
+        if name == "tags":
+            if r.tagging is None or r.tagging.write is None:
+                problems.append(f"{r.key}: wants tags but declares no Tagging rule that writes")
+        elif name not in declared:
+            problems.append(f"{r.key}: wants {name!r} but declares no Field for it")
+    return problems
 
 
 @dataclass
@@ -384,6 +461,8 @@ class Step:
     resource: Resource
     changes: list[Change] = field(default_factory=list)
     note: str | None = None
+    # The latest observation the plan was made from: the update's writes start from it.
+    observed: State | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -13,7 +13,17 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
-from iotpipe.engine.model import Action, AwsAccess, Deferred, Plan, Resource, Step, Unavailable
+from iotpipe.engine.fields import State
+from iotpipe.engine.model import (
+    Action,
+    AwsAccess,
+    Change,
+    Deferred,
+    Plan,
+    Resource,
+    Step,
+    Unavailable,
+)
 from iotpipe.errors import AwsError, IotpipeError
 
 MAX_WORKERS = 8
@@ -73,12 +83,12 @@ def order(resources: Iterable[Resource]) -> list[Resource]:
     return list(done.values())
 
 
-Observed = dict[str, Any] | None | Unavailable
+Observed = State | None | Unavailable
 
 
 def _observe(aws: AwsAccess, r: Resource) -> Observed:
     try:
-        return r.observe(aws)
+        return r.read(aws)
     except Unavailable as exc:
         if not r.optional:
             raise
@@ -136,11 +146,11 @@ def plan_up(aws: AwsAccess, resources: list[Resource], stack: str) -> Plan:
         changes = r.diff(current)
         note = "; ".join(r.notes(current)) or None
         if not changes:
-            steps.append(Step(Action.NOOP, r, note=note))
-        elif any(c.field in r.replace_on for c in changes):
+            steps.append(Step(Action.NOOP, r, note=note, observed=current))
+        elif r.replaces(changes):
             steps.append(Step(Action.REPLACE, r, changes, note="AWS cannot change this in place"))
         else:
-            steps.append(Step(Action.UPDATE, r, changes, note=note))
+            steps.append(Step(Action.UPDATE, r, changes, note=note, observed=current))
     return Plan(steps)
 
 
@@ -214,7 +224,7 @@ def apply_step(aws: AwsAccess, step: Step) -> None:
         r.create(aws)
         _converge(aws, r)
     elif step.action is Action.UPDATE:
-        r.update(aws, step.changes)
+        update(aws, r, step.changes, step.observed or _read_existing(aws, r))
     elif step.action is Action.REPLACE:
         r.delete(aws)
         r.create(aws)
@@ -223,23 +233,75 @@ def apply_step(aws: AwsAccess, step: Step) -> None:
         r.delete(aws)
 
 
+def update(aws: AwsAccess, r: Resource, changes: list[Change], latest: State) -> None:
+    """Apply exactly these changes: the tags by the resource's tagging rule, then each write
+    call that sets a changed field, once, in the order the resource declares its writes. Each
+    write is handed the latest state (read again only after a write that unsettles it)."""
+    want = r.desired()
+    changed = {c.field for c in changes}
+    latest = settle(aws, r, latest)
+    if "tags" in changed:
+        assert r.tagging is not None  # diff() refuses tags without a rule
+        r.tagging.apply(r, aws, want["tags"], latest)
+    needed = {r.field(name).write for name in changed - {"tags"}}
+    for write in r.writes:
+        if write.name in needed:
+            write.apply(r, aws, want, latest)
+            if write.settles:
+                latest = settle(aws, r, None)
+
+
+def settle(aws: AwsAccess, r: Resource, latest: State | None) -> State:
+    """The resource's state once it is settled (declared by `Resource.settled`): `latest` if it
+    already is, else read again until it is. A failed status raises its message."""
+
+    def settled() -> State | None:
+        state = r.read(aws)
+        return state if state is not None and _is_settled(r, state) else None
+
+    if latest is not None and _is_settled(r, latest):
+        return latest
+    what = r.settled.what if r.settled else "to be readable"
+    return aws.wait_for(settled, resource=r.label, what=what)
+
+
+def _is_settled(r: Resource, state: State) -> bool:
+    if r.settled is None:
+        return True
+    failure = r.settled.failed(state.raw)
+    if failure:
+        raise AwsError(failure, resource=r.label)
+    return r.settled.status(state.raw) in r.settled.ready
+
+
+def _read_existing(aws: AwsAccess, r: Resource) -> State:
+    state = r.read(aws)
+    if state is None:
+        raise AwsError("disappeared while being updated", resource=r.label)
+    return state
+
+
 def _converge(aws: AwsAccess, r: Resource) -> None:
-    """After a create, set whatever the create call could not (tags, policies, settings)."""
-    changes = r.diff(_observe_after_create(aws, r))
+    """After a create, wait until the resource is visible and settled, then set whatever the
+    create call could not (tags, policies, settings)."""
+    latest = _observe_after_create(aws, r)
+    changes = r.diff(latest)
     if changes:
-        r.update(aws, changes)
+        update(aws, r, changes, latest)
 
 
-def _observe_after_create(aws: AwsAccess, r: Resource) -> dict[str, Any]:
-    def visible() -> dict[str, Any] | None:
+def _observe_after_create(aws: AwsAccess, r: Resource) -> State:
+    def visible() -> State | None:
         try:
-            return r.observe(aws)
+            state = r.read(aws)
         except AwsError as exc:
             if exc.code not in NOT_YET_VISIBLE:
                 raise
             return None
+        return state if state is not None and _is_settled(r, state) else None
 
-    return aws.wait_for(visible, resource=r.label, what="to become visible after create")
+    what = r.settled.what if r.settled else "to become visible after create"
+    return aws.wait_for(visible, resource=r.label, what=what)
 
 
 def execute(
