@@ -27,6 +27,7 @@ Every rule's state belongs to one emulated account; `reset()` forgets it with th
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
 import threading
@@ -266,7 +267,11 @@ def _parameters(response: Any, operation: str) -> dict[str, Any]:
 
     request = response.normalized_request
     service_model = get_service_model(response.boto3_service_name)
-    protocol = determine_request_protocol(service_model, request.content_type)
+    # moto 5.2.6 passes the request itself, earlier 5.2 releases its content type.
+    takes = list(inspect.signature(determine_request_protocol).parameters)[1]
+    protocol = determine_request_protocol(
+        service_model, request if takes == "request" else request.content_type
+    )
     parser = PROTOCOL_PARSERS[protocol](service_model.operation_model(operation))
     parsed = parser.parse(
         {
