@@ -8,6 +8,7 @@ import typer
 
 from iotpipe.app import App
 from iotpipe.commands.common import YesOption, get_app
+from iotpipe.engine.reconcile import settle
 from iotpipe.errors import AwsError, UsageError
 from iotpipe.resharding import (
     MAX_SCALING_OPERATIONS_PER_DAY,
@@ -51,7 +52,7 @@ def reshard(
     out, aws = app.out, app.aws
     stack = app.stack
     stream = ReadingsStream(stack, stack.names.readings_stream)
-    observed = stream.observe(aws)
+    observed = stream.read(aws)
     if observed is None:
         raise AwsError("does not exist", resource=stream.label, hint="run `iotpipe up` first")
     if observed["mode"] != "PROVISIONED":
@@ -60,9 +61,9 @@ def reshard(
             resource=stream.label,
             hint='`iotpipe up` with [stream] mode = "provisioned" switches it back',
         )
-    if observed["status"] != "ACTIVE":
-        out.info(f"waiting for {stream.name} to become ACTIVE ({observed['status']})")
-        observed = stream.wait_active(aws)
+    if observed.raw["StreamStatus"] != "ACTIVE":
+        out.info(f"waiting for {stream.name} to become ACTIVE ({observed.raw['StreamStatus']})")
+        observed = settle(aws, stream, observed)
 
     recommendation: Recommendation | None = None
     if recommend_target:

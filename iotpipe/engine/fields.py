@@ -139,11 +139,15 @@ def tags_as(shape: TagShape, tags: Mapping[str, str]) -> Any:
 
 @dataclass(frozen=True)
 class Tagging:
-    """One service's tagging API: `read` lists the tags (found at `found` in its answer) and
-    `write` adds them (under the parameter `param`); `target(resource, raw)` names the resource
-    in both calls. `write=None`: the resource cannot be tagged itself and its tags are those of
-    the resource it belongs to (a log stream's group), read for ownership only. `whole`: the
-    write replaces every tag (S3), so the tags others added are written back with ours."""
+    """One service's tagging API.
+
+    `read` lists the tags (found at `found` in its answer); `write` adds them under the parameter
+    `param` (in `write_shape` where that differs from how they are read, or through `wrap` where
+    they nest); `target(resource, raw)` names the resource in both calls. `write=None`: the
+    resource cannot be tagged itself and its tags are those of what it belongs to (a log
+    stream's group), read for ownership only. `whole`: the write replaces every tag (S3), so the
+    tags others added are written back with ours.
+    """
 
     service: str
     read: str
@@ -153,6 +157,7 @@ class Tagging:
     found: str = "Tags"
     param: str = "Tags"
     missing: tuple[str, ...] = ()
+    write_shape: TagShape | None = None
     whole: bool = False
     wrap: Callable[[Any], dict[str, Any]] | None = None
 
@@ -172,7 +177,7 @@ class Tagging:
         if self.write is None:
             raise RuntimeError(f"internal: {r.kind} tags belong to another resource")
         tags = {**(have.get("tags") or {}), **want} if self.whole else want
-        value = tags_as(self.shape, tags)
+        value = tags_as(self.write_shape or self.shape, tags)
         params = self.wrap(value) if self.wrap else {self.param: value}
         aws.call(self.service, self.write, resource=r.label, **self.target(r, have.raw), **params)
 

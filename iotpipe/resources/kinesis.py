@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from iotpipe.engine.model import Change, Resource
+from iotpipe.engine.fields import Field, Settled, State, Tagging, Write, call
+from iotpipe.engine.model import Resource
+from iotpipe.engine.reconcile import settle
 from iotpipe.errors import AwsError
 from iotpipe.permissions import Grant, owned, reads, writes
 from iotpipe.resharding import ReshardPlan, plan_for_stream, reshard_steps
@@ -22,8 +24,66 @@ KINESIS_KMS_KEY = "alias/aws/kinesis"
 _UNSCOPED = "IAM has no resource type for this Kinesis action"
 
 
+def _retention(r: ReadingsStream, want: dict[str, Any], have: State) -> dict[str, Any]:
+    return {"StreamName": r.name, "RetentionPeriodHours": want["retention_hours"]}
+
+
+def _encryption(desc: dict[str, Any]) -> str:
+    encryption = desc.get("EncryptionType", "NONE")
+    return f"KMS:{desc.get('KeyId')}" if encryption == "KMS" else encryption
+
+
 class ReadingsStream(Resource):
     kind = "kinesis.stream"
+    fields = (
+        Field("mode", "StreamModeDetails.StreamMode || 'PROVISIONED'", "update_stream_mode"),
+        Field("retention_hours", "RetentionPeriodHours", "retention"),
+        Field("encryption", _encryption, "start_stream_encryption"),
+        Field("shard_count", "OpenShardCount", "reshard"),
+    )
+    # Each change leaves the stream UPDATING; the next is accepted once it is ACTIVE again.
+    writes = (
+        call(
+            "kinesis",
+            "update_stream_mode",
+            lambda r, want, have: {
+                "StreamARN": have.raw["StreamARN"],
+                "StreamModeDetails": {"StreamMode": want["mode"]},
+            },
+            settles=True,
+        ),
+        Write(
+            "retention",
+            lambda r, aws, want, have: aws.call(
+                "kinesis",
+                "increase_stream_retention_period"
+                if want["retention_hours"] > have["retention_hours"]
+                else "decrease_stream_retention_period",
+                resource=r.label,
+                **_retention(r, want, have),
+            ),
+            settles=True,
+        ),
+        call(
+            "kinesis",
+            "start_stream_encryption",
+            lambda r, want, have: {
+                "StreamName": r.name,
+                "EncryptionType": "KMS",
+                "KeyId": KINESIS_KMS_KEY,
+            },
+            settles=True,
+        ),
+        Write("reshard", lambda r, aws, want, have: r.reshard_to(aws, want, have)),
+    )
+    tagging = Tagging(
+        "kinesis",
+        "list_tags_for_stream",
+        "add_tags_to_stream",
+        lambda r, raw: {"StreamName": r.name},
+        write_shape="map",
+    )
+    settled = Settled("StreamStatus", frozenset({"ACTIVE"}), "for the stream to become ACTIVE")
 
     def grants(self) -> list[Grant]:
         names = self.ctx.names
@@ -95,21 +155,7 @@ class ReadingsStream(Resource):
     def observe(self, aws: Aws) -> dict[str, Any] | None:
         desc = self._summary(aws)
         # A stream still DELETING is as good as gone: `create` waits it out.
-        if desc is None or desc["StreamStatus"] == DELETING:
-            return None
-        tags = aws.call(
-            "kinesis", "list_tags_for_stream", resource=self.label, StreamName=self.name
-        )
-        encryption = desc.get("EncryptionType", "NONE")
-        return {
-            "tags": {t["Key"]: t["Value"] for t in tags.get("Tags", [])},
-            "mode": desc.get("StreamModeDetails", {}).get("StreamMode", "PROVISIONED"),
-            "retention_hours": desc["RetentionPeriodHours"],
-            "encryption": f"KMS:{desc.get('KeyId')}" if encryption == "KMS" else encryption,
-            "shard_count": desc["OpenShardCount"],
-            "status": desc["StreamStatus"],
-            "arn": desc["StreamARN"],
-        }
+        return None if desc is None or desc["StreamStatus"] == DELETING else desc
 
     def create(self, aws: Aws) -> None:
         want = self.desired()
@@ -137,64 +183,11 @@ class ReadingsStream(Resource):
             status=lambda: self._status(aws),
             what="stream",
         )
-        self.wait_active(aws)
 
-    def wait_active(self, aws: Aws) -> dict[str, Any]:
-        def active() -> dict[str, Any] | None:
-            observed = self.observe(aws)
-            return observed if observed and observed["status"] == "ACTIVE" else None
-
-        return aws.wait_for(active, resource=self.label, what="for the stream to become ACTIVE")
-
-    def update(self, aws: Aws, changes: list[Change]) -> None:
-        want = self.desired()
-        fields = {c.field: c for c in changes}
-        observed = self.wait_active(aws)
-        if "tags" in fields:
-            aws.call(
-                "kinesis",
-                "add_tags_to_stream",
-                resource=self.label,
-                StreamName=self.name,
-                Tags=want["tags"],
-            )
-        if "mode" in fields:
-            aws.call(
-                "kinesis",
-                "update_stream_mode",
-                resource=self.label,
-                StreamARN=observed["arn"],
-                StreamModeDetails={"StreamMode": want["mode"]},
-            )
-            observed = self.wait_active(aws)
-        if "retention_hours" in fields:
-            have, new = observed["retention_hours"], want["retention_hours"]
-            operation = (
-                "increase_stream_retention_period"
-                if new > have
-                else "decrease_stream_retention_period"
-            )
-            aws.call(
-                "kinesis",
-                operation,
-                resource=self.label,
-                StreamName=self.name,
-                RetentionPeriodHours=new,
-            )
-            observed = self.wait_active(aws)
-        if "encryption" in fields:
-            aws.call(
-                "kinesis",
-                "start_stream_encryption",
-                resource=self.label,
-                StreamName=self.name,
-                EncryptionType="KMS",
-                KeyId=KINESIS_KMS_KEY,
-            )
-            observed = self.wait_active(aws)
-        if "shard_count" in want and observed["shard_count"] != want["shard_count"]:
-            # The same planner and quota checks as `iotpipe reshard`: refused before any change.
-            plan = plan_for_stream(aws, self.name, observed["shard_count"], want["shard_count"])
+    def reshard_to(self, aws: Aws, want: dict[str, Any], have: State) -> None:
+        # The same planner and quota checks as `iotpipe reshard`: refused before any change.
+        if have["shard_count"] != want["shard_count"]:
+            plan = plan_for_stream(aws, self.name, have["shard_count"], want["shard_count"])
             self.apply_reshard(aws, plan)
 
     def apply_reshard(
@@ -215,7 +208,7 @@ class ReadingsStream(Resource):
                 TargetShardCount=count,
                 ScalingType="UNIFORM_SCALING",
             )
-            observed = self.wait_active(aws)
+            observed = settle(aws, self, None)
             if observed["shard_count"] != count:
                 raise AwsError(
                     f"expected {count} open shards after UpdateShardCount, found "

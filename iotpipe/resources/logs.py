@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from iotpipe.engine.model import Change, Resource
+from iotpipe.engine.fields import Field, Tagging, call
+from iotpipe.engine.model import Resource
 from iotpipe.permissions import Grant, owned, reads, writes
 
 if TYPE_CHECKING:
@@ -24,8 +25,32 @@ def group_arns(names: Names, group: str) -> list[str]:
     return [arn, f"{arn}:*"]
 
 
+# A log group's tags: read and written by its name.
+GROUP_TAGGING = Tagging(
+    "logs",
+    "list_tags_log_group",
+    "tag_log_group",
+    lambda r, raw: {"logGroupName": r.name},
+    shape="map",
+    found="tags",
+    param="tags",
+)
+
+
 class LogGroup(Resource):
     kind = "logs.group"
+    fields = (Field("retention_days", "retentionInDays", "put_retention_policy"),)
+    writes = (
+        call(
+            "logs",
+            "put_retention_policy",
+            lambda r, want, have: {
+                "logGroupName": r.name,
+                "retentionInDays": want["retention_days"],
+            },
+        ),
+    )
+    tagging = GROUP_TAGGING
 
     def __init__(self, ctx: StackContext, name: str, *, retention_days: int) -> None:
         super().__init__(ctx, name)
@@ -63,24 +88,14 @@ class LogGroup(Resource):
         return {"tags": self.ctx.tags, "retention_days": self.retention_days}
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        found = next(
-            (
-                g
-                for g in aws.paginate(
-                    "logs",
-                    "describe_log_groups",
-                    resource=self.label,
-                    key="logGroups",
-                    logGroupNamePrefix=self.name,
-                )
-                if g["logGroupName"] == self.name
-            ),
-            None,
+        groups = aws.paginate(
+            "logs",
+            "describe_log_groups",
+            resource=self.label,
+            key="logGroups",
+            logGroupNamePrefix=self.name,
         )
-        if found is None:
-            return None
-        tags = aws.call("logs", "list_tags_log_group", resource=self.label, logGroupName=self.name)
-        return {"tags": tags.get("tags", {}), "retention_days": found.get("retentionInDays")}
+        return next((g for g in groups if g["logGroupName"] == self.name), None)
 
     def create(self, aws: Aws) -> None:
         aws.call(
@@ -91,25 +106,6 @@ class LogGroup(Resource):
             logGroupName=self.name,
             tags=self.ctx.tags,
         )
-
-    def update(self, aws: Aws, changes: list[Change]) -> None:
-        for change in changes:
-            if change.field == "tags":
-                aws.call(
-                    "logs",
-                    "tag_log_group",
-                    resource=self.label,
-                    logGroupName=self.name,
-                    tags=self.ctx.tags,
-                )
-            elif change.field == "retention_days":
-                aws.call(
-                    "logs",
-                    "put_retention_policy",
-                    resource=self.label,
-                    logGroupName=self.name,
-                    retentionInDays=self.retention_days,
-                )
 
     def delete(self, aws: Aws) -> None:
         aws.call(

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from iotpipe.aws import Transient
-from iotpipe.engine.model import Change, Resource
+from iotpipe.engine.fields import Field, Tagging, call
+from iotpipe.engine.model import Resource
 from iotpipe.engine.reconcile import report_wait
 from iotpipe.errors import AwsError
 from iotpipe.permissions import Grant, owned, reads, writes
@@ -16,6 +17,9 @@ if TYPE_CHECKING:
 
 # The longest SQS keeps a message: time enough to notice the alarm and replay the batch.
 RETENTION_SECONDS = 14 * 86_400
+# SSE-SQS: encryption at rest with no KMS key to manage or pay for.
+ATTRIBUTES = {"SqsManagedSseEnabled": "true", "MessageRetentionPeriod": str(RETENTION_SECONDS)}
+MANAGED_ATTRIBUTES = tuple(ATTRIBUTES)
 QUEUE_MISSING = ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
 # DeleteQueue (SQS API reference): "When you delete a queue, you must wait at least 60 seconds
 # before creating a queue with the same name." CreateQueue answers this code until then.
@@ -26,6 +30,28 @@ QUEUE_DELETED_RECENTLY = Transient(
 
 class DeadLetterQueue(Resource):
     kind = "sqs.queue"
+    fields = (
+        Field(
+            "attributes",
+            lambda raw: {key: raw.get("Attributes", {}).get(key) for key in MANAGED_ATTRIBUTES},
+            "set_queue_attributes",
+        ),
+    )
+    writes = (
+        call(
+            "sqs",
+            "set_queue_attributes",
+            lambda r, want, have: {"QueueUrl": have.raw["url"], "Attributes": want["attributes"]},
+        ),
+    )
+    tagging = Tagging(
+        "sqs",
+        "list_queue_tags",
+        "tag_queue",
+        lambda r, raw: {"QueueUrl": raw["url"]},
+        shape="map",
+        missing=QUEUE_MISSING,
+    )
 
     def grants(self) -> list[Grant]:
         arn = self.ctx.names.dead_letter_queue_arn
@@ -36,14 +62,7 @@ class DeadLetterQueue(Resource):
         ]
 
     def desired(self) -> dict[str, Any]:
-        return {
-            "tags": self.ctx.tags,
-            # SSE-SQS: encryption at rest with no KMS key to manage or pay for.
-            "attributes": {
-                "SqsManagedSseEnabled": "true",
-                "MessageRetentionPeriod": str(RETENTION_SECONDS),
-            },
-        }
+        return {"tags": self.ctx.tags, "attributes": ATTRIBUTES}
 
     def _url(self, aws: Aws) -> str | None:
         found = aws.call(
@@ -55,27 +74,15 @@ class DeadLetterQueue(Resource):
         url = self._url(aws)
         if url is None:
             return None
-        attributes, tags = aws.gather(
-            lambda: aws.call(
-                "sqs",
-                "get_queue_attributes",
-                resource=self.label,
-                missing=QUEUE_MISSING,
-                QueueUrl=url,
-                AttributeNames=["All"],
-            ),
-            lambda: aws.call(
-                "sqs", "list_queue_tags", resource=self.label, missing=QUEUE_MISSING, QueueUrl=url
-            ),
+        attributes = aws.call(
+            "sqs",
+            "get_queue_attributes",
+            resource=self.label,
+            missing=QUEUE_MISSING,
+            QueueUrl=url,
+            AttributeNames=["All"],
         )
-        if attributes is None or tags is None:
-            return None
-        have = attributes.get("Attributes", {})
-        return {
-            "tags": tags.get("Tags", {}),
-            "attributes": {key: have.get(key) for key in self.desired()["attributes"]},
-            "arn": have.get("QueueArn"),
-        }
+        return None if attributes is None else {"url": url, **attributes}
 
     def create(self, aws: Aws) -> None:
         # CreateQueue with the same name and attributes is idempotent.
@@ -100,20 +107,6 @@ class DeadLetterQueue(Resource):
                 retry_on=(QUEUE_DELETED_RECENTLY,),
                 **params,
             )
-
-    def update(self, aws: Aws, changes: list[Change]) -> None:
-        url = self._url(aws)
-        for change in changes:
-            if change.field == "tags":
-                aws.call("sqs", "tag_queue", resource=self.label, QueueUrl=url, Tags=self.ctx.tags)
-            elif change.field == "attributes":
-                aws.call(
-                    "sqs",
-                    "set_queue_attributes",
-                    resource=self.label,
-                    QueueUrl=url,
-                    Attributes=self.desired()["attributes"],
-                )
 
     def delete(self, aws: Aws) -> None:
         url = self._url(aws)
