@@ -7,15 +7,19 @@ JSON lines with the Glue table's schema (Snappy inside the Parquet files, none a
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+import jmespath
+
 from iotpipe.aws import IAM_PROPAGATION
-from iotpipe.engine.model import Change, Resource
+from iotpipe.engine.fields import Field, Settled, Tagging, call
+from iotpipe.engine.model import Resource
 from iotpipe.errors import AwsError
 from iotpipe.permissions import Grant, owned, reads, writes
 from iotpipe.resources.deletion import DELETING, create_once_deleted, wait_while_deleting
 from iotpipe.resources.iam import ServiceRole, allow, policy_document, trust_policy
-from iotpipe.resources.logs import LOG_STREAMS_WHY, LogGroup, group_arns
+from iotpipe.resources.logs import GROUP_TAGGING, LOG_STREAMS_WHY, LogGroup, group_arns
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
@@ -71,6 +75,8 @@ class DeliveryLogStream(Resource):
     """The log stream Firehose writes delivery errors to (it does not create it itself)."""
 
     kind = "logs.stream"
+    # A stream cannot be tagged: it belongs to whoever owns its group.
+    tagging = replace(GROUP_TAGGING, write=None, target=lambda r, raw: {"logGroupName": r.group})
 
     def __init__(self, ctx: StackContext, name: str, group: LogGroup) -> None:
         super().__init__(ctx, name, depends_on=(group.key,))
@@ -106,11 +112,7 @@ class DeliveryLogStream(Resource):
             logStreamNamePrefix=self.name,
         )
         streams = (found or {}).get("logStreams", [])
-        if not any(s["logStreamName"] == self.name for s in streams):
-            return None
-        # A stream cannot be tagged: it belongs to whoever owns its group.
-        tags = aws.call("logs", "list_tags_log_group", resource=self.label, logGroupName=self.group)
-        return {"tags": tags.get("tags", {})}
+        return next((st for st in streams if st["logStreamName"] == self.name), None)
 
     def create(self, aws: Aws) -> None:
         aws.call(
@@ -121,9 +123,6 @@ class DeliveryLogStream(Resource):
             logGroupName=self.group,
             logStreamName=self.name,
         )
-
-    def update(self, aws: Aws, changes: list[Change]) -> None:
-        """Nothing of a log stream can change."""
 
     def delete(self, aws: Aws) -> None:
         aws.call(
@@ -136,8 +135,95 @@ class DeliveryLogStream(Resource):
         )
 
 
+S3 = "Destinations[0].ExtendedS3DestinationDescription"
+
+
+def _parquet_schema(raw: dict[str, Any]) -> str | None:
+    conversion = jmespath.search(f"{S3}.DataFormatConversionConfiguration", raw) or {}
+    if not conversion.get("Enabled"):
+        return None
+    schema = conversion.get("SchemaConfiguration", {})
+    return f"{schema.get('DatabaseName')}.{schema.get('TableName')}"
+
+
+def _encryption(raw: dict[str, Any]) -> str | None:
+    encryption = raw.get("DeliveryStreamEncryptionConfiguration", {})
+    if encryption.get("Status", "ENABLED") in ("ENABLED", "ENABLING"):
+        return encryption.get("KeyType")
+    return None
+
+
+def _logging(raw: dict[str, Any]) -> dict[str, Any] | None:
+    logging = jmespath.search(f"{S3}.CloudWatchLoggingOptions", raw) or {}
+    if not logging.get("Enabled"):
+        return None
+    return {"group": logging.get("LogGroupName"), "stream": logging.get("LogStreamName")}
+
+
+def _creation_failure(raw: dict[str, Any]) -> str | None:
+    if raw["DeliveryStreamStatus"] != "CREATING_FAILED":
+        return None
+    reason = raw.get("FailureDescription", {}).get("Details", "no details")
+    return f"creation failed: {reason}"
+
+
+# Every destination field is set by one UpdateDestination call.
+_DESTINATION = "update_destination"
+
+
 class ArchiveDeliveryStream(Resource):
     kind = "firehose.delivery_stream"
+    fields = (
+        Field("role", f"{S3}.RoleARN", _DESTINATION),
+        Field("bucket", f"{S3}.BucketARN", _DESTINATION),
+        Field("prefix", f"{S3}.Prefix", _DESTINATION),
+        Field("error_prefix", f"{S3}.ErrorOutputPrefix", _DESTINATION),
+        Field(
+            "buffering",
+            f"{S3}.BufferingHints.{{size_mb: SizeInMBs, interval_seconds: IntervalInSeconds}}",
+            _DESTINATION,
+        ),
+        Field("compression", f"{S3}.CompressionFormat", _DESTINATION),
+        Field("parquet_schema", _parquet_schema, _DESTINATION),
+        Field("encryption", _encryption, "start_delivery_stream_encryption"),
+        Field("logging", _logging, _DESTINATION),
+    )
+    writes = (
+        call(
+            "firehose",
+            "start_delivery_stream_encryption",
+            lambda r, want, have: {
+                "DeliveryStreamName": r.name,
+                "DeliveryStreamEncryptionConfigurationInput": {"KeyType": ENCRYPTION},
+            },
+            settles=True,
+        ),
+        # The version id makes a concurrent change fail instead of being overwritten.
+        call(
+            "firehose",
+            _DESTINATION,
+            lambda r, want, have: {
+                "DeliveryStreamName": r.name,
+                "CurrentDeliveryStreamVersionId": have.raw["VersionId"],
+                "DestinationId": have.raw["Destinations"][0]["DestinationId"],
+                "ExtendedS3DestinationUpdate": r.destination(),
+            },
+            settles=True,
+            retry_on=IAM_PROPAGATION,
+        ),
+    )
+    tagging = Tagging(
+        "firehose",
+        "list_tags_for_delivery_stream",
+        "tag_delivery_stream",
+        lambda r, raw: {"DeliveryStreamName": r.name},
+    )
+    settled = Settled(
+        "DeliveryStreamStatus",
+        frozenset({"ACTIVE"}),
+        "for the stream to become ACTIVE",
+        failed=_creation_failure,
+    )
 
     @property
     def parquet(self) -> bool:
@@ -188,50 +274,9 @@ class ArchiveDeliveryStream(Resource):
     def observe(self, aws: Aws) -> dict[str, Any] | None:
         stream = self._describe(aws)
         # A stream still DELETING is as good as gone: `create` waits it out.
-        if stream is None or stream["DeliveryStreamStatus"] == DELETING:
-            return None
-        destination = stream["Destinations"][0]
-        s3 = destination.get("ExtendedS3DestinationDescription", {})
-        hints = s3.get("BufferingHints", {})
-        logging = s3.get("CloudWatchLoggingOptions", {})
-        conversion = s3.get("DataFormatConversionConfiguration", {})
-        schema = conversion.get("SchemaConfiguration", {})
-        encryption = stream.get("DeliveryStreamEncryptionConfiguration", {})
-        tags = aws.call(
-            "firehose",
-            "list_tags_for_delivery_stream",
-            resource=self.label,
-            DeliveryStreamName=self.name,
-        )
-        return {
-            "tags": {t["Key"]: t["Value"] for t in tags.get("Tags", [])},
-            "role": s3.get("RoleARN"),
-            "bucket": s3.get("BucketARN"),
-            "prefix": s3.get("Prefix"),
-            "error_prefix": s3.get("ErrorOutputPrefix"),
-            "buffering": {
-                "size_mb": hints.get("SizeInMBs"),
-                "interval_seconds": hints.get("IntervalInSeconds"),
-            },
-            "compression": s3.get("CompressionFormat"),
-            "parquet_schema": f"{schema.get('DatabaseName')}.{schema.get('TableName')}"
-            if conversion.get("Enabled")
-            else None,
-            "encryption": encryption.get("KeyType")
-            if encryption.get("Status", "ENABLED") in ("ENABLED", "ENABLING")
-            else None,
-            "logging": {
-                "group": logging.get("LogGroupName"),
-                "stream": logging.get("LogStreamName"),
-            }
-            if logging.get("Enabled")
-            else None,
-            "status": stream["DeliveryStreamStatus"],
-            "version": stream["VersionId"],
-            "destination_id": destination["DestinationId"],
-        }
+        return None if stream is None or stream["DeliveryStreamStatus"] == DELETING else stream
 
-    def _destination(self) -> dict[str, Any]:
+    def destination(self) -> dict[str, Any]:
         want, names = self.desired(), self.ctx.names
         destination: dict[str, Any] = {
             "RoleARN": want["role"],
@@ -270,7 +315,7 @@ class ArchiveDeliveryStream(Resource):
         return destination
 
     def create(self, aws: Aws) -> None:
-        destination = self._destination()
+        destination = self.destination()
         if not self.parquet:
             # A stream created without conversion needs no "disabled" block.
             del destination["DataFormatConversionConfiguration"]
@@ -306,56 +351,10 @@ class ArchiveDeliveryStream(Resource):
                 hint=f"aws firehose delete-delivery-stream --delivery-stream-name {self.name} "
                 "--allow-force-delete, then run `iotpipe up` again",
             )
-        self.wait_active(aws)
 
     def _status(self, aws: Aws) -> str | None:
         stream = self._describe(aws)
         return stream["DeliveryStreamStatus"] if stream else None
-
-    def wait_active(self, aws: Aws) -> dict[str, Any]:
-        def active() -> dict[str, Any] | None:
-            observed = self.observe(aws)
-            if observed and observed["status"] == "CREATING_FAILED":
-                stream = self._describe(aws) or {}
-                reason = stream.get("FailureDescription", {}).get("Details", "no details")
-                raise AwsError(f"creation failed: {reason}", resource=self.label)
-            return observed if observed and observed["status"] == "ACTIVE" else None
-
-        return aws.wait_for(active, resource=self.label, what="for the stream to become ACTIVE")
-
-    def update(self, aws: Aws, changes: list[Change]) -> None:
-        fields = {c.field for c in changes}
-        observed = self.wait_active(aws)
-        if "tags" in fields:
-            aws.call(
-                "firehose",
-                "tag_delivery_stream",
-                resource=self.label,
-                DeliveryStreamName=self.name,
-                Tags=self.ctx.tag_list,
-            )
-        if "encryption" in fields:
-            aws.call(
-                "firehose",
-                "start_delivery_stream_encryption",
-                resource=self.label,
-                DeliveryStreamName=self.name,
-                DeliveryStreamEncryptionConfigurationInput={"KeyType": ENCRYPTION},
-            )
-            observed = self.wait_active(aws)
-        if fields - {"tags", "encryption"}:
-            # The version id makes a concurrent change fail instead of being overwritten.
-            aws.call(
-                "firehose",
-                "update_destination",
-                resource=self.label,
-                retry_on=IAM_PROPAGATION,
-                DeliveryStreamName=self.name,
-                CurrentDeliveryStreamVersionId=observed["version"],
-                DestinationId=observed["destination_id"],
-                ExtendedS3DestinationUpdate=self._destination(),
-            )
-            self.wait_active(aws)
 
     def delete(self, aws: Aws) -> None:
         aws.call(

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from iotpipe.engine.model import STACK_TAG, Change, Resource
+from iotpipe.engine.fields import Field, State, Tagging, Write, call
+from iotpipe.engine.model import Resource
 from iotpipe.permissions import Grant, owned, reads, writes
 from iotpipe.resources import kms
 
@@ -18,8 +19,34 @@ if TYPE_CHECKING:
     from iotpipe.context import StackContext
 
 
+TOPIC_MISSING = ("NotFound", "NotFoundException")
+
+
+def _topic_tagging(write: str | None) -> Tagging:
+    """The topic's tags, by its ARN (the subscriptions' owner is the topic's)."""
+    return Tagging(
+        "sns",
+        "list_tags_for_resource",
+        write,
+        lambda r, raw: {"ResourceArn": r.ctx.names.alerts_topic_arn},
+    )
+
+
 class AlertsTopic(Resource):
     kind = "sns.topic"
+    fields = (Field("kms_key", "Attributes.KmsMasterKeyId", "set_topic_attributes"),)
+    writes = (
+        call(
+            "sns",
+            "set_topic_attributes",
+            lambda r, want, have: {
+                "TopicArn": r.arn,
+                "AttributeName": "KmsMasterKeyId",
+                "AttributeValue": want["kms_key"],
+            },
+        ),
+    )
+    tagging = _topic_tagging("tag_resource")
 
     def __init__(self, ctx: StackContext, name: str, key: kms.AlertsKey) -> None:
         super().__init__(ctx, name, depends_on=(key.key,))
@@ -41,20 +68,13 @@ class AlertsTopic(Resource):
         return {"tags": self.ctx.tags, "kms_key": self.kms_key}
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        attributes = aws.call(
+        return aws.call(
             "sns",
             "get_topic_attributes",
             resource=self.label,
-            missing=("NotFound", "NotFoundException"),
+            missing=TOPIC_MISSING,
             TopicArn=self.arn,
         )
-        if attributes is None:
-            return None
-        tags = aws.call("sns", "list_tags_for_resource", resource=self.label, ResourceArn=self.arn)
-        return {
-            "tags": {t["Key"]: t["Value"] for t in tags.get("Tags", [])},
-            "kms_key": attributes["Attributes"].get("KmsMasterKeyId"),
-        }
 
     def create(self, aws: Aws) -> None:
         # CreateTopic is idempotent for the same name and attributes.
@@ -66,26 +86,6 @@ class AlertsTopic(Resource):
             Attributes={"KmsMasterKeyId": self.kms_key},
             Tags=self.ctx.tag_list,
         )
-
-    def update(self, aws: Aws, changes: list[Change]) -> None:
-        for change in changes:
-            if change.field == "tags":
-                aws.call(
-                    "sns",
-                    "tag_resource",
-                    resource=self.label,
-                    ResourceArn=self.arn,
-                    Tags=self.ctx.tag_list,
-                )
-            elif change.field == "kms_key":
-                aws.call(
-                    "sns",
-                    "set_topic_attributes",
-                    resource=self.label,
-                    TopicArn=self.arn,
-                    AttributeName="KmsMasterKeyId",
-                    AttributeValue=self.kms_key,
-                )
 
     def delete(self, aws: Aws) -> None:
         aws.call("sns", "delete_topic", resource=self.label, TopicArn=self.arn)
@@ -104,6 +104,10 @@ class EmailSubscriptions(Resource):
     """
 
     kind = "sns.subscriptions"
+    fields = (Field("emails", "emails", "subscriptions"),)
+    writes = (Write("subscriptions", lambda r, aws, want, have: r.sync(aws, want, have)),)
+    # Subscriptions cannot be tagged: they belong to whoever owns the topic.
+    tagging = _topic_tagging(None)
 
     def __init__(self, ctx: StackContext, topic: AlertsTopic) -> None:
         super().__init__(ctx, topic.name, depends_on=(topic.key,))
@@ -128,30 +132,21 @@ class EmailSubscriptions(Resource):
         return {"emails": sorted(set(self.ctx.config.alerts.emails))}
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        label = self.label
         topic = aws.call(
             "sns",
             "get_topic_attributes",
-            resource=label,
-            missing=("NotFound", "NotFoundException"),
+            resource=self.label,
+            missing=TOPIC_MISSING,
             TopicArn=self.topic_arn,
         )
         if topic is None:
             return None
-        # Subscriptions cannot be tagged: they belong to whoever owns the topic.
-        tags, subscriptions = aws.gather(
-            lambda: aws.call(
-                "sns", "list_tags_for_resource", resource=label, ResourceArn=self.topic_arn
-            ),
-            lambda: list(
-                aws.paginate(
-                    "sns",
-                    "list_subscriptions_by_topic",
-                    resource=label,
-                    key="Subscriptions",
-                    TopicArn=self.topic_arn,
-                )
-            ),
+        subscriptions = aws.paginate(
+            "sns",
+            "list_subscriptions_by_topic",
+            resource=self.label,
+            key="Subscriptions",
+            TopicArn=self.topic_arn,
         )
         confirmed: dict[str, str] = {}
         pending: set[str] = set()
@@ -162,18 +157,19 @@ class EmailSubscriptions(Resource):
                 pending.add(sub["Endpoint"])
             elif sub["SubscriptionArn"].startswith("arn:"):
                 confirmed[sub["Endpoint"]] = sub["SubscriptionArn"]
+        # A pending address no longer wanted cannot be removed: it is left out of the diff.
         wanted = set(self.desired()["emails"])
-        return {
-            "tags": {t["Key"]: t["Value"] for t in tags.get("Tags", [])},
-            # A pending address no longer wanted cannot be removed: leave it out of the diff.
-            "emails": sorted(set(confirmed) | (pending & wanted)),
-            "pending": sorted(pending),
-            "arns": confirmed,
-        }
+        emails = sorted(set(confirmed) | (pending & wanted))
+        return {"emails": emails, "arns": confirmed, "pending": sorted(pending)}
 
-    def notes(self, observed: dict[str, Any]) -> list[str]:
+    def sync(self, aws: Aws, want: dict[str, Any], have: State) -> None:
+        current, wanted = set(have["emails"]), set(want["emails"])
+        self._subscribe(aws, sorted(wanted - current))
+        self._unsubscribe(aws, {e: have.raw["arns"][e] for e in sorted(current - wanted)})
+
+    def notes(self, observed: State) -> list[str]:
         wanted = set(self.desired()["emails"])
-        pending = set(observed.get("pending", []))
+        pending = set(observed.raw["pending"])
         notes = []
         if pending & wanted:
             notes.append(
@@ -187,26 +183,8 @@ class EmailSubscriptions(Resource):
             )
         return notes
 
-    def owner(self, observed: dict[str, Any]) -> str | None:
-        return (observed.get("tags") or {}).get(STACK_TAG)
-
     def create(self, aws: Aws) -> None:
         self._subscribe(aws, self.desired()["emails"])
-
-    def update(self, aws: Aws, changes: list[Change]) -> None:
-        observed = self.observe(aws) or {}
-        have = set(observed.get("emails", []))
-        want = set(self.desired()["emails"])
-        self._subscribe(aws, sorted(want - have))
-        arns = observed.get("arns", {})
-        for email in sorted(have - want):
-            aws.call(
-                "sns",
-                "unsubscribe",
-                resource=f"{self.label} ({email})",
-                missing=("NotFound", "NotFoundException"),
-                SubscriptionArn=arns[email],
-            )
 
     def _subscribe(self, aws: Aws, emails: list[str]) -> None:
         for email in emails:
@@ -219,16 +197,20 @@ class EmailSubscriptions(Resource):
                 Endpoint=email,
             )
 
-    def delete(self, aws: Aws) -> None:
-        observed = self.observe(aws) or {}
-        for email, arn in sorted(observed.get("arns", {}).items()):
+    def _unsubscribe(self, aws: Aws, arns: dict[str, str]) -> None:
+        for email, arn in arns.items():
             aws.call(
                 "sns",
                 "unsubscribe",
                 resource=f"{self.label} ({email})",
-                missing=("NotFound", "NotFoundException"),
+                missing=TOPIC_MISSING,
                 SubscriptionArn=arn,
             )
+
+    def delete(self, aws: Aws) -> None:
+        observed = self.observe(aws)
+        if observed is not None:
+            self._unsubscribe(aws, dict(sorted(observed["arns"].items())))
 
 
 def resources(ctx: StackContext) -> list[Resource]:
