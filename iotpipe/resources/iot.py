@@ -15,9 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
+import jmespath
+
 from iotpipe.aws import IAM_PROPAGATION
 from iotpipe.devices import DEFAULT_CONCURRENCY, Fleet, revoke_grants
-from iotpipe.engine.model import STACK_TAG, Change, Deferred, Resource
+from iotpipe.engine.fields import REPLACE, Field, State, Write, call
+from iotpipe.engine.model import STACK_TAG, Deferred, Resource
 from iotpipe.errors import AwsError, IotpipeError
 from iotpipe.permissions import Grant, owned, reads, writes
 from iotpipe.resources.iam import ServiceRole, allow, policy_document, trust_policy
@@ -109,10 +112,27 @@ def describe_thing_type(aws: Aws, name: str, label: str) -> dict[str, Any] | Non
     )
 
 
+# Where a thing type's description (and so its owner) is, in what its resources observe.
+TYPE_DESCRIPTION = "type.thingTypeProperties.thingTypeDescription"
+
+
 class SensorThingType(Resource):
     kind = "iot.thing-type"
-    # AWS cannot change a thing type's description; it can only deprecate and delete the type.
-    replace_on = frozenset({"description"})
+    fields = (
+        # AWS cannot change a thing type's description; it can only deprecate and delete the type.
+        Field("description", TYPE_DESCRIPTION, REPLACE),
+        Field("deprecated", "type.thingTypeMetadata.deprecated || `false`", "deprecate_thing_type"),
+    )
+    writes = (
+        call(
+            "iot",
+            "deprecate_thing_type",
+            lambda r, want, have: {
+                "thingTypeName": r.name,
+                "undoDeprecate": not want["deprecated"],
+            },
+        ),
+    )
 
     def grants(self) -> list[Grant]:
         arn = self.ctx.names.arn("iot", f"thingtype/{self.name}")
@@ -129,8 +149,8 @@ class SensorThingType(Resource):
             "deprecated": False,
         }
 
-    def owner(self, observed: dict[str, Any]) -> str | None:
-        return _owner_from_text(observed.get("description"))
+    def owner(self, observed: State) -> str | None:
+        return _owner_from_text(observed["description"])
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
         found, users = aws.gather(
@@ -144,16 +164,10 @@ class SensorThingType(Resource):
                 maxResults=PLAN_DEVICES + 1,
             ),
         )
-        if found is None:
-            return None
-        return {
-            "description": found.get("thingTypeProperties", {}).get("thingTypeDescription"),
-            "deprecated": bool(found.get("thingTypeMetadata", {}).get("deprecated")),
-            "devices": sorted(thing["thingName"] for thing in users.get("things", [])),
-        }
+        return None if found is None else {"type": found, "things": users.get("things", [])}
 
-    def notes(self, observed: dict[str, Any]) -> list[str]:
-        devices = observed.get("devices") or []
+    def notes(self, observed: State) -> list[str]:
+        devices = sorted(thing["thingName"] for thing in observed.raw["things"])
         if not devices:
             return []
         shown = ", ".join(devices[:PLAN_DEVICES])
@@ -172,16 +186,6 @@ class SensorThingType(Resource):
             thingTypeProperties={"thingTypeDescription": self.desired()["description"]},
             tags=self.ctx.tag_list,
         )
-
-    def update(self, aws: Aws, changes: list[Change]) -> None:
-        if any(c.field == "deprecated" for c in changes):
-            aws.call(
-                "iot",
-                "deprecate_thing_type",
-                resource=self.label,
-                thingTypeName=self.name,
-                undoDeprecate=True,
-            )
 
     def delete(self, aws: Aws) -> None:
         users = list(
@@ -273,27 +277,21 @@ class DeviceFleet(Resource):
         if found is None:
             return None
         devices = sorted(thing["name"] for thing in self._fleet(aws).list())
-        if not devices:
-            return None
-        owner = _owner_from_text(found.get("thingTypeProperties", {}).get("thingTypeDescription"))
-        return {"devices": devices, "owner": owner}
+        return {"type": found, "devices": devices} if devices else None
 
-    def owner(self, observed: dict[str, Any]) -> str | None:
-        return observed.get("owner")
+    def owner(self, observed: State) -> str | None:
+        return _owner_from_text(jmespath.search(TYPE_DESCRIPTION, observed.raw))
 
-    def keep_note(self, observed: dict[str, Any]) -> str:
+    def keep_note(self, observed: State) -> str:
         return (
-            f"{_some(observed['devices'])} kept with their certificates "
+            f"{_some(observed.raw['devices'])} kept with their certificates "
             "(`down --delete-data` revokes and deletes them)"
         )
 
-    def delete_note(self, observed: dict[str, Any]) -> str | None:
-        return f"revokes and deletes {_some(observed['devices'])}"
+    def delete_note(self, observed: State) -> str | None:
+        return f"revokes and deletes {_some(observed.raw['devices'])}"
 
     def create(self, aws: Aws) -> None:
-        raise IotpipeError("internal: devices are registered by `iotpipe devices register`")
-
-    def update(self, aws: Aws, changes: list[Change]) -> None:
         raise IotpipeError("internal: devices are registered by `iotpipe devices register`")
 
     def delete(self, aws: Aws) -> None:
@@ -316,6 +314,11 @@ def _some(devices: list[str], shown: int = 5) -> str:
 
 class DevicePolicy(Resource):
     kind = "iot.policy"
+    # GetPolicy answers the default version's document.
+    fields = (Field("document", lambda raw: json.loads(raw["policyDocument"]), "new_version"),)
+    writes = (
+        Write("new_version", lambda r, aws, want, have: r.new_version(aws, want["document"])),
+    )
 
     def grants(self) -> list[Grant]:
         names = self.ctx.names
@@ -349,24 +352,21 @@ class DevicePolicy(Resource):
             "document": device_policy_document(names, self.ctx.stack, basic_ingest=basic_ingest)
         }
 
-    def owner(self, observed: dict[str, Any]) -> str | None:
-        for statement in (observed.get("document") or {}).get("Statement", []):
+    def owner(self, observed: State) -> str | None:
+        for statement in (observed["document"] or {}).get("Statement", []):
             sid = str(statement.get("Sid", ""))
             if sid.startswith(OWNER_SID_PREFIX):
                 return sid.removeprefix(OWNER_SID_PREFIX).replace("X", "-")
         return None
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        found = aws.call(
+        return aws.call(
             "iot",
             "get_policy",
             resource=self.label,
             missing=("ResourceNotFoundException",),
             policyName=self.name,
         )
-        if found is None:
-            return None
-        return {"document": json.loads(found["policyDocument"])}
 
     def create(self, aws: Aws) -> None:
         aws.call(
@@ -378,31 +378,39 @@ class DevicePolicy(Resource):
             tags=self.ctx.tag_list,
         )
 
-    def update(self, aws: Aws, changes: list[Change]) -> None:
+    def new_version(self, aws: Aws, document: dict[str, Any]) -> None:
         # IoT policies are versioned: the new document becomes a new default version, and the
         # oldest non-default version makes room when AWS's limit is reached.
-        versions = aws.call(
-            "iot", "list_policy_versions", resource=self.label, policyName=self.name
-        )["policyVersions"]
+        versions = self._versions(aws)
         if len(versions) >= MAX_POLICY_VERSIONS:
-            oldest = min(
-                (v for v in versions if not v["isDefaultVersion"]),
-                key=lambda v: int(v["versionId"]),
-            )
-            aws.call(
-                "iot",
-                "delete_policy_version",
-                resource=self.label,
-                policyName=self.name,
-                policyVersionId=oldest["versionId"],
-            )
+            old = [v for v in versions if not v["isDefaultVersion"]]
+            self._delete_version(aws, min(old, key=lambda v: int(v["versionId"])))
         aws.call(
             "iot",
             "create_policy_version",
             resource=self.label,
             policyName=self.name,
-            policyDocument=json.dumps(self.desired()["document"]),
+            policyDocument=json.dumps(document),
             setAsDefault=True,
+        )
+
+    def _versions(self, aws: Aws, missing: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        found = aws.call(
+            "iot",
+            "list_policy_versions",
+            resource=self.label,
+            missing=missing,
+            policyName=self.name,
+        )
+        return (found or {}).get("policyVersions", [])
+
+    def _delete_version(self, aws: Aws, version: dict[str, Any]) -> None:
+        aws.call(
+            "iot",
+            "delete_policy_version",
+            resource=self.label,
+            policyName=self.name,
+            policyVersionId=version["versionId"],
         )
 
     def delete(self, aws: Aws) -> None:
@@ -413,22 +421,9 @@ class DevicePolicy(Resource):
             "iot", "list_targets_for_policy", resource=label, key="targets", policyName=self.name
         ):
             aws.call("iot", "detach_policy", resource=label, policyName=self.name, target=target)
-        versions = aws.call(
-            "iot",
-            "list_policy_versions",
-            resource=label,
-            missing=("ResourceNotFoundException",),
-            policyName=self.name,
-        )
-        for version in (versions or {}).get("policyVersions", []):
+        for version in self._versions(aws, missing=("ResourceNotFoundException",)):
             if not version["isDefaultVersion"]:
-                aws.call(
-                    "iot",
-                    "delete_policy_version",
-                    resource=label,
-                    policyName=self.name,
-                    policyVersionId=version["versionId"],
-                )
+                self._delete_version(aws, version)
         aws.call(
             "iot",
             "delete_policy",
@@ -438,8 +433,36 @@ class DevicePolicy(Resource):
         )
 
 
+def _payload(want: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "sql": want["sql"],
+        "description": want["description"],
+        "awsIotSqlVersion": want["sql_version"],
+        "ruleDisabled": want["disabled"],
+        "actions": want["actions"],
+        "errorAction": want["error_action"],
+    }
+
+
 class TelemetryRule(Resource):
     kind = "iot.topic-rule"
+    # The rule is one payload: ReplaceTopicRule writes every field of it at once.
+    fields = (
+        Field("description", "description || ''", "replace_topic_rule"),
+        Field("sql", "sql", "replace_topic_rule"),
+        Field("sql_version", "awsIotSqlVersion", "replace_topic_rule"),
+        Field("disabled", "ruleDisabled || `false`", "replace_topic_rule"),
+        Field("actions", "actions || `[]`", "replace_topic_rule"),
+        Field("error_action", "errorAction", "replace_topic_rule"),
+    )
+    writes = (
+        call(
+            "iot",
+            "replace_topic_rule",
+            lambda r, want, have: {"ruleName": r.name, "topicRulePayload": _payload(want)},
+            retry_on=IAM_PROPAGATION,
+        ),
+    )
 
     def grants(self) -> list[Grant]:
         arn = self.ctx.names.arn("iot", f"rule/{self.name}")
@@ -481,8 +504,8 @@ class TelemetryRule(Resource):
             },
         }
 
-    def owner(self, observed: dict[str, Any]) -> str | None:
-        return _owner_from_text(observed.get("description"))
+    def owner(self, observed: State) -> str | None:
+        return _owner_from_text(observed["description"])
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
         # AWS answers UnauthorizedException, not "not found", for a rule that does not exist.
@@ -493,28 +516,7 @@ class TelemetryRule(Resource):
             missing=("ResourceNotFoundException", "UnauthorizedException"),
             ruleName=self.name,
         )
-        if found is None:
-            return None
-        rule = found["rule"]
-        return {
-            "description": rule.get("description", ""),
-            "sql": rule.get("sql"),
-            "sql_version": rule.get("awsIotSqlVersion"),
-            "disabled": bool(rule.get("ruleDisabled")),
-            "actions": rule.get("actions", []),
-            "error_action": rule.get("errorAction"),
-        }
-
-    def _payload(self) -> dict[str, Any]:
-        want = self.desired()
-        return {
-            "sql": want["sql"],
-            "description": want["description"],
-            "awsIotSqlVersion": want["sql_version"],
-            "ruleDisabled": want["disabled"],
-            "actions": want["actions"],
-            "errorAction": want["error_action"],
-        }
+        return None if found is None else found["rule"]
 
     def create(self, aws: Aws) -> None:
         aws.call(
@@ -523,18 +525,8 @@ class TelemetryRule(Resource):
             resource=self.label,
             retry_on=IAM_PROPAGATION,
             ruleName=self.name,
-            topicRulePayload=self._payload(),
+            topicRulePayload=_payload(self.desired()),
             tags=urlencode(self.ctx.tags),
-        )
-
-    def update(self, aws: Aws, changes: list[Change]) -> None:
-        aws.call(
-            "iot",
-            "replace_topic_rule",
-            resource=self.label,
-            retry_on=IAM_PROPAGATION,
-            ruleName=self.name,
-            topicRulePayload=self._payload(),
         )
 
     def delete(self, aws: Aws) -> None:
