@@ -1,7 +1,9 @@
 """What every resource reads: the config, the AWS account the stack lives in, and its names.
 
 The resources (iotpipe.resources) are built from one `StackContext`; the module that assembles
-them into the stack (iotpipe.stack) and the commands hand it in.
+them into the stack (iotpipe.stack) and the commands hand it in. What a resource's `desired()`
+needs from AWS (the account id, whether Timestream is usable) is asked once, by `probe()`, before
+the resources are built, and held here as plain values: `desired()` never calls AWS.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from functools import cached_property
 from iotpipe.aws import Aws
 from iotpipe.config import Config
 from iotpipe.engine.model import STACK_TAG
+from iotpipe.errors import IotpipeError
 from iotpipe.naming import Names
 
 
@@ -38,15 +41,32 @@ class StackContext:
             partition=self.aws.partition,
         )
 
-    @cached_property
-    def timeseries_active(self) -> bool:
-        """Configured and available: the processor writes time series only then."""
+    def probe(self) -> StackContext:
+        """Ask AWS, once and side by side, what the resources' desired state depends on and the
+        caller did not hand in: the account id (every ARN) and, with the time-series sink on,
+        whether the account may use Timestream. Returns the context, now holding the answers."""
         from iotpipe.resources import timestream
 
+        asks = []
+        if self.account is None:
+            asks.append(lambda: setattr(self, "account", self.aws.account_id))
+        if self.config.timeseries.enabled and self.timeseries_usable is None:
+            asks.append(
+                lambda: setattr(self, "timeseries_usable", timestream.available(self.aws))
+            )
+        self.aws.gather(*asks)
+        return self
+
+    @property
+    def timeseries_active(self) -> bool:
+        """Configured and available: the processor writes time series only then."""
         if not self.config.timeseries.enabled:
             return False
         if self.timeseries_usable is None:
-            self.timeseries_usable = timestream.available(self.aws)
+            raise IotpipeError(
+                "internal: whether Timestream is usable was not probed before the resources "
+                "were built (StackContext.probe)"
+            )
         return self.timeseries_usable
 
     @property

@@ -29,7 +29,10 @@ PIPELINE_SERVICES = (
 
 
 def build_resources(ctx: StackContext, *, prewarm: bool = True) -> list[Resource]:
-    """Every resource of the pipeline, in declaration order (the engine orders by dependency)."""
+    """Every resource of the pipeline, in declaration order (the engine orders by dependency).
+
+    What their desired state needs from AWS is probed first, once (StackContext.probe).
+    """
     from iotpipe.resources import (
         athena,
         cloudwatch,
@@ -51,6 +54,7 @@ def build_resources(ctx: StackContext, *, prewarm: bool = True) -> list[Resource
         # The account id comes first (names need it); the clients get built meanwhile.
         timeseries = ["timestream-write"] if ctx.config.timeseries.enabled else []
         ctx.aws.prewarm(*PIPELINE_SERVICES, *timeseries)
+    ctx.probe()
     return [resource for module in modules for resource in module.resources(ctx)]
 
 
@@ -64,7 +68,10 @@ def build_teardown_resources(
     everything = ctx.config.model_copy(
         update={"timeseries": ctx.config.timeseries.model_copy(update={"enabled": True})}
     )
-    whole = StackContext(everything, ctx.aws, ctx.account, ctx.timeseries_usable)
+    # `down` reads no desired state, so whether Timestream is usable need not be asked here: its
+    # resources are looked for either way (an unusable account simply has none).
+    usable = True if ctx.timeseries_usable is None else ctx.timeseries_usable
+    whole = StackContext(everything, ctx.aws, ctx.account, usable)
     return [*build_resources(whole, prewarm=prewarm), iot.device_fleet(whole, credentials)]
 
 

@@ -14,6 +14,7 @@ import pytest
 from parliament import analyze_policy_string
 
 from iotpipe import aws as aws_module
+from iotpipe.engine.fields import Field, State, Write
 from iotpipe.engine.model import Action, Change, Deferred, Plan, Resource, Step, Unavailable
 from iotpipe.engine.reconcile import execute, plan_up
 from iotpipe.resources.firehose import ARCHIVE_PREFIX, ERROR_PREFIX
@@ -52,7 +53,9 @@ def updatable_crawlers_and_workgroups(monkeypatch: pytest.MonkeyPatch) -> None:
     from moto.glue.responses import GlueResponse
 
     def update_crawler(self: GlueResponse) -> EmptyResult:
-        crawler = self.glue_backend.get_crawler(self.parameters["Name"])
+        # moto 5.2.6 names the parsed request `params` (`parameters` before).
+        parameters = getattr(self, "params", None) or self.parameters
+        crawler = self.glue_backend.get_crawler(parameters["Name"])
         fields = {
             "Role": "role",
             "DatabaseName": "database_name",
@@ -64,8 +67,8 @@ def updatable_crawlers_and_workgroups(monkeypatch: pytest.MonkeyPatch) -> None:
             "Configuration": "configuration",
         }
         for param, attribute in fields.items():
-            if param in self.parameters:
-                setattr(crawler, attribute, self.parameters[param])
+            if param in parameters:
+                setattr(crawler, attribute, parameters[param])
         crawler.version += 1
         return EmptyResult()
 
@@ -878,9 +881,6 @@ class _Fake(Resource):
             raise Unavailable("service closed to this account", resource=self.label)
         self.created = True
 
-    def update(self, aws: Any, changes: list[Change]) -> None:
-        """Nothing to update."""
-
     def delete(self, aws: Any) -> None:
         """Nothing to delete."""
 
@@ -905,13 +905,18 @@ def test_an_optional_resource_unavailable_at_create_is_skipped_with_its_dependen
 
 
 def test_a_step_aws_allows_only_later_is_deferred_and_holds_back_nothing() -> None:
+    def later(r: Resource, aws: Any, want: dict[str, Any], have: State) -> None:
+        raise Deferred("one TTL change per table per hour", resource=r.label)
+
     class Later(_Fake):
-        def update(self, aws: Any, changes: list[Change]) -> None:
-            raise Deferred("one TTL change per table per hour", resource=self.label)
+        fields = (Field("ttl", "ttl", "update_time_to_live"),)
+        writes = (Write("update_time_to_live", later),)
 
     table = Later("table", optional=False, fail_create=False)
+    table.created = True
     function = _Fake("function", optional=False, fail_create=False, depends_on=(table.key,))
-    plan = Plan([Step(Action.UPDATE, table), Step(Action.CREATE, function)])
+    changed = [Change("ttl", None, "expires_at")]
+    plan = Plan([Step(Action.UPDATE, table, changed), Step(Action.CREATE, function)])
     execute(_Converged(), plan)  # type: ignore[arg-type]
     assert [s.action for s in plan.steps] == [Action.DEFER, Action.CREATE]
     assert plan.deferred[0].note == "one TTL change per table per hour"

@@ -29,7 +29,7 @@ def snapshot(endpoint: str, config_text: str = '[stack]\nname = "test"\n') -> di
     ctx = StackContext(config, aws)
     state = {}
     for r in order(build_resources(ctx)):
-        observed = r.observe(aws)
+        observed = r.read(aws)
         # Only the managed fields: generated ids (a mapping's UUID) differ between any two runs.
         wanted = r.desired()
         state[r.key] = observed and {k: v for k, v in observed.items() if k in wanted}

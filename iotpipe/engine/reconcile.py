@@ -224,7 +224,8 @@ def apply_step(aws: AwsAccess, step: Step) -> None:
         r.create(aws)
         _converge(aws, r)
     elif step.action is Action.UPDATE:
-        update(aws, r, step.changes, step.observed or _read_existing(aws, r))
+        latest = step.observed if step.observed is not None else _read_existing(aws, r)
+        update(aws, r, step.changes, latest)
     elif step.action is Action.REPLACE:
         r.delete(aws)
         r.create(aws)
