@@ -92,7 +92,12 @@ class Names:
         return f"{self.stack}-{service}"
 
     def telemetry_topic(self, thing: str) -> str:
+        """Where a device publishes its readings (AWS's topic design guidance:
+        dt/<app>/<thing-name>/telemetry); "+" gives the filter every device's topic matches."""
         return f"dt/{self.app}/{thing}/telemetry"
+
+    # The topic level that names the device (1-based, as the rule's topic(n) counts).
+    thing_topic_level = 3
 
     # Key prefixes inside the archive bucket.
     archive_prefix = "readings/"

@@ -96,10 +96,11 @@ def device_policy_document(names: Names, stack: str, *, basic_ingest: bool) -> d
     }
 
 
-def rule_sql(app: str) -> str:
-    return (
-        f"SELECT *, topic(3) AS device_id, timestamp() AS received_at FROM 'dt/{app}/+/telemetry'"
-    )
+def rule_sql(names: Names) -> str:
+    """Every device's readings, with the device's identity taken from its topic."""
+    device = f"topic({names.thing_topic_level})"
+    every_device = names.telemetry_topic("+")
+    return f"SELECT *, {device} AS device_id, timestamp() AS received_at FROM '{every_device}'"
 
 
 def describe_thing_type(aws: Aws, name: str, label: str) -> dict[str, Any] | None:
@@ -480,7 +481,7 @@ class TelemetryRule(Resource):
         role_arn = names.role_arn("iot-rule")
         return {
             "description": f"Device telemetry into Kinesis ({_owner_marker(self.ctx.stack)})",
-            "sql": rule_sql(names.app),
+            "sql": rule_sql(names),
             "sql_version": SQL_VERSION,
             "disabled": False,
             # One device's readings share a partition key, so they stay in order on one shard.
@@ -489,7 +490,7 @@ class TelemetryRule(Resource):
                     "kinesis": {
                         "roleArn": role_arn,
                         "streamName": names.readings_stream,
-                        "partitionKey": "${topic(3)}",
+                        "partitionKey": f"${{topic({names.thing_topic_level})}}",
                     }
                 }
             ],
