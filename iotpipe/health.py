@@ -14,11 +14,16 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from iotpipe.permissions import Grant, reads
+from iotpipe.resources import sns
 from iotpipe.resources.cloudwatch import alarm_names
+from iotpipe.resources.kinesis import ReadingsStream
+from iotpipe.resources.sns import EmailSubscriptions
+from iotpipe.resources.sqs import DeadLetterQueue
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
     from iotpipe.config import Config
+    from iotpipe.context import StackContext
     from iotpipe.naming import Names
 
 OK, WARNING, UNHEALTHY, MISSING = "ok", "warning", "unhealthy", "missing"
@@ -43,14 +48,14 @@ class Check:
 
 
 class Health:
-    """The health checks of one stack."""
+    """The health checks of one stack. The stream, queue and subscriptions are found as their
+    resources observe them (iotpipe.resources), which the checks read further."""
 
-    def __init__(
-        self, aws: Aws, names: Names, config: Config, *, now: datetime | None = None
-    ) -> None:
+    def __init__(self, aws: Aws, ctx: StackContext, *, now: datetime | None = None) -> None:
         self.aws = aws
-        self.names = names
-        self.config = config
+        self.ctx = ctx
+        self.names = ctx.names
+        self.config = ctx.config
         self.now = now or datetime.now(UTC)
 
     def run(self) -> list[Check]:
@@ -100,14 +105,8 @@ class Health:
             )
         return Check("alarms", OK, f"{len(alarms)} alarm(s), all OK", counts)
 
-    def _stream_summary(self, stream: str, label: str) -> dict[str, Any] | None:
-        return self.aws.call(
-            "kinesis",
-            "describe_stream_summary",
-            resource=label,
-            missing=("ResourceNotFoundException",),
-            StreamName=stream,
-        )
+    def _stream_summary(self) -> dict[str, Any] | None:
+        return ReadingsStream(self.ctx, self.names.readings_stream).observe(self.aws)
 
     def _stream_metric(
         self, stream: str, label: str, metric: str, statistic: str, *, start: datetime, period: int
@@ -130,8 +129,7 @@ class Health:
     def iterator_age(self) -> Check:
         stream = self.names.readings_stream
         label = f"kinesis.stream {stream}"
-        summary = self._stream_summary(stream, label)
-        if summary is None:
+        if self._stream_summary() is None:
             return Check("iterator age", MISSING, f"stream {stream} does not exist")
         points = self._stream_metric(
             stream,
@@ -155,23 +153,10 @@ class Health:
 
     def dead_letters(self) -> Check:
         queue = self.names.dead_letter_queue
-        label = f"sqs.queue {queue}"
-        found = self.aws.call(
-            "sqs",
-            "get_queue_url",
-            resource=label,
-            missing=("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"),
-            QueueName=queue,
-        )
+        found = DeadLetterQueue(self.ctx, queue).observe(self.aws)
         if found is None:
             return Check("dead-letter queue", MISSING, f"queue {queue} does not exist")
-        attributes = self.aws.call(
-            "sqs",
-            "get_queue_attributes",
-            resource=label,
-            QueueUrl=found["QueueUrl"],
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-        )["Attributes"]
+        attributes = found["Attributes"]
         depth = int(attributes.get("ApproximateNumberOfMessages", 0)) + int(
             attributes.get("ApproximateNumberOfMessagesNotVisible", 0)
         )
@@ -262,10 +247,10 @@ class Health:
         """When the stream first received records (CloudWatch's IncomingRecords), or None."""
         stream = self.names.readings_stream
         label = f"kinesis.stream {stream}"
-        summary = self._stream_summary(stream, label)
+        summary = self._stream_summary()
         if summary is None:
             return None
-        created = summary["StreamDescriptionSummary"]["StreamCreationTimestamp"]
+        created = summary["StreamCreationTimestamp"]
         # 5-minute periods: at most 1,440 datapoints per call (CloudWatch's limit), 5 days back.
         start = max(created, self.now - TRAFFIC_LOOKBACK)
         points = self._stream_metric(
@@ -275,33 +260,14 @@ class Health:
         return min(seen, default=None)
 
     def alert_subscriptions(self) -> Check:
-        topic = self.names.alerts_topic_arn
-        label = f"sns.topic {self.names.alerts_topic}"
-        exists = self.aws.call(
-            "sns",
-            "get_topic_attributes",
-            resource=label,
-            missing=("NotFound", "NotFoundException"),
-            TopicArn=topic,
-        )
-        if exists is None:
+        [subscriptions] = [r for r in sns.resources(self.ctx) if isinstance(r, EmailSubscriptions)]
+        found = subscriptions.observe(self.aws)
+        if found is None:
             return Check(
                 "alert subscriptions", MISSING, f"topic {self.names.alerts_topic} does not exist"
             )
-        subscriptions = list(
-            self.aws.paginate(
-                "sns",
-                "list_subscriptions_by_topic",
-                resource=label,
-                key="Subscriptions",
-                TopicArn=topic,
-            )
-        )
-        emails = [s for s in subscriptions if s.get("Protocol") == "email"]
-        pending = sorted(
-            s["Endpoint"] for s in emails if s["SubscriptionArn"] == "PendingConfirmation"
-        )
-        subscribed = {s["Endpoint"] for s in emails}
+        pending = found["pending"]
+        subscribed = {*found["arns"], *pending}
         absent = sorted(set(self.config.alerts.emails) - subscribed)
         if pending or absent:
             parts = []
@@ -310,9 +276,11 @@ class Health:
             if absent:
                 parts.append(f"not subscribed: {', '.join(absent)} (run `iotpipe up`)")
             return Check("alert subscriptions", UNHEALTHY, "; ".join(parts), len(pending))
-        if not emails:
+        if not subscribed:
             return Check("alert subscriptions", WARNING, "nobody receives alerts ([alerts] emails)")
-        return Check("alert subscriptions", OK, f"{len(emails)} confirmed email subscription(s)")
+        return Check(
+            "alert subscriptions", OK, f"{len(subscribed)} confirmed email subscription(s)"
+        )
 
 
 def _ago(seconds: float) -> str:

@@ -53,11 +53,11 @@ def test_readings_that_never_reach_the_archive_are_unhealthy_once_overdue(
     )
     config = load_config(config_file)
     aws = Aws(endpoint_url=endpoint)
-    names = StackContext(config, aws).names
+    stack = StackContext(config, aws)
     limit = config.alerts.archive_freshness_seconds
 
     def archive_at(moment: datetime):
-        return Health(aws, names, config, now=moment).archive_delivery()
+        return Health(aws, stack, now=moment).archive_delivery()
 
     # Within the freshness limit the readings may still be in Firehose's buffer.
     on_their_way = archive_at(now + timedelta(minutes=5))

@@ -18,7 +18,7 @@ def status(ctx: typer.Context) -> None:
     app = get_app(ctx)
     stack = app.stack
     lines = observe_status(app.aws, build_resources(stack))
-    checks = Health(app.aws, stack.names, app.config).run()
+    checks = Health(app.aws, stack).run()
     in_sync = all(line.state in _FINE_STATES for line in lines)
     healthy = in_sync and all(check.healthy for check in checks)
     out = app.out
