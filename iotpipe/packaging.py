@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.util
 import io
+import sys
 import zipfile
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+from types import ModuleType
 
 from iotpipe.errors import IotpipeError
 
@@ -70,3 +74,23 @@ def build_zip(package_dir: Path) -> CodeBundle:
 
 def processor_bundle() -> CodeBundle:
     return build_zip(PROCESSOR_SOURCE)
+
+
+@cache
+def processor_module(name: str) -> ModuleType:
+    """One of the processor's self-contained modules (`contract`, `settings`: they import
+    nothing of the processor), loaded from its source. What iotpipe and the processor must agree
+    on (the archive's columns, the function's environment) is stated there once, and read here."""
+    path = PROCESSOR_SOURCE / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"iotpipe._processor.{name}", path)
+    if spec is None or spec.loader is None or not path.is_file():
+        raise IotpipeError(
+            f"the processor's {name}.py is not in {PROCESSOR_SOURCE}",
+            hint="the processor's code (lambda_src/processor) ships with iotpipe's source tree; "
+            "run iotpipe from a checkout or an editable install",
+        )
+    module = importlib.util.module_from_spec(spec)
+    # dataclasses look their module up by name while building the class.
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

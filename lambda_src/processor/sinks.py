@@ -17,6 +17,7 @@ from typing import Any
 import botocore.exceptions
 
 from processor import clients
+from processor.contract import ARCHIVE_COLUMNS
 from processor.retry import Budget, error_code, is_retryable
 from processor.settings import Settings
 from processor.validate import Reading
@@ -432,14 +433,7 @@ def write_archive(readings: list[Reading], settings: Settings, budget: Budget) -
 
 def archive_line(reading: Reading) -> bytes:
     """One reading as the archive keeps it: every field, unknown ones under "extra"."""
-    line = {
-        "device_id": reading.device_id,
-        "ts": reading.ts,
-        "seq": reading.seq,
-        "received_at": reading.received_at,
-        "metrics": reading.metrics,
-        "extra": reading.extra,
-    }
+    line = {name: getattr(reading, name) for name, _ in ARCHIVE_COLUMNS}
     return (json.dumps(line, separators=(",", ":")) + "\n").encode()
 
 
