@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from iotpipe.engine.model import Change, Resource
+from iotpipe.engine.fields import Field, State, Tagging, call
+from iotpipe.engine.model import Resource
 from iotpipe.permissions import Grant, owned, reads, writes
 
 if TYPE_CHECKING:
@@ -12,10 +13,55 @@ if TYPE_CHECKING:
     from iotpipe.context import StackContext
 
 MIB = 1024 * 1024
+UPDATE = "update_work_group"
+
+
+def _configuration(want: dict[str, Any]) -> dict[str, Any]:
+    """The workgroup's configuration, in CreateWorkGroup's shape (UpdateWorkGroup's differs in
+    one key's name only)."""
+    return {
+        "ResultConfiguration": {
+            "OutputLocation": want["output_location"],
+            "EncryptionConfiguration": {"EncryptionOption": want["result_encryption"]},
+        },
+        "EnforceWorkGroupConfiguration": want["enforced"],
+        "PublishCloudWatchMetricsEnabled": want["cloudwatch_metrics"],
+        "BytesScannedCutoffPerQuery": want["bytes_scanned_cutoff"],
+        "EngineVersion": {"SelectedEngineVersion": want["engine_version"]},
+    }
+
+
+def _update(r: Workgroup, want: dict[str, Any], have: State) -> dict[str, Any]:
+    config = _configuration(want)
+    results = config.pop("ResultConfiguration")
+    return {
+        "WorkGroup": r.name,
+        "ConfigurationUpdates": {"ResultConfigurationUpdates": results, **config},
+    }
 
 
 class Workgroup(Resource):
     kind = "athena.workgroup"
+    # Read from GetWorkGroup's answer; UpdateWorkGroup sets them all at once.
+    fields = (
+        Field("enforced", "Configuration.EnforceWorkGroupConfiguration", UPDATE),
+        Field("output_location", "Configuration.ResultConfiguration.OutputLocation", UPDATE),
+        Field(
+            "result_encryption",
+            "Configuration.ResultConfiguration.EncryptionConfiguration.EncryptionOption",
+            UPDATE,
+        ),
+        Field("bytes_scanned_cutoff", "Configuration.BytesScannedCutoffPerQuery", UPDATE),
+        Field("cloudwatch_metrics", "Configuration.PublishCloudWatchMetricsEnabled", UPDATE),
+        Field("engine_version", "Configuration.EngineVersion.SelectedEngineVersion", UPDATE),
+    )
+    writes = (call("athena", UPDATE, _update),)
+    tagging = Tagging(
+        "athena",
+        "list_tags_for_resource",
+        "tag_resource",
+        lambda r, raw: {"ResourceARN": r.ctx.names.workgroup_arn},
+    )
 
     def grants(self) -> list[Grant]:
         names = self.ctx.names
@@ -56,81 +102,18 @@ class Workgroup(Resource):
             missing=("InvalidRequestException",),
             WorkGroup=self.name,
         )
-        group = (found or {}).get("WorkGroup")
-        if not group:
-            return None
-        config = group.get("Configuration", {})
-        results = config.get("ResultConfiguration", {})
-        tags = aws.call(
-            "athena",
-            "list_tags_for_resource",
-            resource=self.label,
-            ResourceARN=self.ctx.names.workgroup_arn,
-        )
-        return {
-            "tags": {t["Key"]: t["Value"] for t in tags.get("Tags", [])},
-            "enforced": config.get("EnforceWorkGroupConfiguration"),
-            "output_location": results.get("OutputLocation"),
-            "result_encryption": results.get("EncryptionConfiguration", {}).get("EncryptionOption"),
-            "bytes_scanned_cutoff": config.get("BytesScannedCutoffPerQuery"),
-            "cloudwatch_metrics": config.get("PublishCloudWatchMetricsEnabled"),
-            "engine_version": config.get("EngineVersion", {}).get("SelectedEngineVersion"),
-        }
-
-    @property
-    def _description(self) -> str:
-        return f"iotpipe {self.ctx.stack}: queries over the readings archive"
-
-    def _result_configuration(self) -> dict[str, Any]:
-        want = self.desired()
-        return {
-            "OutputLocation": want["output_location"],
-            "EncryptionConfiguration": {"EncryptionOption": want["result_encryption"]},
-        }
+        return (found or {}).get("WorkGroup") or None
 
     def create(self, aws: Aws) -> None:
-        want = self.desired()
         aws.call(
             "athena",
             "create_work_group",
             resource=self.label,
             Name=self.name,
-            Description=self._description,
-            Configuration={
-                "ResultConfiguration": self._result_configuration(),
-                "EnforceWorkGroupConfiguration": want["enforced"],
-                "PublishCloudWatchMetricsEnabled": want["cloudwatch_metrics"],
-                "BytesScannedCutoffPerQuery": want["bytes_scanned_cutoff"],
-                "EngineVersion": {"SelectedEngineVersion": want["engine_version"]},
-            },
+            Description=f"iotpipe {self.ctx.stack}: queries over the readings archive",
+            Configuration=_configuration(self.desired()),
             Tags=self.ctx.tag_list,
         )
-
-    def update(self, aws: Aws, changes: list[Change]) -> None:
-        want = self.desired()
-        fields = {c.field for c in changes}
-        if "tags" in fields:
-            aws.call(
-                "athena",
-                "tag_resource",
-                resource=self.label,
-                ResourceARN=self.ctx.names.workgroup_arn,
-                Tags=self.ctx.tag_list,
-            )
-        if fields - {"tags"}:
-            aws.call(
-                "athena",
-                "update_work_group",
-                resource=self.label,
-                WorkGroup=self.name,
-                ConfigurationUpdates={
-                    "ResultConfigurationUpdates": self._result_configuration(),
-                    "EnforceWorkGroupConfiguration": want["enforced"],
-                    "PublishCloudWatchMetricsEnabled": want["cloudwatch_metrics"],
-                    "BytesScannedCutoffPerQuery": want["bytes_scanned_cutoff"],
-                    "EngineVersion": {"SelectedEngineVersion": want["engine_version"]},
-                },
-            )
 
     def delete(self, aws: Aws) -> None:
         aws.call(

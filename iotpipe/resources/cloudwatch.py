@@ -17,7 +17,8 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from iotpipe.engine.model import Change, Resource
+from iotpipe.engine.fields import Field, State, Tagging, call
+from iotpipe.engine.model import Resource
 from iotpipe.naming import Names
 from iotpipe.permissions import Grant, owned, reads, writes
 
@@ -282,8 +283,56 @@ class AlarmDescriptions:
             return True, self._found.get(name)
 
 
+# The alarm's fields that DescribeAlarms answers under the key PutMetricAlarm takes them by.
+ALARM_KEYS = {
+    "description": "AlarmDescription",
+    "statistic": "Statistic",
+    "period_seconds": "Period",
+    "evaluation_periods": "EvaluationPeriods",
+    "datapoints_to_alarm": "DatapointsToAlarm",
+    "threshold": "Threshold",
+    "comparison": "ComparisonOperator",
+    "treat_missing_data": "TreatMissingData",
+    "alarm_actions": "AlarmActions",
+    "ok_actions": "OKActions",
+}
+PUT_ALARM = "put_metric_alarm"
+
+
+def _dimensions(alarm: dict[str, Any]) -> dict[str, str]:
+    return {d["Name"]: d["Value"] for d in alarm.get("Dimensions", [])}
+
+
+def _alarm(r: Alarm, want: dict[str, Any], have: State | None = None) -> dict[str, Any]:
+    """PutMetricAlarm's parameters: it creates or fully replaces the alarm (tags are only
+    applied on create)."""
+    spec = r.spec
+    return {
+        "AlarmName": r.name,
+        "Namespace": spec.namespace,
+        "MetricName": spec.metric,
+        "Dimensions": [{"Name": k, "Value": v} for k, v in want["dimensions"].items()],
+        **{key: want[name] for name, key in ALARM_KEYS.items()},
+        "ActionsEnabled": True,
+        "Tags": r.ctx.tag_list,
+    }
+
+
 class Alarm(Resource):
     kind = "cloudwatch.alarm"
+    # Read from DescribeAlarms' answer; PutMetricAlarm sets them all at once.
+    fields = (
+        Field("metric", lambda a: f"{a.get('Namespace')}/{a.get('MetricName')}", PUT_ALARM),
+        Field("dimensions", _dimensions, PUT_ALARM),
+        *(Field(name, key, PUT_ALARM) for name, key in ALARM_KEYS.items()),
+    )
+    writes = (call("cloudwatch", PUT_ALARM, _alarm),)
+    tagging = Tagging(
+        "cloudwatch",
+        "list_tags_for_resource",
+        "tag_resource",
+        lambda r, raw: {"ResourceARN": raw["AlarmArn"]},
+    )
 
     def __init__(
         self, ctx: StackContext, spec: AlarmSpec, batch: AlarmDescriptions | None = None
@@ -323,7 +372,7 @@ class Alarm(Resource):
             "ok_actions": [topic],
         }
 
-    def _describe(self, aws: Aws) -> dict[str, Any] | None:
+    def observe(self, aws: Aws) -> dict[str, Any] | None:
         if self._batch is not None:
             served, alarm = self._batch.take(aws, self.name, self.label)
             if served:
@@ -334,72 +383,8 @@ class Alarm(Resource):
         alarms = found.get("MetricAlarms", [])
         return alarms[0] if alarms else None
 
-    def observe(self, aws: Aws) -> dict[str, Any] | None:
-        alarm = self._describe(aws)
-        if alarm is None:
-            return None
-        tags = aws.call(
-            "cloudwatch",
-            "list_tags_for_resource",
-            resource=self.label,
-            ResourceARN=alarm["AlarmArn"],
-        )
-        return {
-            "tags": {t["Key"]: t["Value"] for t in tags.get("Tags", [])},
-            "description": alarm.get("AlarmDescription"),
-            "metric": f"{alarm.get('Namespace')}/{alarm.get('MetricName')}",
-            "dimensions": {d["Name"]: d["Value"] for d in alarm.get("Dimensions", [])},
-            "statistic": alarm.get("Statistic"),
-            "period_seconds": alarm.get("Period"),
-            "evaluation_periods": alarm.get("EvaluationPeriods"),
-            "datapoints_to_alarm": alarm.get("DatapointsToAlarm"),
-            "threshold": alarm.get("Threshold"),
-            "comparison": alarm.get("ComparisonOperator"),
-            "treat_missing_data": alarm.get("TreatMissingData"),
-            "alarm_actions": alarm.get("AlarmActions", []),
-            "ok_actions": alarm.get("OKActions", []),
-        }
-
-    def _put(self, aws: Aws) -> None:
-        spec, want = self.spec, self.desired()
-        # PutMetricAlarm creates or fully replaces the alarm; tags are only applied on create.
-        aws.call(
-            "cloudwatch",
-            "put_metric_alarm",
-            resource=self.label,
-            AlarmName=self.name,
-            AlarmDescription=spec.description,
-            Namespace=spec.namespace,
-            MetricName=spec.metric,
-            Dimensions=[{"Name": k, "Value": v} for k, v in spec.dimensions.items()],
-            Statistic=spec.statistic,
-            Period=spec.period_seconds,
-            EvaluationPeriods=spec.evaluation_periods,
-            DatapointsToAlarm=spec.datapoints_to_alarm,
-            Threshold=want["threshold"],
-            ComparisonOperator=spec.comparison,
-            TreatMissingData=spec.treat_missing_data,
-            ActionsEnabled=True,
-            AlarmActions=want["alarm_actions"],
-            OKActions=want["ok_actions"],
-            Tags=self.ctx.tag_list,
-        )
-
     def create(self, aws: Aws) -> None:
-        self._put(aws)
-
-    def update(self, aws: Aws, changes: list[Change]) -> None:
-        fields = {c.field for c in changes}
-        if fields - {"tags"}:
-            self._put(aws)
-        if "tags" in fields:
-            aws.call(
-                "cloudwatch",
-                "tag_resource",
-                resource=self.label,
-                ResourceARN=self.arn,
-                Tags=self.ctx.tag_list,
-            )
+        aws.call("cloudwatch", PUT_ALARM, resource=self.label, **_alarm(self, self.desired()))
 
     def delete(self, aws: Aws) -> None:
         aws.call("cloudwatch", "delete_alarms", resource=self.label, AlarmNames=[self.name])
@@ -425,13 +410,19 @@ def _metric_widget(
     }
 
 
+def _dashboard(r: Dashboard, want: dict[str, Any], have: State | None = None) -> dict[str, Any]:
+    return {"DashboardName": r.name, "DashboardBody": json.dumps(want["body"])}
+
+
 class Dashboard(Resource):
     """One dashboard of the pipeline's key metrics; dashboards cannot be tagged, so the owning
     stack is written in its first (text) widget."""
 
     kind = "cloudwatch.dashboard"
+    fields = (Field("body", lambda found: json.loads(found["DashboardBody"]), "put_dashboard"),)
+    writes = (call("cloudwatch", "put_dashboard", _dashboard),)
 
-    def owner(self, observed: dict[str, Any]) -> str | None:
+    def owner(self, observed: State) -> str | None:
         for widget in (observed.get("body") or {}).get("widgets", []):
             text = widget.get("properties", {}).get("markdown", "")
             found = OWNER_PATTERN.match(text) if widget.get("type") == "text" else None
@@ -582,30 +573,17 @@ class Dashboard(Resource):
         }
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        found = aws.call(
+        return aws.call(
             "cloudwatch",
             "get_dashboard",
             resource=self.label,
             missing=("ResourceNotFound", "ResourceNotFoundException"),
             DashboardName=self.name,
         )
-        if found is None:
-            return None
-        return {"body": json.loads(found["DashboardBody"])}
 
     def create(self, aws: Aws) -> None:
-        self._put(aws)
-
-    def update(self, aws: Aws, changes: list[Change]) -> None:
-        self._put(aws)
-
-    def _put(self, aws: Aws) -> None:
         aws.call(
-            "cloudwatch",
-            "put_dashboard",
-            resource=self.label,
-            DashboardName=self.name,
-            DashboardBody=json.dumps(self._body()),
+            "cloudwatch", "put_dashboard", resource=self.label, **_dashboard(self, self.desired())
         )
 
     def delete(self, aws: Aws) -> None:

@@ -9,16 +9,19 @@ partitions inherit the table's schema, so it never fights the declared table.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from iotpipe.aws import IAM_PROPAGATION, Transient
-from iotpipe.engine.model import STACK_TAG, Change, Resource
+from iotpipe.engine.fields import Field, State, Tagging, call
+from iotpipe.engine.model import STACK_TAG, Resource
 from iotpipe.permissions import Grant, owned, reads, writes
 from iotpipe.resources.iam import POLICY_VERSION, ServiceRole, allow, policy_document
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
     from iotpipe.context import StackContext
+    from iotpipe.naming import Names
 
 NOT_FOUND = ("EntityNotFoundException",)
 
@@ -59,13 +62,34 @@ SCHEMA_CHANGE_POLICY = {"UpdateBehavior": "LOG", "DeleteBehavior": "LOG"}
 CRAWLER_RUNNING = (Transient("crawler-running", "CrawlerRunningException"),)
 
 
-def _tags(aws: Aws, arn: str, label: str) -> dict[str, str]:
-    found = aws.call("glue", "get_tags", resource=label, missing=NOT_FOUND, ResourceArn=arn)
-    return (found or {}).get("Tags", {})
+def _glue_tagging(arn: Callable[[Names], str]) -> Tagging:
+    """Glue's tags: a map, read with GetTags and added with TagResource, by the resource's ARN."""
+    return Tagging(
+        "glue",
+        "get_tags",
+        "tag_resource",
+        lambda r, raw: {"ResourceArn": arn(r.ctx.names)},
+        shape="map",
+        param="TagsToAdd",
+        missing=NOT_FOUND,
+    )
+
+
+def _database(r: CatalogDatabase, want: dict[str, Any]) -> dict[str, Any]:
+    return {"Name": r.name, "Description": want["description"]}
 
 
 class CatalogDatabase(Resource):
     kind = "glue.database"
+    fields = (Field("description", "Description || ''", "update_database"),)
+    writes = (
+        call(
+            "glue",
+            "update_database",
+            lambda r, want, have: {"Name": r.name, "DatabaseInput": _database(r, want)},
+        ),
+    )
+    tagging = _glue_tagging(lambda names: names.glue_database_arn)
 
     def grants(self) -> list[Grant]:
         names = self.ctx.names
@@ -86,22 +110,14 @@ class CatalogDatabase(Resource):
         ]
 
     def desired(self) -> dict[str, Any]:
-        return {"tags": self.ctx.tags, "description": self._description}
-
-    @property
-    def _description(self) -> str:
-        return f"iotpipe {self.ctx.stack}: archived sensor readings"
+        description = f"iotpipe {self.ctx.stack}: archived sensor readings"
+        return {"tags": self.ctx.tags, "description": description}
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
         found = aws.call(
             "glue", "get_database", resource=self.label, missing=NOT_FOUND, Name=self.name
         )
-        if found is None:
-            return None
-        return {
-            "tags": _tags(aws, self.ctx.names.glue_database_arn, self.label),
-            "description": found["Database"].get("Description", ""),
-        }
+        return found["Database"] if found else None
 
     def create(self, aws: Aws) -> None:
         aws.call(
@@ -109,37 +125,43 @@ class CatalogDatabase(Resource):
             "create_database",
             resource=self.label,
             missing=("AlreadyExistsException",),
-            DatabaseInput={"Name": self.name, "Description": self._description},
+            DatabaseInput=_database(self, self.desired()),
             Tags=self.ctx.tags,
         )
-
-    def update(self, aws: Aws, changes: list[Change]) -> None:
-        for change in changes:
-            if change.field == "tags":
-                aws.call(
-                    "glue",
-                    "tag_resource",
-                    resource=self.label,
-                    ResourceArn=self.ctx.names.glue_database_arn,
-                    TagsToAdd=self.ctx.tags,
-                )
-            elif change.field == "description":
-                aws.call(
-                    "glue",
-                    "update_database",
-                    resource=self.label,
-                    Name=self.name,
-                    DatabaseInput={"Name": self.name, "Description": self._description},
-                )
 
     def delete(self, aws: Aws) -> None:
         aws.call("glue", "delete_database", resource=self.label, missing=NOT_FOUND, Name=self.name)
 
 
+UPDATE_TABLE = "update_table"
+
+
 class ArchiveTable(Resource):
     kind = "glue.table"
-    # Others (a crawler, a person) may add table parameters; only ours must hold.
-    subset_fields = frozenset({"parameters"})
+    # Read from GetTable's answer; UpdateTable sets them all at once.
+    fields = (
+        Field("table_type", "TableType", UPDATE_TABLE),
+        Field("columns", "StorageDescriptor.Columns[].[Name, Type] || `[]`", UPDATE_TABLE),
+        Field("partition_keys", "PartitionKeys[].[Name, Type] || `[]`", UPDATE_TABLE),
+        Field("location", "StorageDescriptor.Location", UPDATE_TABLE),
+        Field("input_format", "StorageDescriptor.InputFormat", UPDATE_TABLE),
+        Field("output_format", "StorageDescriptor.OutputFormat", UPDATE_TABLE),
+        Field("serde", "StorageDescriptor.SerdeInfo.SerializationLibrary", UPDATE_TABLE),
+        Field("serde_parameters", "StorageDescriptor.SerdeInfo.Parameters || `{}`", UPDATE_TABLE),
+        # Others (a crawler, a person) may add table parameters; only ours must hold.
+        Field("parameters", "Parameters || `{}`", UPDATE_TABLE, compare="subset"),
+    )
+    writes = (
+        call(
+            "glue",
+            UPDATE_TABLE,
+            # UpdateTable replaces the definition: keep parameters others added.
+            lambda r, want, have: {
+                "DatabaseName": r.database,
+                "TableInput": r._table_input(want, have["parameters"]),
+            },
+        ),
+    )
 
     def __init__(self, ctx: StackContext, name: str, database: CatalogDatabase) -> None:
         super().__init__(ctx, name, depends_on=(database.key,))
@@ -153,7 +175,7 @@ class ArchiveTable(Resource):
     def label(self) -> str:
         return f"{self.kind} {self.database}.{self.name}"
 
-    def owner(self, observed: dict[str, Any]) -> str | None:
+    def owner(self, observed: State) -> str | None:
         # Glue tables cannot be tagged: ownership is a table parameter.
         return (observed.get("parameters") or {}).get(STACK_TAG)
 
@@ -203,25 +225,9 @@ class ArchiveTable(Resource):
             DatabaseName=self.database,
             Name=self.name,
         )
-        if found is None:
-            return None
-        table = found["Table"]
-        storage = table.get("StorageDescriptor", {})
-        serde = storage.get("SerdeInfo", {})
-        return {
-            "table_type": table.get("TableType"),
-            "columns": [[c["Name"], c["Type"]] for c in storage.get("Columns", [])],
-            "partition_keys": [[k["Name"], k["Type"]] for k in table.get("PartitionKeys", [])],
-            "location": storage.get("Location"),
-            "input_format": storage.get("InputFormat"),
-            "output_format": storage.get("OutputFormat"),
-            "serde": serde.get("SerializationLibrary"),
-            "serde_parameters": serde.get("Parameters", {}),
-            "parameters": table.get("Parameters", {}),
-        }
+        return found["Table"] if found else None
 
-    def _table_input(self, keep_parameters: dict[str, str]) -> dict[str, Any]:
-        want = self.desired()
+    def _table_input(self, want: dict[str, Any], keep_parameters: dict[str, str]) -> dict[str, Any]:
         return {
             "Name": self.name,
             "Description": f"iotpipe {self.ctx.stack}: readings archived by Firehose",
@@ -248,18 +254,7 @@ class ArchiveTable(Resource):
             resource=self.label,
             missing=("AlreadyExistsException",),
             DatabaseName=self.database,
-            TableInput=self._table_input({}),
-        )
-
-    def update(self, aws: Aws, changes: list[Change]) -> None:
-        # UpdateTable replaces the definition: keep parameters others added.
-        observed = self.observe(aws) or {}
-        aws.call(
-            "glue",
-            "update_table",
-            resource=self.label,
-            DatabaseName=self.database,
-            TableInput=self._table_input(observed.get("parameters") or {}),
+            TableInput=self._table_input(self.desired(), {}),
         )
 
     def delete(self, aws: Aws) -> None:
@@ -358,8 +353,43 @@ def crawler_role(ctx: StackContext) -> ServiceRole:
     )
 
 
+def _configuration(crawler: dict[str, Any]) -> Any:
+    configuration = crawler.get("Configuration")
+    return json.loads(configuration) if configuration else None
+
+
+def _crawler(r: ArchiveCrawler, want: dict[str, Any], have: State | None = None) -> dict[str, Any]:
+    """The crawler's settings, as CreateCrawler and UpdateCrawler both take them."""
+    return {
+        "Name": r.name,
+        "Role": want["role"],
+        "DatabaseName": want["database"],
+        "Description": f"iotpipe {r.ctx.stack}: keeps the archive's partitions listed",
+        "Targets": {"S3Targets": [{"Path": path} for path in want["targets"]]},
+        "Schedule": want["schedule"],
+        "SchemaChangePolicy": want["schema_change_policy"],
+        "RecrawlPolicy": {"RecrawlBehavior": want["recrawl"]},
+        "Configuration": json.dumps(want["configuration"]),
+    }
+
+
+UPDATE_CRAWLER = "update_crawler"
+
+
 class ArchiveCrawler(Resource):
     kind = "glue.crawler"
+    # Read from GetCrawler's answer; UpdateCrawler sets them all at once.
+    fields = (
+        Field("role", "Role", UPDATE_CRAWLER),
+        Field("database", "DatabaseName", UPDATE_CRAWLER),
+        Field("targets", "Targets.S3Targets[].Path || `[]`", UPDATE_CRAWLER),
+        Field("schedule", "Schedule.ScheduleExpression", UPDATE_CRAWLER),
+        Field("schema_change_policy", "SchemaChangePolicy", UPDATE_CRAWLER),
+        Field("recrawl", "RecrawlPolicy.RecrawlBehavior", UPDATE_CRAWLER),
+        Field("configuration", _configuration, UPDATE_CRAWLER),
+    )
+    writes = (call("glue", UPDATE_CRAWLER, _crawler, retry_on=IAM_PROPAGATION + CRAWLER_RUNNING),)
+    tagging = _glue_tagging(lambda names: names.crawler_arn)
 
     def grants(self) -> list[Grant]:
         stack = self.ctx.stack
@@ -394,34 +424,7 @@ class ArchiveCrawler(Resource):
         found = aws.call(
             "glue", "get_crawler", resource=self.label, missing=NOT_FOUND, Name=self.name
         )
-        if found is None:
-            return None
-        crawler = found["Crawler"]
-        configuration = crawler.get("Configuration")
-        return {
-            "tags": _tags(aws, self.ctx.names.crawler_arn, self.label),
-            "role": crawler.get("Role"),
-            "database": crawler.get("DatabaseName"),
-            "targets": [t["Path"] for t in crawler.get("Targets", {}).get("S3Targets", [])],
-            "schedule": crawler.get("Schedule", {}).get("ScheduleExpression"),
-            "schema_change_policy": crawler.get("SchemaChangePolicy"),
-            "recrawl": crawler.get("RecrawlPolicy", {}).get("RecrawlBehavior"),
-            "configuration": json.loads(configuration) if configuration else None,
-        }
-
-    def _settings(self) -> dict[str, Any]:
-        want = self.desired()
-        return {
-            "Name": self.name,
-            "Role": want["role"],
-            "DatabaseName": want["database"],
-            "Description": f"iotpipe {self.ctx.stack}: keeps the archive's partitions listed",
-            "Targets": {"S3Targets": [{"Path": path} for path in want["targets"]]},
-            "Schedule": want["schedule"],
-            "SchemaChangePolicy": want["schema_change_policy"],
-            "RecrawlPolicy": {"RecrawlBehavior": want["recrawl"]},
-            "Configuration": json.dumps(want["configuration"]),
-        }
+        return found["Crawler"] if found else None
 
     def create(self, aws: Aws) -> None:
         aws.call(
@@ -432,27 +435,8 @@ class ArchiveCrawler(Resource):
             retry_on=IAM_PROPAGATION,
             missing=("AlreadyExistsException",),
             Tags=self.ctx.tags,
-            **self._settings(),
+            **_crawler(self, self.desired()),
         )
-
-    def update(self, aws: Aws, changes: list[Change]) -> None:
-        fields = {c.field for c in changes}
-        if "tags" in fields:
-            aws.call(
-                "glue",
-                "tag_resource",
-                resource=self.label,
-                ResourceArn=self.ctx.names.crawler_arn,
-                TagsToAdd=self.ctx.tags,
-            )
-        if fields - {"tags"}:
-            aws.call(
-                "glue",
-                "update_crawler",
-                resource=self.label,
-                retry_on=IAM_PROPAGATION + CRAWLER_RUNNING,
-                **self._settings(),
-            )
 
     def delete(self, aws: Aws) -> None:
         aws.call(
