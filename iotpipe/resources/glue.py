@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from iotpipe.aws import IAM_PROPAGATION, Transient
 from iotpipe.engine.fields import Field, State, Tagging, call
 from iotpipe.engine.model import STACK_TAG, Resource
+from iotpipe.packaging import processor_module
 from iotpipe.permissions import Grant, owned, reads, writes
 from iotpipe.resources.iam import POLICY_VERSION, ServiceRole, allow, policy_document
 
@@ -25,15 +26,8 @@ if TYPE_CHECKING:
 
 NOT_FOUND = ("EntityNotFoundException",)
 
-# The archive line written by the processor (see the message contract), in Hive types.
-COLUMNS = [
-    ("device_id", "string"),
-    ("ts", "bigint"),
-    ("seq", "bigint"),
-    ("received_at", "bigint"),
-    ("metrics", "map<string,double>"),
-    ("extra", "string"),
-]
+# The archive line the processor writes, in Hive types: stated once, in the processor's contract.
+COLUMNS: list[tuple[str, str]] = list(processor_module("contract").ARCHIVE_COLUMNS)
 PARTITION_KEYS = [("dt", "string"), ("hour", "string")]
 
 JSON_FORMAT = {
