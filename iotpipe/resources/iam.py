@@ -7,9 +7,13 @@ needs it); this module only knows how to reconcile a role, its trust policy and 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from iotpipe.engine.model import Change, Resource
+import jmespath
+
+from iotpipe.engine.fields import Field, Tagging, Write, call, tags_from
+from iotpipe.engine.model import AwsAccess, Resource
 from iotpipe.permissions import Grant, owned, reads, writes
 
 if TYPE_CHECKING:
@@ -55,8 +59,61 @@ def allow(actions: list[str], resources: list[str], sid: str) -> dict[str, Any]:
     }
 
 
+def _attached(raw: dict[str, Any]) -> list[str]:
+    return sorted(policy["PolicyArn"] for policy in raw["AttachedPolicies"])
+
+
+class _TagsInAnswer(Tagging):
+    """A tagging rule whose tags are read at `found` in the resource's own observation, with no
+    call of `read`: GetRole carries the role's tags (at most 50, all of them), so no ListRoleTags
+    is needed."""
+
+    def observe(self, r: Resource, aws: AwsAccess, raw: dict[str, Any]) -> dict[str, str]:
+        return tags_from(self.shape, jmespath.search(self.found, raw))
+
+
 class ServiceRole(Resource):
     kind = "iam.role"
+    fields = (
+        Field("description", "Role.Description || ''", "update_role"),
+        Field("trust_policy", "Role.AssumeRolePolicyDocument", "update_assume_role_policy"),
+        Field("policy", "Policy.PolicyDocument", "put_role_policy"),
+        Field("managed_policies", _attached, "remove_foreign_policies"),
+        Field("inline_policies", lambda raw: sorted(raw["PolicyNames"]), "remove_foreign_policies"),
+    )
+    writes = (
+        call(
+            "iam",
+            "update_role",
+            lambda r, want, have: {"RoleName": r.name, "Description": want["description"]},
+        ),
+        call(
+            "iam",
+            "update_assume_role_policy",
+            lambda r, want, have: {
+                "RoleName": r.name,
+                "PolicyDocument": json.dumps(want["trust_policy"]),
+            },
+        ),
+        call(
+            "iam",
+            "put_role_policy",
+            lambda r, want, have: {
+                "RoleName": r.name,
+                "PolicyName": r.policy_name,
+                "PolicyDocument": json.dumps(want["policy"]),
+            },
+        ),
+        Write(
+            "remove_foreign_policies",
+            lambda r, aws, want, have: r.remove_policies(
+                aws, set(have["inline_policies"]) - {r.policy_name}, have["managed_policies"]
+            ),
+        ),
+    )
+    tagging = _TagsInAnswer(
+        "iam", "list_role_tags", "tag_role", lambda r, raw: {"RoleName": r.name}, found="Role.Tags"
+    )
 
     def __init__(
         self,
@@ -132,9 +189,7 @@ class ServiceRole(Resource):
         )
         if found is None:
             return None
-        role = found["Role"]
-        # GetRole carries the role's tags (at most 50, all of them): no ListRoleTags needed.
-        inline, names, attached = aws.gather(
+        policy, names, attached = aws.gather(
             lambda: aws.call(
                 "iam",
                 "get_role_policy",
@@ -143,33 +198,20 @@ class ServiceRole(Resource):
                 RoleName=self.name,
                 PolicyName=self.policy_name,
             ),
-            lambda: self._inline_policy_names(aws),
-            lambda: self._attached_policy_arns(aws),
+            lambda: self._listed(aws, "list_role_policies", "PolicyNames"),
+            lambda: self._listed(aws, "list_attached_role_policies", "AttachedPolicies"),
         )
         return {
-            "tags": {t["Key"]: t["Value"] for t in role.get("Tags", [])},
-            "description": role.get("Description", ""),
-            "trust_policy": role.get("AssumeRolePolicyDocument"),
-            "policy": inline["PolicyDocument"] if inline else None,
-            "managed_policies": attached,
-            "inline_policies": names,
+            "Role": found["Role"],
+            "Policy": policy,
+            "PolicyNames": names,
+            "AttachedPolicies": attached,
         }
 
-    def _inline_policy_names(self, aws: Aws) -> list[str]:
-        listed = aws.paginate(
-            "iam", "list_role_policies", resource=self.label, key="PolicyNames", RoleName=self.name
+    def _listed(self, aws: Aws, operation: str, key: str) -> list[Any]:
+        return list(
+            aws.paginate("iam", operation, resource=self.label, key=key, RoleName=self.name)
         )
-        return sorted(listed)
-
-    def _attached_policy_arns(self, aws: Aws) -> list[str]:
-        listed = aws.paginate(
-            "iam",
-            "list_attached_role_policies",
-            resource=self.label,
-            key="AttachedPolicies",
-            RoleName=self.name,
-        )
-        return sorted(policy["PolicyArn"] for policy in listed)
 
     def create(self, aws: Aws) -> None:
         aws.call(
@@ -183,74 +225,24 @@ class ServiceRole(Resource):
             Tags=self.ctx.tag_list,
         )
 
-    def update(self, aws: Aws, changes: list[Change]) -> None:
-        for change in changes:
-            if change.field == "tags":
-                aws.call(
-                    "iam",
-                    "tag_role",
-                    resource=self.label,
-                    RoleName=self.name,
-                    Tags=self.ctx.tag_list,
-                )
-            elif change.field == "description":
-                aws.call(
-                    "iam",
-                    "update_role",
-                    resource=self.label,
-                    RoleName=self.name,
-                    Description=self.description,
-                )
-            elif change.field == "trust_policy":
-                aws.call(
-                    "iam",
-                    "update_assume_role_policy",
-                    resource=self.label,
-                    RoleName=self.name,
-                    PolicyDocument=json.dumps(self.trust),
-                )
-            elif change.field == "policy":
-                aws.call(
-                    "iam",
-                    "put_role_policy",
-                    resource=self.label,
-                    RoleName=self.name,
-                    PolicyName=self.policy_name,
-                    PolicyDocument=json.dumps(self.policy),
-                )
-            elif change.field == "managed_policies":
-                for arn in change.old or []:
-                    self._detach(aws, arn)
-            elif change.field == "inline_policies":
-                for name in set(change.old or []) - {self.policy_name}:
-                    self._delete_inline(aws, name)
-
-    def _delete_inline(self, aws: Aws, name: str) -> None:
-        aws.call(
-            "iam",
-            "delete_role_policy",
-            resource=self.label,
-            missing=("NoSuchEntity",),
-            RoleName=self.name,
-            PolicyName=name,
-        )
-
-    def _detach(self, aws: Aws, arn: str) -> None:
-        aws.call(
-            "iam",
-            "detach_role_policy",
-            resource=self.label,
-            missing=("NoSuchEntity",),
-            RoleName=self.name,
-            PolicyArn=arn,
-        )
+    def remove_policies(self, aws: Aws, inline: Iterable[str], attached: Iterable[str]) -> None:
+        """Delete the named inline policies, then detach the managed ones."""
+        removals = [("delete_role_policy", {"PolicyName": name}) for name in inline]
+        removals += [("detach_role_policy", {"PolicyArn": arn}) for arn in attached]
+        for operation, policy in removals:
+            aws.call(
+                "iam",
+                operation,
+                resource=self.label,
+                missing=("NoSuchEntity",),
+                RoleName=self.name,
+                **policy,
+            )
 
     def delete(self, aws: Aws) -> None:
-        label = self.label
-        for name in self._inline_policy_names(aws):
-            self._delete_inline(aws, name)
-        for arn in self._attached_policy_arns(aws):
-            self._detach(aws, arn)
+        inline = self._listed(aws, "list_role_policies", "PolicyNames")
+        attached = self._listed(aws, "list_attached_role_policies", "AttachedPolicies")
+        self.remove_policies(aws, inline, [policy["PolicyArn"] for policy in attached])
         aws.call(
-            "iam", "delete_role", resource=label, missing=("NoSuchEntity",), RoleName=self.name
+            "iam", "delete_role", resource=self.label, missing=("NoSuchEntity",), RoleName=self.name
         )

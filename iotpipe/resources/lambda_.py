@@ -7,11 +7,13 @@ each step waits for the function to be Active with its last update Successful be
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from iotpipe.aws import IAM_PROPAGATION, UPDATE_IN_PROGRESS
-from iotpipe.engine.model import Change, Resource
+from iotpipe.engine.fields import REPLACE, Field, Settled, State, Tagging, Write, call
+from iotpipe.engine.model import Resource
 from iotpipe.engine.reconcile import report_wait
 from iotpipe.errors import AwsError, ConfigError
 from iotpipe.packaging import CodeBundle, processor_bundle
@@ -38,6 +40,7 @@ _CONFIG_PARAMS = {
     "timeout_seconds": "Timeout",
     "layers": "Layers",
     "description": "Description",
+    "environment": "Environment",
 }
 
 
@@ -244,8 +247,108 @@ def _tags_for(ctx: StackContext) -> dict[str, str]:
     return dict(ctx.tags)
 
 
+def _lambda_tagging(arn: str) -> Tagging:
+    """Lambda's tagging of a function or a mapping, by the ARN found under `arn` in its answer."""
+    return Tagging(
+        "lambda", "list_tags", "tag_resource", lambda r, raw: {"Resource": raw[arn]}, shape="map"
+    )
+
+
+def _changed(r: Resource, want: dict[str, Any], have: State, params: dict[str, str]) -> list[str]:
+    """The fields among `params` whose desired value differs from the latest observed one:
+    an update call names only those."""
+    return [name for name in params if r.field(name).differs(have[name], want[name])]
+
+
+def _configuration(r: ProcessorFunction, aws: Aws, want: dict[str, Any], have: State) -> None:
+    params = {_CONFIG_PARAMS[name]: want[name] for name in _changed(r, want, have, _CONFIG_PARAMS)}
+    if "Environment" in params:
+        params["Environment"] = {"Variables": params["Environment"]}
+    if not params:
+        return
+    try:
+        aws.call(
+            "lambda",
+            "update_function_configuration",
+            resource=r.label,
+            # A new role may not be assumable yet; an earlier change may still be applying.
+            retry_on=(*UPDATE_IN_PROGRESS, *IAM_PROPAGATION),
+            FunctionName=r.name,
+            **params,
+        )
+    except AwsError as exc:
+        raise _explain_layer_error(exc, want["layers"]) from exc
+
+
+def _lambda_state(raw: dict[str, Any]) -> tuple[str, str]:
+    return raw.get("State", "Active"), raw.get("LastUpdateStatus", "Successful")
+
+
+# The functions whose current wait has been reported: a wait is said once, not at every poll.
+_waits_reported: set[str] = set()
+
+
+def _function_status(raw: dict[str, Any]) -> str:
+    """State/LastUpdateStatus. Lambda refuses the next change meanwhile (ResourceConflictException):
+    the step says why it pauses rather than run into the refusal."""
+    state, update = _lambda_state(raw)
+    arn = raw["FunctionArn"]
+    if (state, update) == ("Active", "Successful"):
+        _waits_reported.discard(arn)
+    elif arn not in _waits_reported:
+        _waits_reported.add(arn)
+        doing = "creating the function" if state == "Pending" else "applying the update"
+        report_wait(f"Lambda is still {doing} (State {state}, last update {update})")
+    return f"{state}/{update}"
+
+
+def _function_failure(raw: dict[str, Any]) -> str | None:
+    state, update = _lambda_state(raw)
+    if "Failed" not in (state, update):
+        return None
+    _waits_reported.discard(raw["FunctionArn"])
+    reason = raw.get("StateReason") or raw.get("LastUpdateStatusReason") or ""
+    return f"the function is {state}, last update {update}: {reason}"
+
+
 class ProcessorFunction(Resource):
     kind = "lambda.function"
+    fields = (
+        Field("description", "Description || ''", "configuration"),
+        Field("runtime", "Runtime", "configuration"),
+        Field("handler", "Handler", "configuration"),
+        # Lambda changes the instruction set only together with the code.
+        Field("architecture", "Architectures[0] || 'x86_64'", "update_function_code"),
+        Field("memory_mb", "MemorySize", "configuration"),
+        Field("timeout_seconds", "Timeout", "configuration"),
+        Field("role", "Role", "configuration"),
+        Field("layers", "Layers[].Arn || `[]`", "configuration"),
+        Field("environment", "Environment.Variables || `{}`", "configuration"),
+        Field("code_sha256", "CodeSha256", "update_function_code"),
+    )
+    # Lambda applies each update asynchronously: the next waits until the function is settled.
+    writes = (
+        call(
+            "lambda",
+            "update_function_code",
+            lambda r, want, have: {
+                "FunctionName": r.name,
+                "ZipFile": r.bundle.zip_bytes,
+                "Architectures": [want["architecture"]],
+                "Publish": False,
+            },
+            settles=True,
+            retry_on=UPDATE_IN_PROGRESS,
+        ),
+        Write("configuration", _configuration, settles=True),
+    )
+    tagging = _lambda_tagging("FunctionArn")
+    settled = Settled(
+        _function_status,
+        frozenset({"Active/Successful"}),
+        "for the function to be Active and settled",
+        failed=_function_failure,
+    )
 
     @cached_property
     def bundle(self) -> CodeBundle:
@@ -260,7 +363,7 @@ class ProcessorFunction(Resource):
         layer = names.arn("lambda", "layer:AWSLambdaPowertoolsPythonV3-python311-*")
         layer = layer.replace(f":{names.account}:", f":{POWERTOOLS_ACCOUNT}:")
         return [
-            reads(["lambda:GetFunction", "lambda:ListTags"], arn),
+            reads(["lambda:GetFunctionConfiguration", "lambda:ListTags"], arn),
             reads(
                 ["lambda:GetLayerVersion"],
                 layer,
@@ -270,7 +373,6 @@ class ProcessorFunction(Resource):
             writes(
                 [
                     "lambda:CreateFunction",
-                    "lambda:GetFunctionConfiguration",
                     "lambda:UpdateFunctionCode",
                     "lambda:UpdateFunctionConfiguration",
                     "lambda:TagResource",
@@ -300,57 +402,14 @@ class ProcessorFunction(Resource):
         check_powertools_layer(self.ctx, aws)
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        found = aws.call(
+        # The configuration carries the State the function must settle in between updates.
+        return aws.call(
             "lambda",
-            "get_function",
+            "get_function_configuration",
             resource=self.label,
             missing=("ResourceNotFoundException",),
             FunctionName=self.name,
         )
-        if found is None:
-            return None
-        conf = found["Configuration"]
-        return {
-            "tags": found.get("Tags", {}),
-            "description": conf.get("Description", ""),
-            "runtime": conf.get("Runtime"),
-            "handler": conf.get("Handler"),
-            "architecture": (conf.get("Architectures") or ["x86_64"])[0],
-            "memory_mb": conf.get("MemorySize"),
-            "timeout_seconds": conf.get("Timeout"),
-            "role": conf.get("Role"),
-            "layers": [layer["Arn"] for layer in conf.get("Layers", [])],
-            "environment": conf.get("Environment", {}).get("Variables", {}),
-            "code_sha256": conf.get("CodeSha256"),
-            "arn": conf.get("FunctionArn"),
-        }
-
-    def wait_ready(self, aws: Aws) -> None:
-        """Wait until the function is Active and its last update has finished."""
-
-        def ready() -> bool | None:
-            conf = aws.call(
-                "lambda", "get_function_configuration", resource=self.label, FunctionName=self.name
-            )
-            state, update = conf.get("State", "Active"), conf.get("LastUpdateStatus", "Successful")
-            if state == "Failed" or update == "Failed":
-                reason = conf.get("StateReason") or conf.get("LastUpdateStatusReason") or ""
-                raise AwsError(
-                    f"the function is {state}, last update {update}: {reason}",
-                    resource=self.label,
-                )
-            if state == "Active" and update == "Successful":
-                return True
-            if not reported:
-                # Lambda refuses the next change meanwhile (ResourceConflictException): say why
-                # the step pauses rather than run into the refusal.
-                reported.append(state)
-                doing = "creating the function" if state == "Pending" else "applying the update"
-                report_wait(f"Lambda is still {doing} (State {state}, last update {update})")
-            return None
-
-        reported: list[str] = []
-        aws.wait_for(ready, resource=self.label, what="for the function to be Active and settled")
 
     def create(self, aws: Aws) -> None:
         want = self.desired()
@@ -377,50 +436,6 @@ class ProcessorFunction(Resource):
             )
         except AwsError as exc:
             raise _explain_layer_error(exc, want["layers"]) from exc
-        self.wait_ready(aws)
-
-    def update(self, aws: Aws, changes: list[Change]) -> None:
-        fields = {c.field for c in changes}
-        want = self.desired()
-        self.wait_ready(aws)
-        # Lambda changes the instruction set only together with the code.
-        if fields & {"code_sha256", "architecture"}:
-            aws.call(
-                "lambda",
-                "update_function_code",
-                resource=self.label,
-                retry_on=UPDATE_IN_PROGRESS,
-                FunctionName=self.name,
-                ZipFile=self.bundle.zip_bytes,
-                Architectures=[want["architecture"]],
-                Publish=False,
-            )
-            self.wait_ready(aws)
-        params = {param: want[field] for field, param in _CONFIG_PARAMS.items() if field in fields}
-        if "environment" in fields:
-            params["Environment"] = {"Variables": want["environment"]}
-        if params:
-            try:
-                aws.call(
-                    "lambda",
-                    "update_function_configuration",
-                    resource=self.label,
-                    # A new role may not be assumable yet; an earlier change may still be applying.
-                    retry_on=(*UPDATE_IN_PROGRESS, *IAM_PROPAGATION),
-                    FunctionName=self.name,
-                    **params,
-                )
-            except AwsError as exc:
-                raise _explain_layer_error(exc, want["layers"]) from exc
-            self.wait_ready(aws)
-        if "tags" in fields:
-            aws.call(
-                "lambda",
-                "tag_resource",
-                resource=self.label,
-                Resource=self.ctx.names.processor_function_arn,
-                Tags=want["tags"],
-            )
 
     def delete(self, aws: Aws) -> None:
         aws.call(
@@ -450,6 +465,33 @@ def _explain_layer_error(exc: AwsError, layers: list[str]) -> AwsError:
     )
 
 
+# The states of a mapping that takes a change (the others: Creating, Updating, Enabling,
+# Disabling; a Deleting one is as good as gone).
+_MAPPING_SETTLED = frozenset({"Enabled", "Disabled"})
+
+
+# Our field name -> Create/UpdateEventSourceMapping parameter.
+_MAPPING_PARAMS = {
+    "batch_size": "BatchSize",
+    "batching_window_seconds": "MaximumBatchingWindowInSeconds",
+    "bisect_on_error": "BisectBatchOnFunctionError",
+    "maximum_retry_attempts": "MaximumRetryAttempts",
+    "maximum_record_age_seconds": "MaximumRecordAgeInSeconds",
+    "parallelization_factor": "ParallelizationFactor",
+    "function_response_types": "FunctionResponseTypes",
+    "on_failure_destination": "DestinationConfig",
+    "enabled": "Enabled",
+}
+
+
+def _mapping_params(want: dict[str, Any], fields: Iterable[str]) -> dict[str, Any]:
+    """Create/UpdateEventSourceMapping's parameters for these fields."""
+    params = {_MAPPING_PARAMS[name]: want[name] for name in fields}
+    if "DestinationConfig" in params:
+        params["DestinationConfig"] = {"OnFailure": {"Destination": params["DestinationConfig"]}}
+    return params
+
+
 class ReadingsTrigger(Resource):
     """The event source mapping from the readings stream to the processor.
 
@@ -458,21 +500,34 @@ class ReadingsTrigger(Resource):
     """
 
     kind = "lambda.event-source-mapping"
-    # AWS cannot move an existing mapping's starting position.
-    replace_on = frozenset({"starting_position"})
-
-    # Our field name -> UpdateEventSourceMapping parameter.
-    _PARAMS = {
-        "batch_size": "BatchSize",
-        "batching_window_seconds": "MaximumBatchingWindowInSeconds",
-        "bisect_on_error": "BisectBatchOnFunctionError",
-        "maximum_retry_attempts": "MaximumRetryAttempts",
-        "maximum_record_age_seconds": "MaximumRecordAgeInSeconds",
-        "parallelization_factor": "ParallelizationFactor",
-        "function_response_types": "FunctionResponseTypes",
-        "on_failure_destination": "DestinationConfig",
-        "enabled": "Enabled",
-    }
+    fields = (
+        Field("enabled", lambda raw: raw.get("State") not in ("Disabled", "Disabling"), "update"),
+        Field("batch_size", "BatchSize", "update"),
+        Field("batching_window_seconds", "MaximumBatchingWindowInSeconds || `0`", "update"),
+        # AWS cannot move an existing mapping's starting position.
+        Field("starting_position", "StartingPosition", REPLACE),
+        Field("bisect_on_error", "BisectBatchOnFunctionError || `false`", "update"),
+        Field("maximum_retry_attempts", "MaximumRetryAttempts || `-1`", "update"),
+        Field("maximum_record_age_seconds", "MaximumRecordAgeInSeconds || `-1`", "update"),
+        Field("parallelization_factor", "ParallelizationFactor || `1`", "update"),
+        Field("function_response_types", "FunctionResponseTypes || `[]`", "update"),
+        Field("on_failure_destination", "DestinationConfig.OnFailure.Destination", "update"),
+    )
+    writes = (
+        call(
+            "lambda",
+            "update_event_source_mapping",
+            lambda r, want, have: {
+                "UUID": have.raw["UUID"],
+                **_mapping_params(want, _changed(r, want, have, _MAPPING_PARAMS)),
+            },
+            name="update",
+            settles=True,
+            retry_on=UPDATE_IN_PROGRESS,
+        ),
+    )
+    tagging = _lambda_tagging("EventSourceMappingArn")
+    settled = Settled("State", _MAPPING_SETTLED, "for the mapping to settle")
 
     @property
     def function(self) -> str:
@@ -529,7 +584,7 @@ class ReadingsTrigger(Resource):
             "on_failure_destination": self.ctx.names.dead_letter_queue_arn,
         }
 
-    def _find(self, aws: Aws) -> dict[str, Any] | None:
+    def observe(self, aws: Aws) -> dict[str, Any] | None:
         mappings = aws.paginate(
             "lambda",
             "list_event_source_mappings",
@@ -540,49 +595,8 @@ class ReadingsTrigger(Resource):
         )
         return next((m for m in mappings if m.get("State") != "Deleting"), None)
 
-    def observe(self, aws: Aws) -> dict[str, Any] | None:
-        found = self._find(aws)
-        if found is None:
-            return None
-        tags = aws.call(
-            "lambda", "list_tags", resource=self.label, Resource=found["EventSourceMappingArn"]
-        )
-        return {
-            "tags": tags.get("Tags", {}),
-            "enabled": found.get("State") not in ("Disabled", "Disabling"),
-            "batch_size": found.get("BatchSize"),
-            "batching_window_seconds": found.get("MaximumBatchingWindowInSeconds", 0),
-            "starting_position": found.get("StartingPosition"),
-            "bisect_on_error": bool(found.get("BisectBatchOnFunctionError")),
-            "maximum_retry_attempts": found.get("MaximumRetryAttempts", -1),
-            "maximum_record_age_seconds": found.get("MaximumRecordAgeInSeconds", -1),
-            "parallelization_factor": found.get("ParallelizationFactor", 1),
-            "function_response_types": found.get("FunctionResponseTypes", []),
-            "on_failure_destination": found.get("DestinationConfig", {})
-            .get("OnFailure", {})
-            .get("Destination"),
-            "uuid": found["UUID"],
-            "arn": found["EventSourceMappingArn"],
-        }
-
-    def _value(self, field: str, value: Any) -> Any:
-        if field == "on_failure_destination":
-            return {"OnFailure": {"Destination": value}}
-        return value
-
-    def wait_settled(self, aws: Aws) -> dict[str, Any]:
-        """Wait until the mapping is no longer being created or updated."""
-
-        def settled() -> dict[str, Any] | None:
-            found = self._find(aws)
-            busy = ("Creating", "Updating", "Enabling", "Disabling")
-            return found if found is not None and found.get("State") not in busy else None
-
-        return aws.wait_for(settled, resource=self.label, what="for the mapping to settle")
-
     def create(self, aws: Aws) -> None:
         want = self.desired()
-        params = {param: self._value(field, want[field]) for field, param in self._PARAMS.items()}
         aws.call(
             "lambda",
             "create_event_source_mapping",
@@ -594,39 +608,11 @@ class ReadingsTrigger(Resource):
             EventSourceArn=self.stream_arn,
             StartingPosition=want["starting_position"],
             Tags=want["tags"],
-            **params,
+            **_mapping_params(want, _MAPPING_PARAMS),
         )
-        self.wait_settled(aws)
-
-    def update(self, aws: Aws, changes: list[Change]) -> None:
-        want = self.desired()
-        found = self.wait_settled(aws)
-        params = {
-            param: self._value(field, want[field])
-            for field, param in self._PARAMS.items()
-            if any(c.field == field for c in changes)
-        }
-        if params:
-            aws.call(
-                "lambda",
-                "update_event_source_mapping",
-                resource=self.label,
-                retry_on=UPDATE_IN_PROGRESS,
-                UUID=found["UUID"],
-                **params,
-            )
-            self.wait_settled(aws)
-        if any(c.field == "tags" for c in changes):
-            aws.call(
-                "lambda",
-                "tag_resource",
-                resource=self.label,
-                Resource=found["EventSourceMappingArn"],
-                Tags=want["tags"],
-            )
 
     def delete(self, aws: Aws) -> None:
-        found = self._find(aws)
+        found = self.observe(aws)
         if found is None:
             return
         aws.call(
@@ -639,7 +625,7 @@ class ReadingsTrigger(Resource):
         )
         # AWS allows one mapping per (function, stream): a replacement waits for this one to go.
         aws.wait_for(
-            lambda: self._find(aws) is None or None,
+            lambda: self.observe(aws) is None or None,
             resource=self.label,
             what="for the mapping to be deleted",
         )
