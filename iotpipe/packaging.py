@@ -22,6 +22,8 @@ from iotpipe.errors import IotpipeError
 
 # The handler package lives next to the iotpipe package in the source tree.
 PROCESSOR_SOURCE = Path(__file__).resolve().parent.parent / "lambda_src" / "processor"
+# Where the processor states what iotpipe must agree with (the tests deploy other bundles).
+PROCESSOR_CONTRACTS = PROCESSOR_SOURCE
 
 # The earliest date a zip entry can hold; any constant works, this one says "not a real time".
 _FIXED_DATE = (1980, 1, 1, 0, 0, 0)
@@ -81,11 +83,11 @@ def processor_module(name: str) -> ModuleType:
     """One of the processor's self-contained modules (`contract`, `settings`: they import
     nothing of the processor), loaded from its source. What iotpipe and the processor must agree
     on (the archive's columns, the function's environment) is stated there once, and read here."""
-    path = PROCESSOR_SOURCE / f"{name}.py"
+    path = PROCESSOR_CONTRACTS / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"iotpipe._processor.{name}", path)
     if spec is None or spec.loader is None or not path.is_file():
         raise IotpipeError(
-            f"the processor's {name}.py is not in {PROCESSOR_SOURCE}",
+            f"the processor's {name}.py is not in {PROCESSOR_CONTRACTS}",
             hint="the processor's code (lambda_src/processor) ships with iotpipe's source tree; "
             "run iotpipe from a checkout or an editable install",
         )

@@ -164,7 +164,7 @@ def test_up_waits_for_the_new_function_to_be_active(cli, processor_source, lambd
     answers = set(lambda_answers)
     # The code saw the function Pending, waited for it, and never ran into a refusal.
     assert ("CreateFunction", "Pending/None") in answers
-    assert ("GetFunctionConfiguration", "Active/Successful") in answers
+    assert ("GetFunction", "Active/Successful") in answers
     assert not [a for a in lambda_answers if a[1] == "ResourceConflictException"]
 
 
@@ -183,7 +183,7 @@ def test_up_changing_code_and_configuration_waits_between_updates(
     between = lambda_answers[
         operations.index("UpdateFunctionCode") + 1 : operations.index("UpdateFunctionConfiguration")
     ]
-    assert ("GetFunctionConfiguration", "Active/Successful") in between
+    assert ("GetFunction", "Active/Successful") in between
     assert not [a for a in lambda_answers if a[1] == "ResourceConflictException"]
     conf = client(endpoint, "lambda").get_function_configuration(FunctionName=FUNCTION)
     assert conf["MemorySize"] == 512

@@ -105,13 +105,15 @@ def call(
 @dataclass(frozen=True)
 class Settled:
     """The state a resource must be in before it takes a change: `read` gives its status from
-    the raw observation; `ready` are the statuses that take one; a status in `failed` raises the
-    message that maps to it (with the resource named)."""
+    the raw observation; `ready` are the statuses that take one; `failed` gives the message to
+    raise for a status that will never settle (None: not failed); `waiting`, what to tell the
+    user, once, when a wait begins (the resource's own account of what AWS is doing)."""
 
     read: Reader
     ready: frozenset[str]
     what: str
     failed: Callable[[dict[str, Any]], str | None] = field(default=lambda raw: None)
+    waiting: Callable[[dict[str, Any]], str] | None = None
 
     def status(self, raw: dict[str, Any]) -> Any:
         return self.read(raw) if callable(self.read) else jmespath.search(self.read, raw)
@@ -150,7 +152,8 @@ class Tagging:
     """
 
     service: str
-    read: str
+    # None: the tags come with the resource's own answer (GetRole's, say), at `found` in it.
+    read: str | None
     write: str | None
     target: Callable[[Any, dict[str, Any]], dict[str, Any]]
     shape: TagShape = "list"
@@ -162,6 +165,8 @@ class Tagging:
     wrap: Callable[[Any], dict[str, Any]] | None = None
 
     def observe(self, r: Resource, aws: AwsAccess, raw: dict[str, Any]) -> dict[str, str]:
+        if self.read is None:
+            return tags_from(self.shape, jmespath.search(self.found, raw))
         answer = aws.call(
             self.service,
             self.read,

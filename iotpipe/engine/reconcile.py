@@ -258,24 +258,39 @@ def update(aws: AwsAccess, r: Resource, changes: list[Change], latest: State) ->
 def settle(aws: AwsAccess, r: Resource, latest: State | None) -> State:
     """The resource's state once it is settled (declared by `Resource.settled`): `latest` if it
     already is, else read again until it is. A failed status raises its message."""
-
-    def settled() -> State | None:
-        state = r.read(aws)
-        return state if state is not None and _is_settled(r, state) else None
-
-    if latest is not None and _is_settled(r, latest):
+    settled = _Settling(r)
+    if latest is not None and settled.accepts(latest):
         return latest
+
+    def check() -> State | None:
+        state = r.read(aws)
+        return state if state is not None and settled.accepts(state) else None
+
     what = r.settled.what if r.settled else "to be readable"
-    return aws.wait_for(settled, resource=r.label, what=what)
+    return aws.wait_for(check, resource=r.label, what=what)
 
 
-def _is_settled(r: Resource, state: State) -> bool:
-    if r.settled is None:
-        return True
-    failure = r.settled.failed(state.raw)
-    if failure:
-        raise AwsError(failure, resource=r.label)
-    return r.settled.status(state.raw) in r.settled.ready
+class _Settling:
+    """One wait for a resource's settled state: a failed status raises its message, and the
+    first unsettled one is reported (once) with what the resource says it is doing."""
+
+    def __init__(self, r: Resource) -> None:
+        self.r = r
+        self.told = False
+
+    def accepts(self, state: State) -> bool:
+        settled = self.r.settled
+        if settled is None:
+            return True
+        failure = settled.failed(state.raw)
+        if failure:
+            raise AwsError(failure, resource=self.r.label)
+        if settled.status(state.raw) in settled.ready:
+            return True
+        if not self.told and settled.waiting is not None:
+            self.told = True
+            report_wait(settled.waiting(state.raw))
+        return False
 
 
 def _read_existing(aws: AwsAccess, r: Resource) -> State:
@@ -295,6 +310,8 @@ def _converge(aws: AwsAccess, r: Resource) -> None:
 
 
 def _observe_after_create(aws: AwsAccess, r: Resource) -> State:
+    settled = _Settling(r)
+
     def visible() -> State | None:
         try:
             state = r.read(aws)
@@ -302,7 +319,7 @@ def _observe_after_create(aws: AwsAccess, r: Resource) -> State:
             if exc.code not in NOT_YET_VISIBLE:
                 raise
             return None
-        return state if state is not None and _is_settled(r, state) else None
+        return state if state is not None and settled.accepts(state) else None
 
     what = r.settled.what if r.settled else "to become visible after create"
     return aws.wait_for(visible, resource=r.label, what=what)

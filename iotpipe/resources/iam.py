@@ -10,10 +10,8 @@ import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-import jmespath
-
-from iotpipe.engine.fields import Field, Tagging, Write, call, tags_from
-from iotpipe.engine.model import AwsAccess, Resource
+from iotpipe.engine.fields import Field, Tagging, Write, call
+from iotpipe.engine.model import Resource
 from iotpipe.permissions import Grant, owned, reads, writes
 
 if TYPE_CHECKING:
@@ -63,15 +61,6 @@ def _attached(raw: dict[str, Any]) -> list[str]:
     return sorted(policy["PolicyArn"] for policy in raw["AttachedPolicies"])
 
 
-class _TagsInAnswer(Tagging):
-    """A tagging rule whose tags are read at `found` in the resource's own observation, with no
-    call of `read`: GetRole carries the role's tags (at most 50, all of them), so no ListRoleTags
-    is needed."""
-
-    def observe(self, r: Resource, aws: AwsAccess, raw: dict[str, Any]) -> dict[str, str]:
-        return tags_from(self.shape, jmespath.search(self.found, raw))
-
-
 class ServiceRole(Resource):
     kind = "iam.role"
     fields = (
@@ -111,8 +100,9 @@ class ServiceRole(Resource):
             ),
         ),
     )
-    tagging = _TagsInAnswer(
-        "iam", "list_role_tags", "tag_role", lambda r, raw: {"RoleName": r.name}, found="Role.Tags"
+    # GetRole's answer carries the role's tags (at most 50, all of them).
+    tagging = Tagging(
+        "iam", None, "tag_role", lambda r, raw: {"RoleName": r.name}, found="Role.Tags"
     )
 
     def __init__(

@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING, Any
 from iotpipe.aws import IAM_PROPAGATION, UPDATE_IN_PROGRESS
 from iotpipe.engine.fields import REPLACE, Field, Settled, State, Tagging, Write, call
 from iotpipe.engine.model import Resource
-from iotpipe.engine.reconcile import report_wait
 from iotpipe.errors import AwsError, ConfigError
-from iotpipe.packaging import CodeBundle, processor_bundle
+from iotpipe.packaging import CodeBundle, processor_bundle, processor_module
 from iotpipe.permissions import Grant, owned, reads, writes
 from iotpipe.resources.iam import ServiceRole, allow, policy_document, trust_policy
 from iotpipe.resources.logs import LogGroup
@@ -160,27 +159,31 @@ def check_powertools_layer(ctx: StackContext, aws: Aws) -> None:
 
 
 def processor_environment(ctx: StackContext) -> dict[str, str]:
-    """The sinks the processor writes to, as the contracts name them."""
+    """The function's environment: the processor's Settings (lambda_src/processor/settings.py,
+    the one statement of that contract) and what Powertools reads."""
     config, names = ctx.config, ctx.names
     timeseries = ctx.timeseries_active
-    return {
-        "STACK_NAME": ctx.stack,
-        "DEVICE_STATE_TABLE": names.device_state_table,
-        "DEVICE_STATE_TTL_DAYS": str(config.device_state.ttl_days),
-        "TIMESERIES_DATABASE": names.timeseries_database if timeseries else "",
-        "TIMESERIES_TABLE": names.timeseries_table if timeseries else "",
-        "TIMESERIES_MEMORY_RETENTION_HOURS": str(config.timeseries.memory_retention_hours),
+    settings = processor_module("settings").Settings(
+        stack_name=ctx.stack,
+        device_state_table=names.device_state_table,
+        device_state_ttl_days=config.device_state.ttl_days,
+        timeseries_database=names.timeseries_database if timeseries else "",
+        timeseries_table=names.timeseries_table if timeseries else "",
+        timeseries_memory_retention_hours=config.timeseries.memory_retention_hours,
         # The time-series sink sends what the table takes: with magnetic-store writes, readings
         # up to the magnetic retention old.
-        "TIMESERIES_MAGNETIC_STORE_WRITES": "true" if MAGNETIC_STORE_WRITES else "false",
-        "TIMESERIES_MAGNETIC_RETENTION_DAYS": str(config.timeseries.magnetic_retention_days),
-        "ARCHIVE_DELIVERY_STREAM": names.archive_delivery_stream,
-        "ARCHIVE_BUCKET": names.archive_bucket,
-        "QUARANTINE_PREFIX": names.quarantine_prefix,
+        timeseries_magnetic_writes=MAGNETIC_STORE_WRITES,
+        timeseries_magnetic_retention_days=config.timeseries.magnetic_retention_days,
+        archive_delivery_stream=names.archive_delivery_stream,
+        archive_bucket=names.archive_bucket,
+        quarantine_prefix=names.quarantine_prefix,
+        # The custom metrics to emit, each billed monthly: only those the config lists.
+        custom_metrics=tuple(config.processor.custom_metrics),
+    )
+    return {
+        **settings.to_environment(),
         "POWERTOOLS_SERVICE_NAME": "iotpipe-processor",
         "POWERTOOLS_METRICS_NAMESPACE": "iotpipe",
-        # The custom metrics to emit, each billed monthly: only those the config lists.
-        "PROCESSOR_METRICS": ",".join(config.processor.custom_metrics),
         "LOG_LEVEL": config.processor.log_level,
     }
 
@@ -281,50 +284,41 @@ def _configuration(r: ProcessorFunction, aws: Aws, want: dict[str, Any], have: S
 
 
 def _lambda_state(raw: dict[str, Any]) -> tuple[str, str]:
-    return raw.get("State", "Active"), raw.get("LastUpdateStatus", "Successful")
+    conf = raw["Configuration"]
+    return conf.get("State", "Active"), conf.get("LastUpdateStatus", "Successful")
 
 
-# The functions whose current wait has been reported: a wait is said once, not at every poll.
-_waits_reported: set[str] = set()
-
-
-def _function_status(raw: dict[str, Any]) -> str:
-    """State/LastUpdateStatus. Lambda refuses the next change meanwhile (ResourceConflictException):
-    the step says why it pauses rather than run into the refusal."""
+def _function_waiting(raw: dict[str, Any]) -> str:
+    """Lambda refuses the next change while it applies one (ResourceConflictException): the step
+    says why it pauses rather than run into the refusal."""
     state, update = _lambda_state(raw)
-    arn = raw["FunctionArn"]
-    if (state, update) == ("Active", "Successful"):
-        _waits_reported.discard(arn)
-    elif arn not in _waits_reported:
-        _waits_reported.add(arn)
-        doing = "creating the function" if state == "Pending" else "applying the update"
-        report_wait(f"Lambda is still {doing} (State {state}, last update {update})")
-    return f"{state}/{update}"
+    doing = "creating the function" if state == "Pending" else "applying the update"
+    return f"Lambda is still {doing} (State {state}, last update {update})"
 
 
 def _function_failure(raw: dict[str, Any]) -> str | None:
     state, update = _lambda_state(raw)
     if "Failed" not in (state, update):
         return None
-    _waits_reported.discard(raw["FunctionArn"])
-    reason = raw.get("StateReason") or raw.get("LastUpdateStatusReason") or ""
+    conf = raw["Configuration"]
+    reason = conf.get("StateReason") or conf.get("LastUpdateStatusReason") or ""
     return f"the function is {state}, last update {update}: {reason}"
 
 
 class ProcessorFunction(Resource):
     kind = "lambda.function"
     fields = (
-        Field("description", "Description || ''", "configuration"),
-        Field("runtime", "Runtime", "configuration"),
-        Field("handler", "Handler", "configuration"),
+        Field("description", "Configuration.Description || ''", "configuration"),
+        Field("runtime", "Configuration.Runtime", "configuration"),
+        Field("handler", "Configuration.Handler", "configuration"),
         # Lambda changes the instruction set only together with the code.
-        Field("architecture", "Architectures[0] || 'x86_64'", "update_function_code"),
-        Field("memory_mb", "MemorySize", "configuration"),
-        Field("timeout_seconds", "Timeout", "configuration"),
-        Field("role", "Role", "configuration"),
-        Field("layers", "Layers[].Arn || `[]`", "configuration"),
-        Field("environment", "Environment.Variables || `{}`", "configuration"),
-        Field("code_sha256", "CodeSha256", "update_function_code"),
+        Field("architecture", "Configuration.Architectures[0] || 'x86_64'", "update_function_code"),
+        Field("memory_mb", "Configuration.MemorySize", "configuration"),
+        Field("timeout_seconds", "Configuration.Timeout", "configuration"),
+        Field("role", "Configuration.Role", "configuration"),
+        Field("layers", "Configuration.Layers[].Arn || `[]`", "configuration"),
+        Field("environment", "Configuration.Environment.Variables || `{}`", "configuration"),
+        Field("code_sha256", "Configuration.CodeSha256", "update_function_code"),
     )
     # Lambda applies each update asynchronously: the next waits until the function is settled.
     writes = (
@@ -342,12 +336,20 @@ class ProcessorFunction(Resource):
         ),
         Write("configuration", _configuration, settles=True),
     )
-    tagging = _lambda_tagging("FunctionArn")
+    # GetFunction's answer carries the function's tags.
+    tagging = Tagging(
+        "lambda",
+        None,
+        "tag_resource",
+        lambda r, raw: {"Resource": raw["Configuration"]["FunctionArn"]},
+        shape="map",
+    )
     settled = Settled(
-        _function_status,
+        lambda raw: "/".join(_lambda_state(raw)),
         frozenset({"Active/Successful"}),
         "for the function to be Active and settled",
         failed=_function_failure,
+        waiting=_function_waiting,
     )
 
     @cached_property
@@ -363,7 +365,7 @@ class ProcessorFunction(Resource):
         layer = names.arn("lambda", "layer:AWSLambdaPowertoolsPythonV3-python311-*")
         layer = layer.replace(f":{names.account}:", f":{POWERTOOLS_ACCOUNT}:")
         return [
-            reads(["lambda:GetFunctionConfiguration", "lambda:ListTags"], arn),
+            reads(["lambda:GetFunction"], arn),
             reads(
                 ["lambda:GetLayerVersion"],
                 layer,
@@ -402,10 +404,11 @@ class ProcessorFunction(Resource):
         check_powertools_layer(self.ctx, aws)
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        # The configuration carries the State the function must settle in between updates.
+        # The configuration (with the State the function must settle in between updates) and
+        # the tags, in one answer.
         return aws.call(
             "lambda",
-            "get_function_configuration",
+            "get_function",
             resource=self.label,
             missing=("ResourceNotFoundException",),
             FunctionName=self.name,
