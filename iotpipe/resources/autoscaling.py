@@ -108,8 +108,8 @@ def _resource_id(table: str) -> str:
     return f"table/{table}"
 
 
-def observe(aws: Aws, table: str, label: str) -> dict[str, dict[str, Any]]:
-    """The table's registered dimensions: range and our policy's target (None without it)."""
+def observe(aws: Aws, table: str, label: str) -> dict[str, Any]:
+    """Application Auto Scaling's answers about the table: its scalable targets and policies."""
     found = aws.call(
         SERVICE,
         "describe_scalable_targets",
@@ -124,40 +124,43 @@ def observe(aws: Aws, table: str, label: str) -> dict[str, dict[str, Any]]:
         ServiceNamespace=NAMESPACE,
         ResourceId=_resource_id(table),
     )
+    return {
+        "ScalableTargets": found.get("ScalableTargets", []),
+        "ScalingPolicies": policies.get("ScalingPolicies", []),
+    }
+
+
+def registered(table: str, answers: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The table's registered dimensions (from `observe`'s answers): range, our policy's target
+    (None without it) and the names of every policy on the dimension."""
     by_dimension = {scalable: name for name, (_, scalable, _) in DIMENSIONS.items()}
-    observed: dict[str, dict[str, Any]] = {}
-    for target in found.get("ScalableTargets", []):
+    policies = answers["ScalingPolicies"]
+    found: dict[str, dict[str, Any]] = {}
+    for target in answers["ScalableTargets"]:
         dimension = by_dimension.get(target["ScalableDimension"])
         if dimension is None or target.get("ResourceId") != _resource_id(table):
             continue
+        on_target = [
+            p for p in policies if p.get("ScalableDimension") == target["ScalableDimension"]
+        ]
         ours = next(
-            (
-                p
-                for p in policies.get("ScalingPolicies", [])
-                if p.get("PolicyName") == policy_name(table, dimension)
-                and p.get("ScalableDimension") == target["ScalableDimension"]
-            ),
-            None,
+            (p for p in on_target if p.get("PolicyName") == policy_name(table, dimension)), None
         )
         tracking = (ours or {}).get("TargetTrackingScalingPolicyConfiguration") or {}
-        observed[dimension] = {
+        found[dimension] = {
             "min": target["MinCapacity"],
             "max": target["MaxCapacity"],
             "target_utilization": tracking.get("TargetValue"),
-            "policies": [
-                p["PolicyName"]
-                for p in policies.get("ScalingPolicies", [])
-                if p.get("ScalableDimension") == target["ScalableDimension"]
-            ],
+            "policies": [p["PolicyName"] for p in on_target],
         }
-    return observed
+    return found
 
 
-def shown(observed: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The observed settings in the shape `scaled` gives (without the policy names)."""
+def settings(table: str, answers: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The registered settings in the shape `scaled` gives (without the policy names)."""
     return {
         dimension: {k: v for k, v in spec.items() if k != "policies"}
-        for dimension, spec in observed.items()
+        for dimension, spec in registered(table, answers).items()
     }
 
 

@@ -6,10 +6,12 @@ auto scaling settings are one of its fields (see resources/autoscaling.py).
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 from iotpipe.aws import Transient
-from iotpipe.engine.model import Change, Deferred, Resource
+from iotpipe.engine.fields import REPLACE, Field, Settled, State, Tagging, Write, call
+from iotpipe.engine.model import Deferred, Resource
 from iotpipe.engine.reconcile import report_wait
 from iotpipe.errors import AwsError
 from iotpipe.permissions import Grant, owned, reads, writes
@@ -38,16 +40,88 @@ TTL_CHANGED_RECENTLY = "modified multiple times within a fixed interval"
 # (quoted in aws-amplify/amplify-cli #1054).
 ON_DEMAND_SWITCHED_RECENTLY = "Update to PayPerRequest mode are limited"
 BILLING_MODES = {"provisioned": "PROVISIONED", "on_demand": "PAY_PER_REQUEST"}
-# Fields that UpdateTable's capacity settings and Application Auto Scaling apply together.
-CAPACITY_FIELDS = ("billing_mode", "provisioned_throughput", "auto_scaling")
+
+
+def _billing_mode(raw: dict[str, Any]) -> str:
+    return raw["Table"].get("BillingModeSummary", {}).get("BillingMode", "PROVISIONED")
+
+
+def _throughput(raw: dict[str, Any]) -> dict[str, Any]:
+    """A provisioned table's capacity units ({} on demand)."""
+    if _billing_mode(raw) != "PROVISIONED":
+        return {}
+    throughput = raw["Table"].get("ProvisionedThroughput", {})
+    return {field: throughput.get(field) for field in ("ReadCapacityUnits", "WriteCapacityUnits")}
+
+
+def _key_schema(raw: dict[str, Any]) -> dict[str, Any]:
+    table = raw["Table"]
+    types = {a["AttributeName"]: a["AttributeType"] for a in table["AttributeDefinitions"]}
+    return {k["AttributeName"]: types.get(k["AttributeName"]) for k in table["KeySchema"]}
+
+
+def _encryption(raw: dict[str, Any]) -> str:
+    sse = raw["Table"].get("SSEDescription", {})
+    return sse.get("SSEType", "KMS") if sse.get("Status") == "ENABLED" else "AWS_OWNED"
+
+
+def _ttl(raw: dict[str, Any]) -> dict[str, Any]:
+    ttl = raw["TimeToLiveDescription"]
+    enabled = ttl.get("TimeToLiveStatus") in ("ENABLED", "ENABLING")
+    return {"attribute": ttl.get("AttributeName"), "enabled": enabled}
+
+
+def _scaling(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return autoscaling.settings(raw["Table"]["TableName"], raw)
 
 
 class DeviceStateTable(Resource):
     kind = "dynamodb.table"
     data_store = True
-    replace_on = frozenset({"key_schema"})
-    # Only the capacity of the dimensions that are not auto scaled is ours to set.
-    subset_fields = frozenset({"tags", "provisioned_throughput"})
+    fields = (
+        # The billing mode and capacity: UpdateTable, with auto scaling removed before a table
+        # leaves provisioned mode and registered after it enters it (the order AWS takes them).
+        Field("billing_mode", _billing_mode, "capacity"),
+        # Only the capacity of the dimensions that are not auto scaled is ours to set.
+        Field("provisioned_throughput", _throughput, "capacity", compare="subset"),
+        Field("auto_scaling", _scaling, "auto_scaling"),
+        Field("key_schema", _key_schema, REPLACE),
+        Field("encryption", _encryption, "encryption"),
+        Field(
+            "point_in_time_recovery",
+            "ContinuousBackupsDescription.PointInTimeRecoveryDescription"
+            ".PointInTimeRecoveryStatus == 'ENABLED'",
+            "point_in_time_recovery",
+        ),
+        Field("ttl", _ttl, "ttl"),
+    )
+    # Each UpdateTable leaves the table UPDATING; the next change is taken once it is ACTIVE.
+    writes = (
+        Write("capacity", lambda r, aws, want, have: r._capacity(aws, want, have), settles=True),
+        Write(
+            "auto_scaling",
+            lambda r, aws, want, have: autoscaling.apply(
+                aws, r.name, r.label, want["auto_scaling"], autoscaling.registered(r.name, have.raw)
+            ),
+        ),
+        call(
+            "dynamodb",
+            "update_table",
+            lambda r, want, have: {"TableName": r.name, "SSESpecification": {"Enabled": False}},
+            name="encryption",
+            settles=True,
+        ),
+        Write("point_in_time_recovery", lambda r, aws, want, have: r._set_backups(aws, want, have)),
+        # Last: AWS may refuse it for up to an hour, and every other change is made by then.
+        Write("ttl", lambda r, aws, want, have: r._update_ttl(aws, want["ttl"])),
+    )
+    tagging = Tagging(
+        "dynamodb",
+        "list_tags_of_resource",
+        "tag_resource",
+        lambda r, raw: {"ResourceArn": raw["Table"]["TableArn"]},
+    )
+    settled = Settled("Table.TableStatus", frozenset({"ACTIVE"}), "for the table to become ACTIVE")
 
     def grants(self) -> list[Grant]:
         arn = self.ctx.names.device_state_table_arn
@@ -89,68 +163,33 @@ class DeviceStateTable(Resource):
             "point_in_time_recovery": self.ctx.config.device_state.point_in_time_recovery,
         }
 
+    def _status(self, aws: Aws) -> str | None:
+        described = self._describe(aws)
+        return described["Table"]["TableStatus"] if described else None
+
     def _describe(self, aws: Aws) -> dict[str, Any] | None:
-        described = aws.call(
+        return aws.call(
             "dynamodb",
             "describe_table",
             resource=self.label,
             missing=("ResourceNotFoundException",),
             TableName=self.name,
         )
-        return described["Table"] if described else None
-
-    def _status(self, aws: Aws) -> str | None:
-        table = self._describe(aws)
-        return table["TableStatus"] if table else None
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        table = self._describe(aws)
+        described = self._describe(aws)
         # A table still DELETING is as good as gone: `create` waits it out.
-        if table is None or table["TableStatus"] == DELETING:
+        if described is None or described["Table"]["TableStatus"] == DELETING:
             return None
-        types = {a["AttributeName"]: a["AttributeType"] for a in table["AttributeDefinitions"]}
         label, name = self.label, self.name
-        tags, ttl, backups, scaling = aws.gather(
-            lambda: aws.call(
-                "dynamodb", "list_tags_of_resource", resource=label, ResourceArn=table["TableArn"]
-            ),
-            lambda: aws.call("dynamodb", "describe_time_to_live", resource=label, TableName=name)[
-                "TimeToLiveDescription"
-            ],
+        ttl, backups, scaling = aws.gather(
+            lambda: aws.call("dynamodb", "describe_time_to_live", resource=label, TableName=name),
             lambda: aws.call(
                 "dynamodb", "describe_continuous_backups", resource=label, TableName=name
-            )["ContinuousBackupsDescription"],
+            ),
             lambda: autoscaling.observe(aws, name, label),
         )
-        pitr = backups.get("PointInTimeRecoveryDescription", {}).get("PointInTimeRecoveryStatus")
-        sse = table.get("SSEDescription", {})
-        billing_mode = table.get("BillingModeSummary", {}).get("BillingMode", "PROVISIONED")
-        throughput = table.get("ProvisionedThroughput", {})
-        return {
-            "tags": {t["Key"]: t["Value"] for t in tags.get("Tags", [])},
-            "billing_mode": billing_mode,
-            "provisioned_throughput": {
-                field: throughput.get(field)
-                for field in ("ReadCapacityUnits", "WriteCapacityUnits")
-            }
-            if billing_mode == "PROVISIONED"
-            else {},
-            "auto_scaling": autoscaling.shown(scaling),
-            "scaling_targets": scaling,
-            "key_schema": {
-                k["AttributeName"]: types.get(k["AttributeName"]) for k in table["KeySchema"]
-            },
-            "encryption": sse.get("SSEType", "KMS")
-            if sse.get("Status") == "ENABLED"
-            else "AWS_OWNED",
-            "ttl": {
-                "attribute": ttl.get("AttributeName"),
-                "enabled": ttl.get("TimeToLiveStatus") in ("ENABLED", "ENABLING"),
-            },
-            "point_in_time_recovery": pitr == "ENABLED",
-            "status": table["TableStatus"],
-            "arn": table["TableArn"],
-        }
+        return {**described, **ttl, **backups, **scaling}
 
     def create(self, aws: Aws) -> None:
         def create() -> Any:
@@ -174,25 +213,15 @@ class DeviceStateTable(Resource):
             status=lambda: self._status(aws),
             what="table",
         )
-        self.wait_active(aws)
 
-    def wait_active(self, aws: Aws) -> dict[str, Any]:
-        def active() -> dict[str, Any] | None:
-            observed = self.observe(aws)
-            return observed if observed and observed["status"] == "ACTIVE" else None
-
-        return aws.wait_for(active, resource=self.label, what="for the table to become ACTIVE")
-
-    def _capacity_parameters(self, observed: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _capacity_parameters(self, have: State | None = None) -> dict[str, Any]:
         """BillingMode, and for a provisioned table its ProvisionedThroughput: the fixed
         dimensions as configured, the scaled ones as they are (or at their minimum)."""
         config = self.ctx.config
         mode = BILLING_MODES[config.device_state.capacity]
         if mode == "PAY_PER_REQUEST":
             return {"BillingMode": mode}
-        current = {
-            k: v for k, v in ((observed or {}).get("provisioned_throughput") or {}).items() if v
-        }
+        current = {k: v for k, v in ((have or {}).get("provisioned_throughput") or {}).items() if v}
         return {
             "BillingMode": mode,
             "ProvisionedThroughput": {
@@ -202,34 +231,25 @@ class DeviceStateTable(Resource):
             },
         }
 
-    def _update_capacity(self, aws: Aws, observed: dict[str, Any]) -> None:
-        """Billing mode, throughput and auto scaling, in the order AWS takes them: targets go
-        before a table leaves provisioned mode, and come after it enters it."""
-        want = self.desired()
-        targets = observed.get("scaling_targets") or {}
-        going = {d: s for d, s in targets.items() if d not in want["auto_scaling"]}
-        for dimension, spec in going.items():
-            autoscaling.remove(aws, self.name, self.label, dimension, spec)
-        parameters = self._capacity_parameters(observed)
-        unchanged_mode = parameters["BillingMode"] == observed["billing_mode"]
+    def _capacity(self, aws: Aws, want: dict[str, Any], have: State) -> None:
+        """UpdateTable's billing mode and throughput where they differ, once the dimensions no
+        longer auto scaled have lost their targets."""
+        targets = autoscaling.registered(self.name, have.raw)
+        for dimension, spec in targets.items():
+            if dimension not in want["auto_scaling"]:
+                autoscaling.remove(aws, self.name, self.label, dimension, spec)
+        parameters = self._capacity_parameters(have)
+        unchanged_mode = parameters["BillingMode"] == have["billing_mode"]
         if unchanged_mode:
             parameters.pop("BillingMode")
         throughput = parameters.get("ProvisionedThroughput")
-        if unchanged_mode and throughput == observed["provisioned_throughput"]:
+        if unchanged_mode and throughput == have["provisioned_throughput"]:
             parameters.pop("ProvisionedThroughput", None)
-        if parameters:
-            self._update_table(aws, parameters)
-        kept = {d: s for d, s in targets.items() if d in want["auto_scaling"]}
-        autoscaling.apply(aws, self.name, self.label, want["auto_scaling"], kept)
-
-    def _update_table(self, aws: Aws, parameters: dict[str, Any]) -> None:
+        if not parameters:
+            return
         try:
             aws.call(
-                "dynamodb",
-                "update_table",
-                resource=self.label,
-                TableName=self.name,
-                **parameters,
+                "dynamodb", "update_table", resource=self.label, TableName=self.name, **parameters
             )
         except AwsError as exc:
             if exc.code != "LimitExceededException" or ON_DEMAND_SWITCHED_RECENTLY not in str(exc):
@@ -241,51 +261,13 @@ class DeviceStateTable(Resource):
                 "provisioned capacity stays as it is until then)",
                 resource=self.label,
             ) from None
-        self.wait_active(aws)
 
-    def update(self, aws: Aws, changes: list[Change]) -> None:
-        want = self.desired()
-        observed = self.wait_active(aws)
-        if any(change.field in CAPACITY_FIELDS for change in changes):
-            self._update_capacity(aws, observed)
-        for change in changes:
-            field = change.field
-            if field == "tags":
-                aws.call(
-                    "dynamodb",
-                    "tag_resource",
-                    resource=self.label,
-                    ResourceArn=observed["arn"],
-                    Tags=[{"Key": k, "Value": v} for k, v in want["tags"].items()],
-                )
-            elif field == "encryption":
-                aws.call(
-                    "dynamodb",
-                    "update_table",
-                    resource=self.label,
-                    TableName=self.name,
-                    SSESpecification={"Enabled": False},
-                )
-                self.wait_active(aws)
-            elif field == "point_in_time_recovery":
-                self._wait_for_continuous_backups(aws)
-                aws.call(
-                    "dynamodb",
-                    "update_continuous_backups",
-                    resource=self.label,
-                    retry_on=(BACKUPS_BEING_ENABLED,),
-                    TableName=self.name,
-                    PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": want[field]},
-                )
-        # Last: AWS may refuse it for up to an hour, and every other change is made by then.
-        if any(change.field == "ttl" for change in changes):
-            self._update_ttl(aws, want["ttl"])
+    def _set_backups(self, aws: Aws, want: dict[str, Any], have: State) -> None:
+        """Point-in-time recovery, once continuous backups are on.
 
-    def _wait_for_continuous_backups(self, aws: Aws) -> None:
-        """A new table's continuous backups are enabled seconds after it turns ACTIVE.
-
-        Until then DescribeContinuousBackups says DISABLED and UpdateContinuousBackups is refused:
-        wait for ENABLED first (the refusal is still retried, should it come anyway).
+        A new table's continuous backups are enabled seconds after it turns ACTIVE. Until then
+        DescribeContinuousBackups says DISABLED and UpdateContinuousBackups is refused: wait for
+        ENABLED first (the refusal is still retried, should it come anyway).
         """
 
         def status() -> str:
@@ -294,19 +276,26 @@ class DeviceStateTable(Resource):
             )
             return str(described["ContinuousBackupsDescription"].get("ContinuousBackupsStatus"))
 
-        if status() == "ENABLED":
-            return
-        report_wait("waiting for DynamoDB to finish enabling the new table's backups")
-        try:
-            aws.wait_for(
-                lambda: status() == "ENABLED",
-                resource=self.label,
-                what="for DynamoDB to enable continuous backups",
-                # As long as the refusal itself would be retried; then let AWS answer.
-                timeout_seconds=aws.policy.transient_deadline_seconds,
-            )
-        except AwsError:
-            return
+        if have.raw["ContinuousBackupsDescription"].get("ContinuousBackupsStatus") != "ENABLED":
+            report_wait("waiting for DynamoDB to finish enabling the new table's backups")
+            # As long as the refusal itself would be retried; then let AWS answer.
+            with contextlib.suppress(AwsError):
+                aws.wait_for(
+                    lambda: status() == "ENABLED",
+                    resource=self.label,
+                    what="for DynamoDB to enable continuous backups",
+                    timeout_seconds=aws.policy.transient_deadline_seconds,
+                )
+        aws.call(
+            "dynamodb",
+            "update_continuous_backups",
+            resource=self.label,
+            retry_on=(BACKUPS_BEING_ENABLED,),
+            TableName=self.name,
+            PointInTimeRecoverySpecification={
+                "PointInTimeRecoveryEnabled": want["point_in_time_recovery"]
+            },
+        )
 
     def _update_ttl(self, aws: Aws, ttl: dict[str, Any]) -> None:
         # AWS refuses a TTL change within an hour of the last one: only call on a real diff.
@@ -336,7 +325,7 @@ class DeviceStateTable(Resource):
 
     def delete(self, aws: Aws) -> None:
         # DynamoDB leaves a deleted table's scalable targets, policies and alarms behind.
-        targets = autoscaling.observe(aws, self.name, self.label)
+        targets = autoscaling.registered(self.name, autoscaling.observe(aws, self.name, self.label))
         for dimension, spec in targets.items():
             autoscaling.remove(aws, self.name, self.label, dimension, spec)
         aws.call(

@@ -21,7 +21,8 @@ import contextlib
 import json
 from typing import TYPE_CHECKING, Any
 
-from iotpipe.engine.model import STACK_TAG, Change, Resource
+from iotpipe.engine.fields import Field, Settled, State, Tagging, Write, tags_as
+from iotpipe.engine.model import STACK_TAG, Resource
 from iotpipe.errors import AwsError
 from iotpipe.permissions import Grant, owned, reads, writes
 from iotpipe.resources import cloudwatch
@@ -91,10 +92,69 @@ def key_policy(names: Names, alarm_arns: list[str]) -> dict[str, Any]:
     }
 
 
+def _key_id(have: State) -> dict[str, str]:
+    return {"KeyId": have.raw["KeyMetadata"]["KeyId"]}
+
+
+def _enable(r: AlertsKey, aws: Aws, want: dict[str, Any], have: State) -> None:
+    """Turn a Disabled or PendingDeletion key on (the settled states that are not Enabled)."""
+    if have["state"] == "PendingDeletion":
+        # A cancelled deletion leaves the key disabled.
+        aws.call("kms", "cancel_key_deletion", resource=r.label, **_key_id(have))
+    aws.call("kms", "enable_key", resource=r.label, **_key_id(have))
+
+
+# Rotation and policy are compared again with the state read once `_enable` turned the key on:
+# a key that was off could not show them, and they may be as desired already.
+def _enable_rotation(r: AlertsKey, aws: Aws, want: dict[str, Any], have: State) -> None:
+    if not have["rotation"]:
+        aws.call("kms", "enable_key_rotation", resource=r.label, **_key_id(have))
+
+
+def _put_policy(r: AlertsKey, aws: Aws, want: dict[str, Any], have: State) -> None:
+    if r.field("policy").differs(have["policy"], want["policy"]):
+        aws.call(
+            "kms",
+            "put_key_policy",
+            resource=r.label,
+            PolicyName=KEY_POLICY_NAME,
+            Policy=json.dumps(want["policy"]),
+            **_key_id(have),
+        )
+
+
 class AlertsKey(Resource):
     """The key, found through its alias (key ids are random)."""
 
     kind = "kms.key"
+    fields = (
+        Field("state", "KeyMetadata.KeyState", "enable"),
+        # Not read while the key is off (reported off for a key pending deletion): None then.
+        Field("rotation", "KeyRotationEnabled", "rotation"),
+        Field(
+            "policy", lambda raw: json.loads(raw["Policy"]) if "Policy" in raw else None, "policy"
+        ),
+    )
+    writes = (
+        # Enabling the key changes its state: what it could not show while off is read again.
+        Write("enable", _enable, settles=True),
+        Write("rotation", _enable_rotation),
+        Write("policy", _put_policy),
+    )
+    tagging = Tagging(
+        "kms",
+        "list_resource_tags",
+        "tag_resource",
+        lambda r, raw: {"KeyId": raw["KeyMetadata"]["KeyId"]},
+        shape="tagkey-list",
+        missing=MISSING,
+    )
+    # KMS takes a change in any of these states; the others pass on their own.
+    settled = Settled(
+        "KeyMetadata.KeyState",
+        frozenset({"Enabled", "Disabled", "PendingDeletion"}),
+        "for the key to be enabled, disabled or pending deletion",
+    )
 
     def __init__(self, ctx: StackContext) -> None:
         super().__init__(ctx, ctx.names.alerts_topic)
@@ -102,10 +162,6 @@ class AlertsKey(Resource):
     @property
     def alias(self) -> str:
         return alias_name(self.ctx.names)
-
-    def _tags(self) -> list[dict[str, str]]:
-        """The stack's tags in KMS's own form (TagKey/TagValue, not Key/Value)."""
-        return [{"TagKey": k, "TagValue": v} for k, v in self.ctx.tags.items()]
 
     def _policy(self) -> dict[str, Any]:
         arns = [
@@ -177,10 +233,11 @@ class AlertsKey(Resource):
             "policy": self._policy(),
         }
 
-    def notes(self, observed: dict[str, Any]) -> list[str]:
+    def notes(self, observed: State) -> list[str]:
         if observed.get("state") == "PendingDeletion":
+            deletion = observed.raw["KeyMetadata"].get("DeletionDate")
             return [
-                f"scheduled for deletion on {observed.get('deletion_date')} by an earlier down: "
+                f"scheduled for deletion on {deletion} by an earlier down: "
                 "up cancels the deletion and enables the key again"
             ]
         return []
@@ -189,44 +246,21 @@ class AlertsKey(Resource):
         found = aws.call(
             "kms", "describe_key", resource=self.label, missing=MISSING, KeyId=self.alias
         )
-        if found is None:
-            return None
-        meta = found["KeyMetadata"]
-        key_id, state = meta["KeyId"], meta["KeyState"]
-        enabled = state == "Enabled"
-
-        def tags() -> dict[str, Any] | None:
-            return aws.call(
-                "kms", "list_resource_tags", resource=self.label, missing=MISSING, KeyId=key_id
-            )
-
-        def rotation() -> dict[str, Any] | None:
-            # Reported off for a key pending deletion; set again once the key is enabled.
-            if not enabled:
-                return None
-            return aws.call("kms", "get_key_rotation_status", resource=self.label, KeyId=key_id)
-
-        def policy() -> dict[str, Any] | None:
-            if not enabled:
-                return None
-            return aws.call(
+        if found is None or found["KeyMetadata"]["KeyState"] != "Enabled":
+            return found
+        # Rotation and policy are read from an enabled key only (see the fields).
+        key_id = found["KeyMetadata"]["KeyId"]
+        rotation, policy = aws.gather(
+            lambda: aws.call("kms", "get_key_rotation_status", resource=self.label, KeyId=key_id),
+            lambda: aws.call(
                 "kms",
                 "get_key_policy",
                 resource=self.label,
                 KeyId=key_id,
                 PolicyName=KEY_POLICY_NAME,
-            )
-
-        found_tags, found_rotation, found_policy = aws.gather(tags, rotation, policy)
-        return {
-            "tags": {t["TagKey"]: t["TagValue"] for t in (found_tags or {}).get("Tags", [])},
-            "state": state,
-            "rotation": found_rotation and found_rotation.get("KeyRotationEnabled"),
-            "policy": found_policy and json.loads(found_policy["Policy"]),
-            "key_id": key_id,
-            "arn": meta["Arn"],
-            "deletion_date": str(meta["DeletionDate"]) if meta.get("DeletionDate") else None,
-        }
+            ),
+        )
+        return {**found, **rotation, **policy}
 
     def create(self, aws: Aws) -> None:
         created = aws.call(
@@ -237,7 +271,7 @@ class AlertsKey(Resource):
             KeyUsage="ENCRYPT_DECRYPT",
             KeySpec="SYMMETRIC_DEFAULT",
             Policy=json.dumps(self._policy()),
-            Tags=self._tags(),
+            Tags=tags_as("tagkey-list", self.ctx.tags),
         )
         key_id = created["KeyMetadata"]["KeyId"]
         try:
@@ -252,40 +286,6 @@ class AlertsKey(Resource):
             raise
         aws.call("kms", "enable_key_rotation", resource=self.label, KeyId=key_id)
 
-    def update(self, aws: Aws, changes: list[Change]) -> None:
-        observed = self.observe(aws)
-        if observed is None:
-            return
-        key_id, state = observed["key_id"], observed["state"]
-        if state == "PendingDeletion":
-            # A cancelled deletion leaves the key disabled.
-            aws.call("kms", "cancel_key_deletion", resource=self.label, KeyId=key_id)
-            state = "Disabled"
-        if state == "Disabled":
-            aws.call("kms", "enable_key", resource=self.label, KeyId=key_id)
-            # What could not be read while the key was off is compared now.
-            observed = self.observe(aws) or observed
-        for change in self.diff(observed):
-            if change.field == "tags":
-                aws.call(
-                    "kms",
-                    "tag_resource",
-                    resource=self.label,
-                    KeyId=key_id,
-                    Tags=self._tags(),
-                )
-            elif change.field == "policy":
-                aws.call(
-                    "kms",
-                    "put_key_policy",
-                    resource=self.label,
-                    KeyId=key_id,
-                    PolicyName=KEY_POLICY_NAME,
-                    Policy=json.dumps(self._policy()),
-                )
-            elif change.field == "rotation":
-                aws.call("kms", "enable_key_rotation", resource=self.label, KeyId=key_id)
-
     def _schedule_deletion(self, aws: Aws, key_id: str) -> None:
         aws.call(
             "kms",
@@ -296,11 +296,11 @@ class AlertsKey(Resource):
         )
 
     def delete(self, aws: Aws) -> None:
-        observed = self.observe(aws)
-        if observed is None:
+        found = self.observe(aws)
+        if found is None:
             return
-        if observed["state"] != "PendingDeletion":
-            self._schedule_deletion(aws, observed["key_id"])
+        if found["KeyMetadata"]["KeyState"] != "PendingDeletion":
+            self._schedule_deletion(aws, found["KeyMetadata"]["KeyId"])
         # Last: a `down` interrupted before this finds the key again through its alias.
         aws.call("kms", "delete_alias", resource=self.label, missing=MISSING, AliasName=self.alias)
 

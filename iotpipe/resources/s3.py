@@ -8,9 +8,11 @@ after which the lifecycle removes the old version and then the delete marker lef
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from iotpipe.engine.model import Change, Resource
+from iotpipe.engine.fields import Field, Tagging, Write, call
+from iotpipe.engine.model import Resource
 from iotpipe.engine.reconcile import report_wait
 from iotpipe.errors import AwsError
 from iotpipe.permissions import Grant, reads, writes
@@ -130,9 +132,88 @@ def _rule_spec(rule: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
+# The Get calls that read the bucket's settings, each with the error it answers when none is
+# set. Their answers share no key (but ResponseMetadata), so together they read as one.
+READS = {
+    "get_bucket_encryption": ("ServerSideEncryptionConfigurationNotFoundError",),
+    "get_public_access_block": ("NoSuchPublicAccessBlockConfiguration",),
+    "get_bucket_ownership_controls": ("OwnershipControlsNotFoundError",),
+    "get_bucket_policy": ("NoSuchBucketPolicy",),
+    "get_bucket_versioning": (),
+    "get_bucket_lifecycle_configuration": ("NoSuchLifecycleConfiguration",),
+}
+SSE_DEFAULT = "ApplyServerSideEncryptionByDefault"
+
+
+def _put(
+    operation: str, field: str, param: str, value: Callable[[Any], Any] = lambda v: v
+) -> Write:
+    """The Put call that sets one setting: `param` is `value(desired value of field)`."""
+    return call(
+        "s3",
+        operation,
+        lambda r, want, have: {"Bucket": r.name, param: value(want[field])},
+        name=field,
+    )
+
+
 class ArchiveBucket(Resource):
     kind = "s3.bucket"
     data_store = True
+    fields = (
+        Field(
+            "encryption",
+            f"ServerSideEncryptionConfiguration.Rules[0].{SSE_DEFAULT}.SSEAlgorithm",
+            "encryption",
+        ),
+        Field("public_access_block", "PublicAccessBlockConfiguration", "public_access_block"),
+        Field("ownership", "OwnershipControls.Rules[0].ObjectOwnership", "ownership"),
+        Field(
+            "policy", lambda raw: json.loads(raw["Policy"]) if "Policy" in raw else None, "policy"
+        ),
+        # A bucket never versioned has no Status at all.
+        Field("versioning", "Status", "versioning"),
+        Field("lifecycle", lambda raw: [_rule_spec(r) for r in raw.get("Rules", [])], "lifecycle"),
+    )
+    writes = (
+        _put(
+            "put_bucket_encryption",
+            "encryption",
+            "ServerSideEncryptionConfiguration",
+            lambda v: {"Rules": [{SSE_DEFAULT: {"SSEAlgorithm": v}}]},
+        ),
+        _put("put_public_access_block", "public_access_block", "PublicAccessBlockConfiguration"),
+        _put(
+            "put_bucket_ownership_controls",
+            "ownership",
+            "OwnershipControls",
+            lambda v: {"Rules": [{"ObjectOwnership": v}]},
+        ),
+        _put("put_bucket_policy", "policy", "Policy", json.dumps),
+        _put(
+            "put_bucket_versioning",
+            "versioning",
+            "VersioningConfiguration",
+            lambda v: {"Status": v},
+        ),
+        _put(
+            "put_bucket_lifecycle_configuration",
+            "lifecycle",
+            "LifecycleConfiguration",
+            lambda v: {"Rules": [_rule_input(r) for r in v]},
+        ),
+    )
+    # PutBucketTagging replaces the whole tag set: the tags others added are written back.
+    tagging = Tagging(
+        "s3",
+        "get_bucket_tagging",
+        "put_bucket_tagging",
+        lambda r, raw: {"Bucket": r.name},
+        found="TagSet",
+        missing=("NoSuchTagSet",),
+        whole=True,
+        wrap=lambda tags: {"Tagging": {"TagSet": tags}},
+    )
 
     def grants(self) -> list[Grant]:
         names = self.ctx.names
@@ -196,34 +277,11 @@ class ArchiveBucket(Resource):
         if aws.call("s3", "head_bucket", resource=label, missing=("404",), Bucket=bucket) is None:
             return None
 
-        def read(operation: str, *missing: str):
+        def read(operation: str, missing: tuple[str, ...]) -> Callable[[], Any]:
             return lambda: aws.call("s3", operation, resource=label, missing=missing, Bucket=bucket)
 
-        tagging, encryption, block, ownership, policy, versioning, lifecycle = aws.gather(
-            read("get_bucket_tagging", "NoSuchTagSet"),
-            read("get_bucket_encryption", "ServerSideEncryptionConfigurationNotFoundError"),
-            read("get_public_access_block", "NoSuchPublicAccessBlockConfiguration"),
-            read("get_bucket_ownership_controls", "OwnershipControlsNotFoundError"),
-            read("get_bucket_policy", "NoSuchBucketPolicy"),
-            read("get_bucket_versioning"),
-            read("get_bucket_lifecycle_configuration", "NoSuchLifecycleConfiguration"),
-        )
-        rules = (encryption or {}).get("ServerSideEncryptionConfiguration", {}).get("Rules", [])
-        return {
-            "tags": {t["Key"]: t["Value"] for t in (tagging or {}).get("TagSet", [])},
-            "encryption": rules[0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"]
-            if rules
-            else None,
-            "public_access_block": (block or {}).get("PublicAccessBlockConfiguration"),
-            "ownership": (ownership or {})
-            .get("OwnershipControls", {})
-            .get("Rules", [{}])[0]
-            .get("ObjectOwnership"),
-            "policy": json.loads(policy["Policy"]) if policy else None,
-            # A bucket never versioned has no Status at all.
-            "versioning": (versioning or {}).get("Status"),
-            "lifecycle": [_rule_spec(r) for r in (lifecycle or {}).get("Rules", [])],
-        }
+        answers = aws.gather(*(read(*get) for get in READS.items()))
+        return {key: value for answer in answers if answer for key, value in answer.items()}
 
     def create(self, aws: Aws) -> None:
         params: dict[str, Any] = {"Bucket": self.name, "ObjectOwnership": "BucketOwnerEnforced"}
@@ -236,69 +294,6 @@ class ArchiveBucket(Resource):
             missing=("BucketAlreadyOwnedByYou",),
             **params,
         )
-
-    def update(self, aws: Aws, changes: list[Change]) -> None:
-        want = self.desired()
-        for change in changes:
-            field = change.field
-            if field == "tags":
-                merged = {**(change.old or {}), **want["tags"]}
-                aws.call(
-                    "s3",
-                    "put_bucket_tagging",
-                    resource=self.label,
-                    Bucket=self.name,
-                    Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in merged.items()]},
-                )
-            elif field == "encryption":
-                rule = {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": want[field]}}
-                aws.call(
-                    "s3",
-                    "put_bucket_encryption",
-                    resource=self.label,
-                    Bucket=self.name,
-                    ServerSideEncryptionConfiguration={"Rules": [rule]},
-                )
-            elif field == "public_access_block":
-                aws.call(
-                    "s3",
-                    "put_public_access_block",
-                    resource=self.label,
-                    Bucket=self.name,
-                    PublicAccessBlockConfiguration=want[field],
-                )
-            elif field == "ownership":
-                aws.call(
-                    "s3",
-                    "put_bucket_ownership_controls",
-                    resource=self.label,
-                    Bucket=self.name,
-                    OwnershipControls={"Rules": [{"ObjectOwnership": want[field]}]},
-                )
-            elif field == "policy":
-                aws.call(
-                    "s3",
-                    "put_bucket_policy",
-                    resource=self.label,
-                    Bucket=self.name,
-                    Policy=json.dumps(want[field]),
-                )
-            elif field == "versioning":
-                aws.call(
-                    "s3",
-                    "put_bucket_versioning",
-                    resource=self.label,
-                    Bucket=self.name,
-                    VersioningConfiguration={"Status": want[field]},
-                )
-            elif field == "lifecycle":
-                aws.call(
-                    "s3",
-                    "put_bucket_lifecycle_configuration",
-                    resource=self.label,
-                    Bucket=self.name,
-                    LifecycleConfiguration={"Rules": [_rule_input(r) for r in want[field]]},
-                )
 
     def delete(self, aws: Aws) -> None:
         # A Firehose stream being deleted can still flush a buffer into the bucket: emptying it

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.discovery import EndpointDiscoveryException
 
-from iotpipe.engine.model import Change, Resource, Unavailable
+from iotpipe.engine.fields import Field, State, Tagging, Write
+from iotpipe.engine.model import Resource, Unavailable
 from iotpipe.errors import AwsError
 from iotpipe.permissions import Grant, owned, reads, writes
 
@@ -77,15 +78,40 @@ def _service_grants() -> list[Grant]:
     return [reads(["timestream:ListDatabases", "timestream:DescribeEndpoints"], "*", why=why)]
 
 
-def _tags(aws: Aws, arn: str, label: str) -> dict[str, str]:
-    found = _call(aws, "list_tags_for_resource", resource=label, ResourceARN=arn)
-    return {t["Key"]: t["Value"] for t in (found or {}).get("Tags", [])}
+def _tagging(described: str) -> Tagging:
+    """Tags read and written by the ARN in the Describe answer's `described` part."""
+    return Tagging(
+        SERVICE,
+        "list_tags_for_resource",
+        "tag_resource",
+        lambda r, raw: {"ResourceARN": raw[described]["Arn"]},
+        missing=NOT_FOUND,
+    )
+
+
+def _settings(want: dict[str, Any]) -> dict[str, Any]:
+    """The table's retention and magnetic-store writes as CreateTable and UpdateTable take them."""
+    return {
+        "RetentionProperties": {
+            "MemoryStoreRetentionPeriodInHours": want["memory_retention_hours"],
+            "MagneticStoreRetentionPeriodInDays": want["magnetic_retention_days"],
+        },
+        "MagneticStoreWriteProperties": {
+            "EnableMagneticStoreWrites": want["magnetic_store_writes"]
+        },
+    }
+
+
+def _update_table(r: TimeseriesTable, aws: Aws, want: dict[str, Any], have: State) -> None:
+    params = {"DatabaseName": r.database, "TableName": r.name, **_settings(want)}
+    _call(aws, "update_table", resource=r.label, **params)
 
 
 class TimeseriesDatabase(Resource):
     kind = "timestream.database"
     data_store = True
     optional = True
+    tagging = _tagging("Database")
 
     @property
     def arn(self) -> str:
@@ -105,10 +131,7 @@ class TimeseriesDatabase(Resource):
         return {"tags": self.ctx.tags}
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        found = _call(aws, "describe_database", resource=self.label, DatabaseName=self.name)
-        if found is None:
-            return None
-        return {"tags": _tags(aws, found["Database"]["Arn"], self.label)}
+        return _call(aws, "describe_database", resource=self.label, DatabaseName=self.name)
 
     def create(self, aws: Aws) -> None:
         _call(
@@ -119,17 +142,6 @@ class TimeseriesDatabase(Resource):
             Tags=self.ctx.tag_list,
         )
 
-    def update(self, aws: Aws, changes: list[Change]) -> None:
-        for change in changes:
-            if change.field == "tags":
-                _call(
-                    aws,
-                    "tag_resource",
-                    resource=self.label,
-                    ResourceARN=self.arn,
-                    Tags=self.ctx.tag_list,
-                )
-
     def delete(self, aws: Aws) -> None:
         _call(aws, "delete_database", resource=self.label, DatabaseName=self.name)
 
@@ -138,6 +150,25 @@ class TimeseriesTable(Resource):
     kind = "timestream.table"
     data_store = True
     optional = True
+    fields = (
+        Field(
+            "memory_retention_hours",
+            "Table.RetentionProperties.MemoryStoreRetentionPeriodInHours",
+            "update_table",
+        ),
+        Field(
+            "magnetic_retention_days",
+            "Table.RetentionProperties.MagneticStoreRetentionPeriodInDays",
+            "update_table",
+        ),
+        Field(
+            "magnetic_store_writes",
+            "Table.MagneticStoreWriteProperties.EnableMagneticStoreWrites || `false`",
+            "update_table",
+        ),
+    )
+    writes = (Write("update_table", _update_table),)
+    tagging = _tagging("Table")
 
     def __init__(self, ctx: StackContext, name: str, database: TimeseriesDatabase) -> None:
         super().__init__(ctx, name, depends_on=(database.key,))
@@ -150,10 +181,6 @@ class TimeseriesTable(Resource):
     @property
     def key(self) -> str:
         return f"{self.kind}/{self.database}/{self.name}"
-
-    @property
-    def arn(self) -> str:
-        return self.ctx.names.timeseries_table_arn
 
     def grants(self) -> list[Grant]:
         arn = self.ctx.names.timeseries_table_arn
@@ -182,29 +209,8 @@ class TimeseriesTable(Resource):
             DatabaseName=self.database,
             TableName=self.name,
         )
-        if found is None or found["Table"].get("TableStatus") == "DELETING":
-            return None
-        table = found["Table"]
-        retention = table.get("RetentionProperties", {})
-        magnetic = table.get("MagneticStoreWriteProperties", {})
-        return {
-            "tags": _tags(aws, table["Arn"], self.label),
-            "memory_retention_hours": retention.get("MemoryStoreRetentionPeriodInHours"),
-            "magnetic_retention_days": retention.get("MagneticStoreRetentionPeriodInDays"),
-            "magnetic_store_writes": bool(magnetic.get("EnableMagneticStoreWrites")),
-        }
-
-    def _settings(self) -> dict[str, Any]:
-        want = self.desired()
-        return {
-            "RetentionProperties": {
-                "MemoryStoreRetentionPeriodInHours": want["memory_retention_hours"],
-                "MagneticStoreRetentionPeriodInDays": want["magnetic_retention_days"],
-            },
-            "MagneticStoreWriteProperties": {
-                "EnableMagneticStoreWrites": want["magnetic_store_writes"]
-            },
-        }
+        # A table still DELETING is as good as gone.
+        return None if found is None or found["Table"].get("TableStatus") == "DELETING" else found
 
     def create(self, aws: Aws) -> None:
         _call(
@@ -214,28 +220,8 @@ class TimeseriesTable(Resource):
             DatabaseName=self.database,
             TableName=self.name,
             Tags=self.ctx.tag_list,
-            **self._settings(),
+            **_settings(self.desired()),
         )
-
-    def update(self, aws: Aws, changes: list[Change]) -> None:
-        fields = {c.field for c in changes}
-        if "tags" in fields:
-            _call(
-                aws,
-                "tag_resource",
-                resource=self.label,
-                ResourceARN=self.arn,
-                Tags=self.ctx.tag_list,
-            )
-        if fields - {"tags"}:
-            _call(
-                aws,
-                "update_table",
-                resource=self.label,
-                DatabaseName=self.database,
-                TableName=self.name,
-                **self._settings(),
-            )
 
     def delete(self, aws: Aws) -> None:
         _call(
