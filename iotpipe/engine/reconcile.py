@@ -235,8 +235,8 @@ def apply_step(aws: AwsAccess, step: Step) -> None:
 
 
 def update(aws: AwsAccess, r: Resource, changes: list[Change], latest: State) -> None:
-    """Apply exactly these changes: the tags by the resource's tagging rule, then each write
-    call that sets a changed field, once, in the order the resource declares its writes. Each
+    """Apply exactly these changes: each write call that sets a changed field, once, in the
+    order the resource declares its writes, then the tags by the resource's tagging rule. Each
     write is handed the latest state (read again only after a write that unsettles it)."""
     if not r.fields and hasattr(r, "update"):  # LEGACY-SHIM
         r.update(aws, changes)
@@ -244,15 +244,17 @@ def update(aws: AwsAccess, r: Resource, changes: list[Change], latest: State) ->
     want = r.desired()
     changed = {c.field for c in changes}
     latest = settle(aws, r, latest)
-    if "tags" in changed:
-        assert r.tagging is not None  # diff() refuses tags without a rule
-        r.tagging.apply(r, aws, want["tags"], latest)
     needed = {r.field(name).write for name in changed - {"tags"}}
     for write in r.writes:
         if write.name in needed:
             write.apply(r, aws, want, latest)
             if write.settles:
                 latest = settle(aws, r, None)
+    # Tags last: a resource some write brings back into use (a KMS key pending deletion, say)
+    # takes them then, and a settled one takes them at all (Kinesis: ACTIVE only).
+    if "tags" in changed:
+        assert r.tagging is not None  # diff() refuses tags without a rule
+        r.tagging.apply(r, aws, want["tags"], latest)
 
 
 def settle(aws: AwsAccess, r: Resource, latest: State | None) -> State:
