@@ -61,7 +61,7 @@ class Account:
         raise AwsError(f"never came {what}", resource=resource)
 
     def call(self, service: str, operation: str, *, resource: str, **params: Any) -> Any:
-        """The fake service's API: list_tags, tag_resource and set_<field>, by the resource's key."""
+        """The fake service: list_tags, tag_resource and set_<field>, by the resource's key."""
         key = params.pop("Key")
         params.pop("missing", None)
         if operation == "list_tags":

@@ -380,8 +380,6 @@ class Resource(ABC):
         raw = self.observe(aws)
         if raw is None:
             return None
-        if not self.fields and hasattr(self, "update"):  # LEGACY-SHIM: unconverted resource
-            return State(raw, raw)
         values = {f.name: f.value(raw) for f in self.fields}
         if self.tagging is not None:
             values["tags"] = self.tagging.observe(self, aws, raw)
@@ -397,8 +395,6 @@ class Resource(ABC):
         )
 
     def diff(self, observed: State | dict[str, Any]) -> list[Change]:
-        if not self.fields and hasattr(self, "update"):  # LEGACY-SHIM: unconverted resource
-            return _legacy_diff(self, observed)
         changes = []
         for name, want in self.desired().items():
             have = observed.get(name)
@@ -415,22 +411,7 @@ class Resource(ABC):
 
     def replaces(self, changes: list[Change]) -> bool:
         """Whether a change is to a field AWS cannot change in place."""
-        if not self.fields and hasattr(self, "update"):  # LEGACY-SHIM
-            return any(c.field in getattr(self, "replace_on", ()) for c in changes)
         return any(c.field != "tags" and self.field(c.field).write == REPLACE for c in changes)
-
-
-def _legacy_diff(r: Any, observed: Any) -> list[Change]:  # LEGACY-SHIM
-    changes = []
-    for name, want in r.desired().items():
-        have = observed.get(name)
-        if name in getattr(r, "subset_fields", {"tags"}) and isinstance(want, dict):
-            have_dict = have or {}
-            if any(have_dict.get(k) != v for k, v in want.items()):
-                changes.append(Change(name, have, want, subset=True))
-        elif normal(have) != normal(want):
-            changes.append(Change(name, have, want))
-    return changes
 
 
 # The engine's own tags field: only the stack's own tags must match (others' are kept).

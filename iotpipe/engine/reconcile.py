@@ -238,9 +238,6 @@ def update(aws: AwsAccess, r: Resource, changes: list[Change], latest: State) ->
     """Apply exactly these changes: each write call that sets a changed field, once, in the
     order the resource declares its writes, then the tags by the resource's tagging rule. Each
     write is handed the latest state (read again only after a write that unsettles it)."""
-    if not r.fields and hasattr(r, "update"):  # LEGACY-SHIM
-        r.update(aws, changes)
-        return
     want = r.desired()
     changed = {c.field for c in changes}
     latest = settle(aws, r, latest)
