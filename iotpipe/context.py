@@ -51,9 +51,7 @@ class StackContext:
         if self.account is None:
             asks.append(lambda: setattr(self, "account", self.aws.account_id))
         if self.config.timeseries.enabled and self.timeseries_usable is None:
-            asks.append(
-                lambda: setattr(self, "timeseries_usable", timestream.available(self.aws))
-            )
+            asks.append(lambda: setattr(self, "timeseries_usable", timestream.available(self.aws)))
         self.aws.gather(*asks)
         return self
 
