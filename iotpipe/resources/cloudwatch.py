@@ -390,24 +390,30 @@ class Alarm(Resource):
         aws.call("cloudwatch", "delete_alarms", resource=self.label, AlarmNames=[self.name])
 
 
-def _metric_widget(
-    title: str, metrics: list[list[Any]], region: str, x: int, y: int, stat: str = "Sum"
-) -> dict[str, Any]:
-    return {
-        "type": "metric",
-        "x": x,
-        "y": y,
-        "width": 8,
-        "height": 6,
-        "properties": {
-            "title": title,
-            "region": region,
-            "stat": stat,
-            "period": 300,
-            "view": "timeSeries",
-            "metrics": metrics,
-        },
-    }
+LAMBDA_LOAD_METRICS = ("Invocations", "Errors", "Throttles")
+
+
+def _metric_widgets(region: str, graphs: list[tuple[str, str, list[list[Any]]]]) -> list[Any]:
+    """(title, statistic, metrics) graphs, three to a row of the 24-unit grid below the header
+    (text, then alarms: 6 units)."""
+    return [
+        {
+            "type": "metric",
+            "x": index % 3 * 8,
+            "y": 6 + index // 3 * 6,
+            "width": 8,
+            "height": 6,
+            "properties": {
+                "title": title,
+                "region": region,
+                "stat": stat,
+                "period": 300,
+                "view": "timeSeries",
+                "metrics": metrics,
+            },
+        }
+        for index, (title, stat, metrics) in enumerate(graphs)
+    ]
 
 
 def _dashboard(r: Dashboard, want: dict[str, Any], have: State | None = None) -> dict[str, Any]:
@@ -447,6 +453,7 @@ class Dashboard(Resource):
         function = ["FunctionName", names.processor_function]
         firehose = ["DeliveryStreamName", names.archive_delivery_stream]
         table = ["TableName", names.device_state_table]
+        queue = ["QueueName", names.dead_letter_queue]
         rule = ["RuleName", names.topic_rule]
         rule_action = [*rule, "ActionType", RULE_ACTION_TYPE]
         error_action = [*rule, "ActionType", ERROR_ACTION_TYPE]
@@ -475,99 +482,71 @@ class Dashboard(Resource):
                     "height": 4,
                     "properties": {"title": "Alarms", "alarms": alarms},
                 },
-                _metric_widget(
-                    "IoT rule: messages matched / failed / lost",
+                *_metric_widgets(
+                    region,
                     [
-                        ["AWS/IoT", "TopicMatch", *rule],
-                        ["AWS/IoT", "Failure", *rule_action],
-                        ["AWS/IoT", "ErrorActionFailure", *error_action],
+                        (
+                            "IoT rule: messages matched / failed / lost",
+                            "Sum",
+                            [
+                                ["AWS/IoT", "TopicMatch", *rule],
+                                ["AWS/IoT", "Failure", *rule_action],
+                                ["AWS/IoT", "ErrorActionFailure", *error_action],
+                            ],
+                        ),
+                        (
+                            "Stream: records in / throttled",
+                            "Sum",
+                            [
+                                ["AWS/Kinesis", "IncomingRecords", *stream],
+                                ["AWS/Kinesis", "WriteProvisionedThroughputExceeded", *stream],
+                            ],
+                        ),
+                        (
+                            "Stream: iterator age (ms)",
+                            "Maximum",
+                            [
+                                ["AWS/Kinesis", "GetRecords.IteratorAgeMilliseconds", *stream],
+                                ["AWS/Lambda", "IteratorAge", *function],
+                            ],
+                        ),
+                        (
+                            "Processor: invocations / errors / throttles",
+                            "Sum",
+                            [["AWS/Lambda", m, *function] for m in LAMBDA_LOAD_METRICS],
+                        ),
+                        (
+                            "Processor: duration (ms)",
+                            "p95",
+                            [["AWS/Lambda", "Duration", *function]],
+                        ),
+                        (
+                            "Dead-letter queue: visible messages",
+                            "Maximum",
+                            [["AWS/SQS", "ApproximateNumberOfMessagesVisible", *queue]],
+                        ),
+                        (
+                            "Archive: records in / delivered to S3",
+                            "Sum",
+                            [
+                                ["AWS/Firehose", "IncomingRecords", *firehose],
+                                ["AWS/Firehose", "DeliveryToS3.Records", *firehose],
+                            ],
+                        ),
+                        (
+                            "Archive: data freshness (s)",
+                            "Maximum",
+                            [["AWS/Firehose", "DeliveryToS3.DataFreshness", *firehose]],
+                        ),
+                        (
+                            "Device state: writes / throttles",
+                            "Sum",
+                            [
+                                ["AWS/DynamoDB", "ConsumedWriteCapacityUnits", *table],
+                                ["AWS/DynamoDB", "WriteThrottleEvents", *table],
+                            ],
+                        ),
                     ],
-                    region,
-                    0,
-                    6,
-                ),
-                _metric_widget(
-                    "Stream: records in / throttled",
-                    [
-                        ["AWS/Kinesis", "IncomingRecords", *stream],
-                        ["AWS/Kinesis", "WriteProvisionedThroughputExceeded", *stream],
-                    ],
-                    region,
-                    8,
-                    6,
-                ),
-                _metric_widget(
-                    "Stream: iterator age (ms)",
-                    [
-                        ["AWS/Kinesis", "GetRecords.IteratorAgeMilliseconds", *stream],
-                        ["AWS/Lambda", "IteratorAge", *function],
-                    ],
-                    region,
-                    16,
-                    6,
-                    stat="Maximum",
-                ),
-                _metric_widget(
-                    "Processor: invocations / errors / throttles",
-                    [
-                        ["AWS/Lambda", "Invocations", *function],
-                        ["AWS/Lambda", "Errors", *function],
-                        ["AWS/Lambda", "Throttles", *function],
-                    ],
-                    region,
-                    0,
-                    12,
-                ),
-                _metric_widget(
-                    "Processor: duration (ms)",
-                    [["AWS/Lambda", "Duration", *function]],
-                    region,
-                    8,
-                    12,
-                    stat="p95",
-                ),
-                _metric_widget(
-                    "Dead-letter queue: visible messages",
-                    [
-                        [
-                            "AWS/SQS",
-                            "ApproximateNumberOfMessagesVisible",
-                            "QueueName",
-                            names.dead_letter_queue,
-                        ]
-                    ],
-                    region,
-                    16,
-                    12,
-                    stat="Maximum",
-                ),
-                _metric_widget(
-                    "Archive: records in / delivered to S3",
-                    [
-                        ["AWS/Firehose", "IncomingRecords", *firehose],
-                        ["AWS/Firehose", "DeliveryToS3.Records", *firehose],
-                    ],
-                    region,
-                    0,
-                    18,
-                ),
-                _metric_widget(
-                    "Archive: data freshness (s)",
-                    [["AWS/Firehose", "DeliveryToS3.DataFreshness", *firehose]],
-                    region,
-                    8,
-                    18,
-                    stat="Maximum",
-                ),
-                _metric_widget(
-                    "Device state: writes / throttles",
-                    [
-                        ["AWS/DynamoDB", "ConsumedWriteCapacityUnits", *table],
-                        ["AWS/DynamoDB", "WriteThrottleEvents", *table],
-                    ],
-                    region,
-                    16,
-                    18,
                 ),
             ]
         }
