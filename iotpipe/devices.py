@@ -23,7 +23,7 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -266,14 +266,8 @@ class Registration:
     hint: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "status": self.status,
-            "certificate_id": self.certificate_id,
-            "directory": self.directory,
-            "note": self.note,
-            "error": self.error,
-        }
+        # The hint goes with the error message, not in the record.
+        return {k: v for k, v in asdict(self).items() if k != "hint"}
 
 
 @dataclass(frozen=True)
@@ -323,25 +317,22 @@ class Fleet:
 
     def check_prerequisites(self) -> None:
         """The thing type and the device policy come from `iotpipe up`; fail clearly without."""
-        missing = []
-        thing_type = self.aws.call(
-            "iot",
-            "describe_thing_type",
-            resource=f"thing type {self.names.thing_type}",
-            missing=_NOT_FOUND,
-            thingTypeName=self.names.thing_type,
-        )
-        if thing_type is None:
-            missing.append(f"thing type {self.names.thing_type}")
-        policy = self.aws.call(
-            "iot",
-            "get_policy",
-            resource=f"IoT policy {self.names.device_policy}",
-            missing=_NOT_FOUND,
-            policyName=self.names.device_policy,
-        )
-        if policy is None:
-            missing.append(f"IoT policy {self.names.device_policy}")
+        names = self.names
+        lookups = {
+            f"thing type {names.thing_type}": (
+                "describe_thing_type",
+                {"thingTypeName": names.thing_type},
+            ),
+            f"IoT policy {names.device_policy}": (
+                "get_policy",
+                {"policyName": names.device_policy},
+            ),
+        }
+        missing = [
+            label
+            for label, (operation, params) in lookups.items()
+            if self.aws.call("iot", operation, resource=label, missing=_NOT_FOUND, **params) is None
+        ]
         if missing:
             raise AwsError(
                 f"the stack's device prerequisites are missing: {', '.join(missing)}",

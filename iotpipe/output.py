@@ -118,6 +118,18 @@ class Output:
         writer.writerows([["" if v is None else v for v in row] for row in rows])
         sys.stdout.flush()
 
+    def query_result(self, result: Any, *, title: str | None = None) -> bool:
+        """A query's rows in the chosen format (its whole result as JSON in json mode); returns
+        whether a summary line may follow (not in json mode)."""
+        if self.json_mode:
+            self.data(result.to_dict())
+            return False
+        if self.mode == "csv":
+            self.csv_rows(result.columns, result.rows)
+        else:
+            self.table(result.columns, result.rows, title=title)
+        return True
+
     def table(
         self,
         columns: Sequence[str],

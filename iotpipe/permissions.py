@@ -77,6 +77,24 @@ def writes(
     return _grant(False, actions, resources, condition, why)
 
 
+def lifecycle(
+    arn: str | Iterable[str],
+    stack: str,
+    *,
+    read: Iterable[str],
+    write: Iterable[str],
+    delete: Iterable[str],
+    why: str = "",
+) -> list[Grant]:
+    """A resource's usual grants on its own ARN: `read` observes it, `write` creates and changes
+    it, and `delete` removes it only while it carries the stack's tag."""
+    return [
+        reads(read, arn, why=why),
+        writes(write, arn, why=why),
+        writes(delete, arn, condition=owned(stack), why=why),
+    ]
+
+
 def owned(stack: str) -> dict[str, Any]:
     """Only on a resource carrying the stack's tag: what deletes one is conditioned on it, where
     the service authorizes by `aws:ResourceTag` (Service Authorization Reference)."""

@@ -95,13 +95,8 @@ def query(
         app.aws, database=names.glue_database, table=names.glue_table, sql=text, max_rows=max_rows
     )
     out = app.out
-    if out.json_mode:
-        out.data(result.to_dict())
+    if not out.query_result(result, title=result.engine):
         return
-    if out.mode == "csv":
-        out.csv_rows(result.columns, result.rows)
-    else:
-        out.table(result.columns, result.rows, title=f"{result.engine}")
     out.info(
         f"{len(result.rows):,} row(s) in {result.seconds:.1f} s; read {result.objects_read} "
         f"object(s), {result.bytes_read:,} bytes (local engine: no Athena charge applies)"

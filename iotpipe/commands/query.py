@@ -87,13 +87,8 @@ def query(
             max_rows=max_rows,
             on_state=lambda state, elapsed: update(f"query {state.lower()} ({elapsed:.0f} s)"),
         )
-    if out.json_mode:
-        out.data(result.to_dict())
+    if not out.query_result(result):
         return
-    if out.mode == "csv":
-        out.csv_rows(result.columns, result.rows)
-    else:
-        out.table(result.columns, result.rows)
     shown = f"{len(result.rows):,} row(s)"
     if result.truncated:
         shown += f" (stopped at --max-rows {max_rows})"

@@ -303,6 +303,10 @@ class Resource(ABC):
     data_store: ClassVar[bool] = False
     # An optional resource that raises `Unavailable` is skipped with a warning, not a failure.
     optional: ClassVar[bool] = False
+    # The error codes its service answers when it does not exist, and when it exists already
+    # (`find`, `remove` and `make` take them for "absent" and "done").
+    absent: ClassVar[tuple[str, ...]] = ()
+    present: ClassVar[tuple[str, ...]] = ()
     fields: ClassVar[tuple[Field, ...]] = ()
     writes: ClassVar[tuple[Write, ...]] = ()
     tagging: ClassVar[Tagging | None] = None
@@ -314,21 +318,58 @@ class Resource(ABC):
         if problems:
             raise TypeError(f"{cls.__name__}: " + "; ".join(problems))
 
-    def __init__(self, ctx: Any, name: str, depends_on: tuple[str, ...] = ()) -> None:
+    # How a resource named within another is written in messages (a Glue table: database.table).
+    joiner: ClassVar[str] = "/"
+
+    def __init__(
+        self,
+        ctx: Any,
+        name: str,
+        depends_on: tuple[str, ...] = (),
+        *,
+        within: Resource | None = None,
+    ) -> None:
         # What the resource reads its desired state from (iotpipe.context.StackContext in the
         # pipeline); the engine itself never reads it.
         self.ctx = ctx
         self.name = name
-        self.depends_on = depends_on
+        # A resource that lives in another (a table in its database) is named within it, and
+        # needs it.
+        self.within = within.name if within is not None else None
+        self.depends_on = (*depends_on, within.key) if within is not None else depends_on
 
     @property
     def key(self) -> str:
-        return f"{self.kind}/{self.name}"
+        return "/".join(p for p in (self.kind, self.within, self.name) if p is not None)
 
     @property
     def label(self) -> str:
         """How messages name this resource."""
-        return f"{self.kind} {self.name}"
+        if self.within is None:
+            return f"{self.kind} {self.name}"
+        return f"{self.kind} {self.within}{self.joiner}{self.name}"
+
+    @property
+    def service(self) -> str:
+        """The AWS service its calls go to: its kind's prefix (kinesis.stream: kinesis)."""
+        return self.kind.split(".", 1)[0]
+
+    def call(self, aws: AwsAccess, operation: str, **params: Any) -> Any:
+        """`aws.call` to this resource's service, its failures naming this resource."""
+        return aws.call(self.service, operation, resource=self.label, **params)
+
+    def find(self, aws: AwsAccess, operation: str, **params: Any) -> Any:
+        """A read of this resource: None when AWS answers that it does not exist (`absent`)."""
+        return self.call(aws, operation, missing=self.absent, **params)
+
+    def make(self, aws: AwsAccess, operation: str, **params: Any) -> Any:
+        """A create: None when AWS answers that it exists already (`present`: another run made
+        it), which the engine's read after the create then sees."""
+        return self.call(aws, operation, missing=self.present, **params)
+
+    def remove(self, aws: AwsAccess, operation: str, **params: Any) -> Any:
+        """A delete: done when AWS answers that the resource is gone already (`absent`)."""
+        return self.call(aws, operation, missing=self.absent, **params)
 
     @abstractmethod
     def desired(self) -> dict[str, Any]:

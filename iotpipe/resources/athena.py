@@ -95,20 +95,18 @@ class Workgroup(Resource):
         }
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        found = aws.call(
-            "athena",
+        found = self.call(
+            aws,
             "get_work_group",
-            resource=self.label,
             missing=("InvalidRequestException",),
             WorkGroup=self.name,
         )
         return (found or {}).get("WorkGroup") or None
 
     def create(self, aws: Aws) -> None:
-        aws.call(
-            "athena",
+        self.call(
+            aws,
             "create_work_group",
-            resource=self.label,
             Name=self.name,
             Description=f"iotpipe {self.ctx.stack}: queries over the readings archive",
             Configuration=_configuration(self.desired()),
@@ -116,10 +114,9 @@ class Workgroup(Resource):
         )
 
     def delete(self, aws: Aws) -> None:
-        aws.call(
-            "athena",
+        self.call(
+            aws,
             "delete_work_group",
-            resource=self.label,
             missing=("InvalidRequestException",),
             WorkGroup=self.name,
             # Saved queries and prepared statements of the workgroup go with it.

@@ -377,17 +377,15 @@ class Alarm(Resource):
             served, alarm = self._batch.take(aws, self.name, self.label)
             if served:
                 return alarm
-        found = aws.call(
-            "cloudwatch", "describe_alarms", resource=self.label, AlarmNames=[self.name]
-        )
+        found = self.call(aws, "describe_alarms", AlarmNames=[self.name])
         alarms = found.get("MetricAlarms", [])
         return alarms[0] if alarms else None
 
     def create(self, aws: Aws) -> None:
-        aws.call("cloudwatch", PUT_ALARM, resource=self.label, **_alarm(self, self.desired()))
+        self.call(aws, PUT_ALARM, **_alarm(self, self.desired()))
 
     def delete(self, aws: Aws) -> None:
-        aws.call("cloudwatch", "delete_alarms", resource=self.label, AlarmNames=[self.name])
+        self.call(aws, "delete_alarms", AlarmNames=[self.name])
 
 
 LAMBDA_LOAD_METRICS = ("Invocations", "Errors", "Throttles")
@@ -552,24 +550,20 @@ class Dashboard(Resource):
         }
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        return aws.call(
-            "cloudwatch",
+        return self.call(
+            aws,
             "get_dashboard",
-            resource=self.label,
             missing=("ResourceNotFound", "ResourceNotFoundException"),
             DashboardName=self.name,
         )
 
     def create(self, aws: Aws) -> None:
-        aws.call(
-            "cloudwatch", "put_dashboard", resource=self.label, **_dashboard(self, self.desired())
-        )
+        self.call(aws, "put_dashboard", **_dashboard(self, self.desired()))
 
     def delete(self, aws: Aws) -> None:
-        aws.call(
-            "cloudwatch",
+        self.call(
+            aws,
             "delete_dashboards",
-            resource=self.label,
             missing=("ResourceNotFound", "ResourceNotFoundException"),
             DashboardNames=[self.name],
         )

@@ -168,10 +168,9 @@ class DeviceStateTable(Resource):
         return described["Table"]["TableStatus"] if described else None
 
     def _describe(self, aws: Aws) -> dict[str, Any] | None:
-        return aws.call(
-            "dynamodb",
+        return self.call(
+            aws,
             "describe_table",
-            resource=self.label,
             missing=("ResourceNotFoundException",),
             TableName=self.name,
         )
@@ -194,10 +193,9 @@ class DeviceStateTable(Resource):
     def create(self, aws: Aws) -> None:
         def create() -> Any:
             # ResourceInUseException: the table exists (another run made it), or is DELETING.
-            return aws.call(
-                "dynamodb",
+            return self.call(
+                aws,
                 "create_table",
-                resource=self.label,
                 missing=("ResourceInUseException",),
                 TableName=self.name,
                 AttributeDefinitions=[{"AttributeName": DEVICE_KEY, "AttributeType": "S"}],
@@ -248,9 +246,7 @@ class DeviceStateTable(Resource):
         if not parameters:
             return
         try:
-            aws.call(
-                "dynamodb", "update_table", resource=self.label, TableName=self.name, **parameters
-            )
+            self.call(aws, "update_table", TableName=self.name, **parameters)
         except AwsError as exc:
             if exc.code != "LimitExceededException" or ON_DEMAND_SWITCHED_RECENTLY not in str(exc):
                 raise
@@ -271,9 +267,7 @@ class DeviceStateTable(Resource):
         """
 
         def status() -> str:
-            described = aws.call(
-                "dynamodb", "describe_continuous_backups", resource=self.label, TableName=self.name
-            )
+            described = self.call(aws, "describe_continuous_backups", TableName=self.name)
             return str(described["ContinuousBackupsDescription"].get("ContinuousBackupsStatus"))
 
         if have.raw["ContinuousBackupsDescription"].get("ContinuousBackupsStatus") != "ENABLED":
@@ -286,10 +280,9 @@ class DeviceStateTable(Resource):
                     what="for DynamoDB to enable continuous backups",
                     timeout_seconds=aws.policy.transient_deadline_seconds,
                 )
-        aws.call(
-            "dynamodb",
+        self.call(
+            aws,
             "update_continuous_backups",
-            resource=self.label,
             retry_on=(BACKUPS_BEING_ENABLED,),
             TableName=self.name,
             PointInTimeRecoverySpecification={
@@ -300,10 +293,9 @@ class DeviceStateTable(Resource):
     def _update_ttl(self, aws: Aws, ttl: dict[str, Any]) -> None:
         # AWS refuses a TTL change within an hour of the last one: only call on a real diff.
         try:
-            aws.call(
-                "dynamodb",
+            self.call(
+                aws,
                 "update_time_to_live",
-                resource=self.label,
                 TableName=self.name,
                 TimeToLiveSpecification={
                     "AttributeName": ttl["attribute"],
@@ -328,10 +320,9 @@ class DeviceStateTable(Resource):
         targets = autoscaling.registered(self.name, autoscaling.observe(aws, self.name, self.label))
         for dimension, spec in targets.items():
             autoscaling.remove(aws, self.name, self.label, dimension, spec)
-        aws.call(
-            "dynamodb",
+        self.call(
+            aws,
             "delete_table",
-            resource=self.label,
             missing=("ResourceNotFoundException",),
             TableName=self.name,
         )

@@ -78,17 +78,11 @@ class DeliveryLogStream(Resource):
     # A stream cannot be tagged: it belongs to whoever owns its group.
     tagging = replace(GROUP_TAGGING, write=None, target=lambda r, raw: {"logGroupName": r.group})
 
+    joiner = ":"
+
     def __init__(self, ctx: StackContext, name: str, group: LogGroup) -> None:
-        super().__init__(ctx, name, depends_on=(group.key,))
+        super().__init__(ctx, name, within=group)
         self.group = group.name
-
-    @property
-    def key(self) -> str:
-        return f"{self.kind}/{self.group}:{self.name}"
-
-    @property
-    def label(self) -> str:
-        return f"{self.kind} {self.group}:{self.name}"
 
     def grants(self) -> list[Grant]:
         groups = group_arns(self.ctx.names, self.group)
@@ -103,10 +97,9 @@ class DeliveryLogStream(Resource):
         return {}
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        found = aws.call(
-            "logs",
+        found = self.call(
+            aws,
             "describe_log_streams",
-            resource=self.label,
             missing=NOT_FOUND,
             logGroupName=self.group,
             logStreamNamePrefix=self.name,
@@ -115,20 +108,18 @@ class DeliveryLogStream(Resource):
         return next((st for st in streams if st["logStreamName"] == self.name), None)
 
     def create(self, aws: Aws) -> None:
-        aws.call(
-            "logs",
+        self.call(
+            aws,
             "create_log_stream",
-            resource=self.label,
             missing=("ResourceAlreadyExistsException",),
             logGroupName=self.group,
             logStreamName=self.name,
         )
 
     def delete(self, aws: Aws) -> None:
-        aws.call(
-            "logs",
+        self.call(
+            aws,
             "delete_log_stream",
-            resource=self.label,
             missing=NOT_FOUND,
             logGroupName=self.group,
             logStreamName=self.name,
@@ -262,10 +253,9 @@ class ArchiveDeliveryStream(Resource):
         }
 
     def _describe(self, aws: Aws) -> dict[str, Any] | None:
-        found = aws.call(
-            "firehose",
+        found = self.call(
+            aws,
             "describe_delivery_stream",
-            resource=self.label,
             missing=NOT_FOUND,
             DeliveryStreamName=self.name,
         )
@@ -322,10 +312,9 @@ class ArchiveDeliveryStream(Resource):
 
         def create() -> Any:
             # ResourceInUseException: the stream exists (another run made it), or is DELETING.
-            return aws.call(
-                "firehose",
+            return self.call(
+                aws,
                 "create_delivery_stream",
-                resource=self.label,
                 # The role was created moments ago; Firehose may not be able to assume it yet.
                 retry_on=IAM_PROPAGATION,
                 missing=("ResourceInUseException",),
@@ -357,10 +346,9 @@ class ArchiveDeliveryStream(Resource):
         return stream["DeliveryStreamStatus"] if stream else None
 
     def delete(self, aws: Aws) -> None:
-        aws.call(
-            "firehose",
+        self.call(
+            aws,
             "delete_delivery_stream",
-            resource=self.label,
             missing=NOT_FOUND,
             DeliveryStreamName=self.name,
         )

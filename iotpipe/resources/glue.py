@@ -108,23 +108,20 @@ class CatalogDatabase(Resource):
         return {"tags": self.ctx.tags, "description": description}
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        found = aws.call(
-            "glue", "get_database", resource=self.label, missing=NOT_FOUND, Name=self.name
-        )
+        found = self.call(aws, "get_database", missing=NOT_FOUND, Name=self.name)
         return found["Database"] if found else None
 
     def create(self, aws: Aws) -> None:
-        aws.call(
-            "glue",
+        self.call(
+            aws,
             "create_database",
-            resource=self.label,
             missing=("AlreadyExistsException",),
             DatabaseInput=_database(self, self.desired()),
             Tags=self.ctx.tags,
         )
 
     def delete(self, aws: Aws) -> None:
-        aws.call("glue", "delete_database", resource=self.label, missing=NOT_FOUND, Name=self.name)
+        self.call(aws, "delete_database", missing=NOT_FOUND, Name=self.name)
 
 
 UPDATE_TABLE = "update_table"
@@ -157,17 +154,11 @@ class ArchiveTable(Resource):
         ),
     )
 
+    joiner = "."
+
     def __init__(self, ctx: StackContext, name: str, database: CatalogDatabase) -> None:
-        super().__init__(ctx, name, depends_on=(database.key,))
+        super().__init__(ctx, name, within=database)
         self.database = database.name
-
-    @property
-    def key(self) -> str:
-        return f"{self.kind}/{self.database}/{self.name}"
-
-    @property
-    def label(self) -> str:
-        return f"{self.kind} {self.database}.{self.name}"
 
     def owner(self, observed: State) -> str | None:
         # Glue tables cannot be tagged: ownership is a table parameter.
@@ -211,10 +202,9 @@ class ArchiveTable(Resource):
         }
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        found = aws.call(
-            "glue",
+        found = self.call(
+            aws,
             "get_table",
-            resource=self.label,
             missing=NOT_FOUND,
             DatabaseName=self.database,
             Name=self.name,
@@ -242,20 +232,18 @@ class ArchiveTable(Resource):
         }
 
     def create(self, aws: Aws) -> None:
-        aws.call(
-            "glue",
+        self.call(
+            aws,
             "create_table",
-            resource=self.label,
             missing=("AlreadyExistsException",),
             DatabaseName=self.database,
             TableInput=self._table_input(self.desired(), {}),
         )
 
     def delete(self, aws: Aws) -> None:
-        aws.call(
-            "glue",
+        self.call(
+            aws,
             "delete_table",
-            resource=self.label,
             missing=NOT_FOUND,
             DatabaseName=self.database,
             Name=self.name,
@@ -415,17 +403,13 @@ class ArchiveCrawler(Resource):
         }
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        found = aws.call(
-            "glue", "get_crawler", resource=self.label, missing=NOT_FOUND, Name=self.name
-        )
+        found = self.call(aws, "get_crawler", missing=NOT_FOUND, Name=self.name)
         return found["Crawler"] if found else None
 
     def create(self, aws: Aws) -> None:
-        aws.call(
-            "glue",
-            "create_crawler",
-            resource=self.label,
-            # A role created moments ago may not be assumable by Glue yet.
+        self.call(
+            aws,
+            "create_crawler",  # A role created moments ago may not be assumable by Glue yet.
             retry_on=IAM_PROPAGATION,
             missing=("AlreadyExistsException",),
             Tags=self.ctx.tags,
@@ -433,17 +417,15 @@ class ArchiveCrawler(Resource):
         )
 
     def delete(self, aws: Aws) -> None:
-        aws.call(
-            "glue",
+        self.call(
+            aws,
             "stop_crawler",
-            resource=self.label,
             missing=(*NOT_FOUND, "CrawlerNotRunningException", "CrawlerStoppingException"),
             Name=self.name,
         )
-        aws.call(
-            "glue",
+        self.call(
+            aws,
             "delete_crawler",
-            resource=self.label,
             retry_on=CRAWLER_RUNNING,
             missing=NOT_FOUND,
             Name=self.name,

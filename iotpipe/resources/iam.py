@@ -174,16 +174,13 @@ class ServiceRole(Resource):
         }
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        found = aws.call(
-            "iam", "get_role", resource=self.label, missing=("NoSuchEntity",), RoleName=self.name
-        )
+        found = self.call(aws, "get_role", missing=("NoSuchEntity",), RoleName=self.name)
         if found is None:
             return None
         policy, names, attached = aws.gather(
-            lambda: aws.call(
-                "iam",
+            lambda: self.call(
+                aws,
                 "get_role_policy",
-                resource=self.label,
                 missing=("NoSuchEntity",),
                 RoleName=self.name,
                 PolicyName=self.policy_name,
@@ -204,10 +201,9 @@ class ServiceRole(Resource):
         )
 
     def create(self, aws: Aws) -> None:
-        aws.call(
-            "iam",
+        self.call(
+            aws,
             "create_role",
-            resource=self.label,
             missing=("EntityAlreadyExists",),
             RoleName=self.name,
             AssumeRolePolicyDocument=json.dumps(self.trust),
@@ -220,10 +216,9 @@ class ServiceRole(Resource):
         removals = [("delete_role_policy", {"PolicyName": name}) for name in inline]
         removals += [("detach_role_policy", {"PolicyArn": arn}) for arn in attached]
         for operation, policy in removals:
-            aws.call(
-                "iam",
+            self.call(
+                aws,
                 operation,
-                resource=self.label,
                 missing=("NoSuchEntity",),
                 RoleName=self.name,
                 **policy,
@@ -233,6 +228,4 @@ class ServiceRole(Resource):
         inline = self._listed(aws, "list_role_policies", "PolicyNames")
         attached = self._listed(aws, "list_attached_role_policies", "AttachedPolicies")
         self.remove_policies(aws, inline, [policy["PolicyArn"] for policy in attached])
-        aws.call(
-            "iam", "delete_role", resource=self.label, missing=("NoSuchEntity",), RoleName=self.name
-        )
+        self.call(aws, "delete_role", missing=("NoSuchEntity",), RoleName=self.name)

@@ -157,10 +157,9 @@ class SensorThingType(Resource):
         found, users = aws.gather(
             lambda: describe_thing_type(aws, self.name, self.label),
             # The first few devices of the type, for the plan to name (one call, not the fleet).
-            lambda: aws.call(
-                "iot",
+            lambda: self.call(
+                aws,
                 "list_things",
-                resource=self.label,
                 thingTypeName=self.name,
                 maxResults=PLAN_DEVICES + 1,
             ),
@@ -179,10 +178,9 @@ class SensorThingType(Resource):
         ]
 
     def create(self, aws: Aws) -> None:
-        aws.call(
-            "iot",
+        self.call(
+            aws,
             "create_thing_type",
-            resource=self.label,
             thingTypeName=self.name,
             thingTypeProperties={"thingTypeDescription": self.desired()["description"]},
             tags=self.ctx.tag_list,
@@ -205,19 +203,17 @@ class SensorThingType(Resource):
                 resource=self.label,
                 hint="`iotpipe down --delete-data` revokes and deletes the stack's devices",
             )
-        aws.call(
-            "iot",
+        self.call(
+            aws,
             "deprecate_thing_type",
-            resource=self.label,
             missing=("ResourceNotFoundException",),
             thingTypeName=self.name,
             undoDeprecate=False,
         )
         try:
-            aws.call(
-                "iot",
+            self.call(
+                aws,
                 "delete_thing_type",
-                resource=self.label,
                 missing=("ResourceNotFoundException",),
                 thingTypeName=self.name,
             )
@@ -361,19 +357,17 @@ class DevicePolicy(Resource):
         return None
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        return aws.call(
-            "iot",
+        return self.call(
+            aws,
             "get_policy",
-            resource=self.label,
             missing=("ResourceNotFoundException",),
             policyName=self.name,
         )
 
     def create(self, aws: Aws) -> None:
-        aws.call(
-            "iot",
+        self.call(
+            aws,
             "create_policy",
-            resource=self.label,
             policyName=self.name,
             policyDocument=json.dumps(self.desired()["document"]),
             tags=self.ctx.tag_list,
@@ -386,30 +380,27 @@ class DevicePolicy(Resource):
         if len(versions) >= MAX_POLICY_VERSIONS:
             old = [v for v in versions if not v["isDefaultVersion"]]
             self._delete_version(aws, min(old, key=lambda v: int(v["versionId"])))
-        aws.call(
-            "iot",
+        self.call(
+            aws,
             "create_policy_version",
-            resource=self.label,
             policyName=self.name,
             policyDocument=json.dumps(document),
             setAsDefault=True,
         )
 
     def _versions(self, aws: Aws, missing: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-        found = aws.call(
-            "iot",
+        found = self.call(
+            aws,
             "list_policy_versions",
-            resource=self.label,
             missing=missing,
             policyName=self.name,
         )
         return (found or {}).get("policyVersions", [])
 
     def _delete_version(self, aws: Aws, version: dict[str, Any]) -> None:
-        aws.call(
-            "iot",
+        self.call(
+            aws,
             "delete_policy_version",
-            resource=self.label,
             policyName=self.name,
             policyVersionId=version["versionId"],
         )
@@ -510,20 +501,18 @@ class TelemetryRule(Resource):
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
         # AWS answers UnauthorizedException, not "not found", for a rule that does not exist.
-        found = aws.call(
-            "iot",
+        found = self.call(
+            aws,
             "get_topic_rule",
-            resource=self.label,
             missing=("ResourceNotFoundException", "UnauthorizedException"),
             ruleName=self.name,
         )
         return None if found is None else found["rule"]
 
     def create(self, aws: Aws) -> None:
-        aws.call(
-            "iot",
+        self.call(
+            aws,
             "create_topic_rule",
-            resource=self.label,
             retry_on=IAM_PROPAGATION,
             ruleName=self.name,
             topicRulePayload=_payload(self.desired()),
@@ -531,10 +520,9 @@ class TelemetryRule(Resource):
         )
 
     def delete(self, aws: Aws) -> None:
-        aws.call(
-            "iot",
+        self.call(
+            aws,
             "delete_topic_rule",
-            resource=self.label,
             missing=("ResourceNotFoundException", "UnauthorizedException"),
             ruleName=self.name,
         )

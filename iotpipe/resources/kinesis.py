@@ -139,10 +139,9 @@ class ReadingsStream(Resource):
         return [f"reshards in UpdateShardCount steps AWS accepts: {path}"]
 
     def _summary(self, aws: Aws) -> dict[str, Any] | None:
-        summary = aws.call(
-            "kinesis",
+        summary = self.call(
+            aws,
             "describe_stream_summary",
-            resource=self.label,
             missing=("ResourceNotFoundException",),
             StreamName=self.name,
         )
@@ -168,10 +167,9 @@ class ReadingsStream(Resource):
 
         def create() -> Any:
             # ResourceInUseException: the stream exists (another run made it), or is DELETING.
-            return aws.call(
-                "kinesis",
+            return self.call(
+                aws,
                 "create_stream",
-                resource=self.label,
                 missing=("ResourceInUseException",),
                 **params,
             )
@@ -200,10 +198,9 @@ class ReadingsStream(Resource):
         notify = on_step or (lambda *_: None)
         for count in plan.steps:
             notify(count, "start")
-            aws.call(
-                "kinesis",
+            self.call(
+                aws,
                 "update_shard_count",
-                resource=self.label,
                 StreamName=self.name,
                 TargetShardCount=count,
                 ScalingType="UNIFORM_SCALING",
@@ -219,10 +216,9 @@ class ReadingsStream(Resource):
             notify(count, "done")
 
     def delete(self, aws: Aws) -> None:
-        aws.call(
-            "kinesis",
+        self.call(
+            aws,
             "delete_stream",
-            resource=self.label,
             missing=("ResourceNotFoundException",),
             StreamName=self.name,
             EnforceConsumerDeletion=True,

@@ -100,23 +100,22 @@ def _enable(r: AlertsKey, aws: Aws, want: dict[str, Any], have: State) -> None:
     """Turn a Disabled or PendingDeletion key on (the settled states that are not Enabled)."""
     if have["state"] == "PendingDeletion":
         # A cancelled deletion leaves the key disabled.
-        aws.call("kms", "cancel_key_deletion", resource=r.label, **_key_id(have))
-    aws.call("kms", "enable_key", resource=r.label, **_key_id(have))
+        r.call(aws, "cancel_key_deletion", **_key_id(have))
+    r.call(aws, "enable_key", **_key_id(have))
 
 
 # Rotation and policy are compared again with the state read once `_enable` turned the key on:
 # a key that was off could not show them, and they may be as desired already.
 def _enable_rotation(r: AlertsKey, aws: Aws, want: dict[str, Any], have: State) -> None:
     if not have["rotation"]:
-        aws.call("kms", "enable_key_rotation", resource=r.label, **_key_id(have))
+        r.call(aws, "enable_key_rotation", **_key_id(have))
 
 
 def _put_policy(r: AlertsKey, aws: Aws, want: dict[str, Any], have: State) -> None:
     if r.field("policy").differs(have["policy"], want["policy"]):
-        aws.call(
-            "kms",
+        r.call(
+            aws,
             "put_key_policy",
-            resource=r.label,
             PolicyName=KEY_POLICY_NAME,
             Policy=json.dumps(want["policy"]),
             **_key_id(have),
@@ -243,19 +242,16 @@ class AlertsKey(Resource):
         return []
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        found = aws.call(
-            "kms", "describe_key", resource=self.label, missing=MISSING, KeyId=self.alias
-        )
+        found = self.call(aws, "describe_key", missing=MISSING, KeyId=self.alias)
         if found is None or found["KeyMetadata"]["KeyState"] != "Enabled":
             return found
         # Rotation and policy are read from an enabled key only (see the fields).
         key_id = found["KeyMetadata"]["KeyId"]
         rotation, policy = aws.gather(
-            lambda: aws.call("kms", "get_key_rotation_status", resource=self.label, KeyId=key_id),
-            lambda: aws.call(
-                "kms",
+            lambda: self.call(aws, "get_key_rotation_status", KeyId=key_id),
+            lambda: self.call(
+                aws,
                 "get_key_policy",
-                resource=self.label,
                 KeyId=key_id,
                 PolicyName=KEY_POLICY_NAME,
             ),
@@ -263,10 +259,9 @@ class AlertsKey(Resource):
         return {**found, **rotation, **policy}
 
     def create(self, aws: Aws) -> None:
-        created = aws.call(
-            "kms",
+        created = self.call(
+            aws,
             "create_key",
-            resource=self.label,
             Description=f"Encrypts the alerts topic of iotpipe stack {self.ctx.stack}",
             KeyUsage="ENCRYPT_DECRYPT",
             KeySpec="SYMMETRIC_DEFAULT",
@@ -275,22 +270,19 @@ class AlertsKey(Resource):
         )
         key_id = created["KeyMetadata"]["KeyId"]
         try:
-            aws.call(
-                "kms", "create_alias", resource=self.label, AliasName=self.alias, TargetKeyId=key_id
-            )
+            self.call(aws, "create_alias", AliasName=self.alias, TargetKeyId=key_id)
         except BaseException:
             # Without its alias nothing would ever find (or delete) the new key; the alias error
             # is the one to report, whatever becomes of this clean-up.
             with contextlib.suppress(AwsError):
                 self._schedule_deletion(aws, key_id)
             raise
-        aws.call("kms", "enable_key_rotation", resource=self.label, KeyId=key_id)
+        self.call(aws, "enable_key_rotation", KeyId=key_id)
 
     def _schedule_deletion(self, aws: Aws, key_id: str) -> None:
-        aws.call(
-            "kms",
+        self.call(
+            aws,
             "schedule_key_deletion",
-            resource=self.label,
             KeyId=key_id,
             PendingWindowInDays=DELETION_WINDOW_DAYS,
         )
@@ -302,7 +294,7 @@ class AlertsKey(Resource):
         if found["KeyMetadata"]["KeyState"] != "PendingDeletion":
             self._schedule_deletion(aws, found["KeyMetadata"]["KeyId"])
         # Last: a `down` interrupted before this finds the key again through its alias.
-        aws.call("kms", "delete_alias", resource=self.label, missing=MISSING, AliasName=self.alias)
+        self.call(aws, "delete_alias", missing=MISSING, AliasName=self.alias)
 
 
 def resources(ctx: StackContext) -> list[Resource]:

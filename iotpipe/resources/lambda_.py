@@ -270,10 +270,9 @@ def _configuration(r: ProcessorFunction, aws: Aws, want: dict[str, Any], have: S
     if not params:
         return
     try:
-        aws.call(
-            "lambda",
+        r.call(
+            aws,
             "update_function_configuration",
-            resource=r.label,
             # A new role may not be assumable yet; an earlier change may still be applying.
             retry_on=(*UPDATE_IN_PROGRESS, *IAM_PROPAGATION),
             FunctionName=r.name,
@@ -406,10 +405,9 @@ class ProcessorFunction(Resource):
     def observe(self, aws: Aws) -> dict[str, Any] | None:
         # The configuration (with the State the function must settle in between updates) and
         # the tags, in one answer.
-        return aws.call(
-            "lambda",
+        return self.call(
+            aws,
             "get_function",
-            resource=self.label,
             missing=("ResourceNotFoundException",),
             FunctionName=self.name,
         )
@@ -417,10 +415,9 @@ class ProcessorFunction(Resource):
     def create(self, aws: Aws) -> None:
         want = self.desired()
         try:
-            aws.call(
-                "lambda",
+            self.call(
+                aws,
                 "create_function",
-                resource=self.label,
                 # A role created seconds ago is not yet assumable by Lambda.
                 retry_on=IAM_PROPAGATION,
                 FunctionName=self.name,
@@ -441,10 +438,9 @@ class ProcessorFunction(Resource):
             raise _explain_layer_error(exc, want["layers"]) from exc
 
     def delete(self, aws: Aws) -> None:
-        aws.call(
-            "lambda",
+        self.call(
+            aws,
             "delete_function",
-            resource=self.label,
             missing=("ResourceNotFoundException",),
             FunctionName=self.name,
         )
@@ -600,10 +596,9 @@ class ReadingsTrigger(Resource):
 
     def create(self, aws: Aws) -> None:
         want = self.desired()
-        aws.call(
-            "lambda",
+        self.call(
+            aws,
             "create_event_source_mapping",
-            resource=self.label,
             # The function's role may not yet be usable to read the stream; the function itself
             # may still be settling.
             retry_on=(*IAM_PROPAGATION, *UPDATE_IN_PROGRESS),
@@ -618,10 +613,9 @@ class ReadingsTrigger(Resource):
         found = self.observe(aws)
         if found is None:
             return
-        aws.call(
-            "lambda",
+        self.call(
+            aws,
             "delete_event_source_mapping",
-            resource=self.label,
             retry_on=UPDATE_IN_PROGRESS,
             missing=("ResourceNotFoundException",),
             UUID=found["UUID"],

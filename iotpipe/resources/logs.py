@@ -98,20 +98,18 @@ class LogGroup(Resource):
         return next((g for g in groups if g["logGroupName"] == self.name), None)
 
     def create(self, aws: Aws) -> None:
-        aws.call(
-            "logs",
+        self.call(
+            aws,
             "create_log_group",
-            resource=self.label,
             missing=("ResourceAlreadyExistsException",),
             logGroupName=self.name,
             tags=self.ctx.tags,
         )
 
     def delete(self, aws: Aws) -> None:
-        aws.call(
-            "logs",
+        self.call(
+            aws,
             "delete_log_group",
-            resource=self.label,
             missing=("ResourceNotFoundException",),
             logGroupName=self.name,
         )

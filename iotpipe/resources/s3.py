@@ -287,10 +287,9 @@ class ArchiveBucket(Resource):
         params: dict[str, Any] = {"Bucket": self.name, "ObjectOwnership": "BucketOwnerEnforced"}
         if aws.region != "us-east-1":
             params["CreateBucketConfiguration"] = {"LocationConstraint": aws.region}
-        aws.call(
-            "s3",
+        self.call(
+            aws,
             "create_bucket",
-            resource=self.label,
             missing=("BucketAlreadyOwnedByYou",),
             **params,
         )
@@ -300,9 +299,7 @@ class ArchiveBucket(Resource):
         # before the stream is gone would leave objects, and DeleteBucket would fail.
         wait_for_stream_gone(aws, self.ctx.names.archive_delivery_stream, self.label)
         empty_bucket(aws, self.name, self.label)
-        aws.call(
-            "s3", "delete_bucket", resource=self.label, missing=("NoSuchBucket",), Bucket=self.name
-        )
+        self.call(aws, "delete_bucket", missing=("NoSuchBucket",), Bucket=self.name)
 
 
 def wait_for_stream_gone(aws: Aws, stream: str, label: str) -> None:

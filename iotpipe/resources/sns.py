@@ -68,27 +68,25 @@ class AlertsTopic(Resource):
         return {"tags": self.ctx.tags, "kms_key": self.kms_key}
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        return aws.call(
-            "sns",
+        return self.call(
+            aws,
             "get_topic_attributes",
-            resource=self.label,
             missing=TOPIC_MISSING,
             TopicArn=self.arn,
         )
 
     def create(self, aws: Aws) -> None:
         # CreateTopic is idempotent for the same name and attributes.
-        aws.call(
-            "sns",
+        self.call(
+            aws,
             "create_topic",
-            resource=self.label,
             Name=self.name,
             Attributes={"KmsMasterKeyId": self.kms_key},
             Tags=self.ctx.tag_list,
         )
 
     def delete(self, aws: Aws) -> None:
-        aws.call("sns", "delete_topic", resource=self.label, TopicArn=self.arn)
+        self.call(aws, "delete_topic", TopicArn=self.arn)
 
 
 # What SNS lists instead of an ARN for a subscription the recipient has not confirmed yet.
@@ -132,10 +130,9 @@ class EmailSubscriptions(Resource):
         return {"emails": sorted(set(self.ctx.config.alerts.emails))}
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        topic = aws.call(
-            "sns",
+        topic = self.call(
+            aws,
             "get_topic_attributes",
-            resource=self.label,
             missing=TOPIC_MISSING,
             TopicArn=self.topic_arn,
         )

@@ -65,19 +65,16 @@ class DeadLetterQueue(Resource):
         return {"tags": self.ctx.tags, "attributes": ATTRIBUTES}
 
     def _url(self, aws: Aws) -> str | None:
-        found = aws.call(
-            "sqs", "get_queue_url", resource=self.label, missing=QUEUE_MISSING, QueueName=self.name
-        )
+        found = self.call(aws, "get_queue_url", missing=QUEUE_MISSING, QueueName=self.name)
         return found["QueueUrl"] if found else None
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
         url = self._url(aws)
         if url is None:
             return None
-        attributes = aws.call(
-            "sqs",
+        attributes = self.call(
+            aws,
             "get_queue_attributes",
-            resource=self.label,
             missing=QUEUE_MISSING,
             QueueUrl=url,
             AttributeNames=["All"],
@@ -92,7 +89,7 @@ class DeadLetterQueue(Resource):
             "tags": self.ctx.tags,
         }
         try:
-            aws.call("sqs", "create_queue", resource=self.label, **params)
+            self.call(aws, "create_queue", **params)
         except AwsError as exc:
             if exc.code != QUEUE_DELETED_RECENTLY.code:
                 raise
@@ -100,10 +97,9 @@ class DeadLetterQueue(Resource):
             report_wait(
                 "SQS refuses a queue name for 60 s after the queue was deleted; retrying until then"
             )
-            aws.call(
-                "sqs",
+            self.call(
+                aws,
                 "create_queue",
-                resource=self.label,
                 retry_on=(QUEUE_DELETED_RECENTLY,),
                 **params,
             )
@@ -111,9 +107,7 @@ class DeadLetterQueue(Resource):
     def delete(self, aws: Aws) -> None:
         url = self._url(aws)
         if url is not None:
-            aws.call(
-                "sqs", "delete_queue", resource=self.label, missing=QUEUE_MISSING, QueueUrl=url
-            )
+            self.call(aws, "delete_queue", missing=QUEUE_MISSING, QueueUrl=url)
 
 
 def resources(ctx: StackContext) -> list[Resource]:

@@ -171,16 +171,8 @@ class TimeseriesTable(Resource):
     tagging = _tagging("Table")
 
     def __init__(self, ctx: StackContext, name: str, database: TimeseriesDatabase) -> None:
-        super().__init__(ctx, name, depends_on=(database.key,))
+        super().__init__(ctx, name, within=database)
         self.database = database.name
-
-    @property
-    def label(self) -> str:
-        return f"{self.kind} {self.database}/{self.name}"
-
-    @property
-    def key(self) -> str:
-        return f"{self.kind}/{self.database}/{self.name}"
 
     def grants(self) -> list[Grant]:
         arn = self.ctx.names.timeseries_table_arn
