@@ -253,6 +253,8 @@ def test_implicit_and_emulator_only_lists_stay_true(policies):
 # One source per fact: the actions are declared by the modules that make the calls.
 ACTION_LITERAL = re.compile(r"^[a-z0-9-]+:[A-Z][A-Za-z0-9]+$")
 CALL_METHODS = {"call", "pages", "paginate"}
+# A resource's own calls to its service (iotpipe.engine.model.Resource).
+RESOURCE_CALLS = {"call", "find", "make", "remove"}
 
 
 def _kind_prefix(node: ast.AST) -> str | None:
@@ -270,7 +272,8 @@ def _kind_prefix(node: ast.AST) -> str | None:
 def _calls(node: ast.AST, service: str | None) -> list[tuple[str, str]]:
     """(service, operation) of every call by literal name under `node`: `aws.call("svc", "op")`
     (and pages/paginate), a write `call("svc", "op", ...)`, a `Tagging("svc", "list", "tag")`,
-    and a resource's own `self.call(aws, "op")` / `r.call(aws, "op")` on its kind's service."""
+    and a resource's own `self.call(aws, "op")` / `r.find(aws, "op")` (make, remove) on its kind's
+    service."""
     found = []
     for child in ast.walk(node):
         if not isinstance(child, ast.Call):
@@ -279,7 +282,7 @@ def _calls(node: ast.AST, service: str | None) -> list[tuple[str, str]]:
         literal = [a.value for a in args if isinstance(a, ast.Constant)]
         method = func.attr if isinstance(func, ast.Attribute) else None
         name = func.id if isinstance(func, ast.Name) else None
-        if method in CALL_METHODS and len(args) >= 2 and isinstance(args[0], ast.Name):
+        if method in RESOURCE_CALLS and len(args) >= 2 and isinstance(args[0], ast.Name):
             if service and isinstance(args[1], ast.Constant):
                 found.append((service, args[1].value))
         elif (method in CALL_METHODS or name == "call") and len(args) >= 2:

@@ -16,7 +16,7 @@ from iotpipe.aws import IAM_PROPAGATION
 from iotpipe.engine.fields import Field, Settled, Tagging, call
 from iotpipe.engine.model import Resource
 from iotpipe.errors import AwsError
-from iotpipe.permissions import Grant, owned, reads, writes
+from iotpipe.permissions import Grant, lifecycle, reads, writes
 from iotpipe.resources.deletion import DELETING, create_once_deleted, wait_while_deleting
 from iotpipe.resources.iam import ServiceRole, allow, policy_document, trust_policy
 from iotpipe.resources.logs import GROUP_TAGGING, LOG_STREAMS_WHY, LogGroup, group_arns
@@ -30,7 +30,6 @@ ERROR_PREFIX = "firehose-errors/!{firehose:error-output-type}/dt=!{timestamp:yyy
 LOG_STREAM = "DestinationDelivery"
 # Firehose's own key: encryption at rest with no KMS charge.
 ENCRYPTION = "AWS_OWNED_CMK"
-NOT_FOUND = ("ResourceNotFoundException",)
 
 
 def firehose_role(ctx: StackContext) -> ServiceRole:
@@ -75,6 +74,8 @@ class DeliveryLogStream(Resource):
     """The log stream Firehose writes delivery errors to (it does not create it itself)."""
 
     kind = "logs.stream"
+    absent = ("ResourceNotFoundException",)
+    present = ("ResourceAlreadyExistsException",)
     # A stream cannot be tagged: it belongs to whoever owns its group.
     tagging = replace(GROUP_TAGGING, write=None, target=lambda r, raw: {"logGroupName": r.group})
 
@@ -97,33 +98,17 @@ class DeliveryLogStream(Resource):
         return {}
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        found = self.call(
-            aws,
-            "describe_log_streams",
-            missing=NOT_FOUND,
-            logGroupName=self.group,
-            logStreamNamePrefix=self.name,
+        found = self.find(
+            aws, "describe_log_streams", logGroupName=self.group, logStreamNamePrefix=self.name
         )
         streams = (found or {}).get("logStreams", [])
         return next((st for st in streams if st["logStreamName"] == self.name), None)
 
     def create(self, aws: Aws) -> None:
-        self.call(
-            aws,
-            "create_log_stream",
-            missing=("ResourceAlreadyExistsException",),
-            logGroupName=self.group,
-            logStreamName=self.name,
-        )
+        self.make(aws, "create_log_stream", logGroupName=self.group, logStreamName=self.name)
 
     def delete(self, aws: Aws) -> None:
-        self.call(
-            aws,
-            "delete_log_stream",
-            missing=NOT_FOUND,
-            logGroupName=self.group,
-            logStreamName=self.name,
-        )
+        self.remove(aws, "delete_log_stream", logGroupName=self.group, logStreamName=self.name)
 
 
 S3 = "Destinations[0].ExtendedS3DestinationDescription"
@@ -164,6 +149,9 @@ _DESTINATION = "update_destination"
 
 class ArchiveDeliveryStream(Resource):
     kind = "firehose.delivery_stream"
+    absent = ("ResourceNotFoundException",)
+    # The stream exists (another run made it), or is still DELETING.
+    present = ("ResourceInUseException",)
     fields = (
         Field("role", f"{S3}.RoleARN", _DESTINATION),
         Field("bucket", f"{S3}.BucketARN", _DESTINATION),
@@ -222,19 +210,18 @@ class ArchiveDeliveryStream(Resource):
 
     def grants(self) -> list[Grant]:
         arn = self.ctx.names.archive_delivery_stream_arn
-        return [
-            reads(["firehose:DescribeDeliveryStream", "firehose:ListTagsForDeliveryStream"], arn),
-            writes(
-                [
-                    "firehose:CreateDeliveryStream",
-                    "firehose:UpdateDestination",
-                    "firehose:StartDeliveryStreamEncryption",
-                    "firehose:TagDeliveryStream",
-                ],
-                arn,
-            ),
-            writes(["firehose:DeleteDeliveryStream"], arn, condition=owned(self.ctx.stack)),
-        ]
+        return lifecycle(
+            arn,
+            self.ctx.stack,
+            read=["firehose:DescribeDeliveryStream", "firehose:ListTagsForDeliveryStream"],
+            write=[
+                "firehose:CreateDeliveryStream",
+                "firehose:UpdateDestination",
+                "firehose:StartDeliveryStreamEncryption",
+                "firehose:TagDeliveryStream",
+            ],
+            delete=["firehose:DeleteDeliveryStream"],
+        )
 
     def desired(self) -> dict[str, Any]:
         names, archive = self.ctx.names, self.ctx.config.archive
@@ -253,12 +240,7 @@ class ArchiveDeliveryStream(Resource):
         }
 
     def _describe(self, aws: Aws) -> dict[str, Any] | None:
-        found = self.call(
-            aws,
-            "describe_delivery_stream",
-            missing=NOT_FOUND,
-            DeliveryStreamName=self.name,
-        )
+        found = self.find(aws, "describe_delivery_stream", DeliveryStreamName=self.name)
         return found["DeliveryStreamDescription"] if found else None
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
@@ -311,13 +293,11 @@ class ArchiveDeliveryStream(Resource):
             del destination["DataFormatConversionConfiguration"]
 
         def create() -> Any:
-            # ResourceInUseException: the stream exists (another run made it), or is DELETING.
-            return self.call(
+            return self.make(
                 aws,
                 "create_delivery_stream",
                 # The role was created moments ago; Firehose may not be able to assume it yet.
                 retry_on=IAM_PROPAGATION,
-                missing=("ResourceInUseException",),
                 DeliveryStreamName=self.name,
                 DeliveryStreamType="DirectPut",
                 DeliveryStreamEncryptionConfigurationInput={"KeyType": ENCRYPTION},
@@ -346,12 +326,7 @@ class ArchiveDeliveryStream(Resource):
         return stream["DeliveryStreamStatus"] if stream else None
 
     def delete(self, aws: Aws) -> None:
-        self.call(
-            aws,
-            "delete_delivery_stream",
-            missing=NOT_FOUND,
-            DeliveryStreamName=self.name,
-        )
+        self.remove(aws, "delete_delivery_stream", DeliveryStreamName=self.name)
         # AWS keeps the name until the deletion finishes (and the stream can still deliver
         # buffered objects meanwhile): wait, so a later `up` can create it again.
         wait_while_deleting(

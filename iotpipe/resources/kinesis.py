@@ -9,7 +9,7 @@ from iotpipe.engine.fields import Field, Settled, State, Tagging, Write, call
 from iotpipe.engine.model import Resource
 from iotpipe.engine.reconcile import settle
 from iotpipe.errors import AwsError
-from iotpipe.permissions import Grant, owned, reads, writes
+from iotpipe.permissions import Grant, lifecycle, writes
 from iotpipe.resharding import ReshardPlan, plan_for_stream, reshard_steps
 from iotpipe.resharding import grants as resharding_grants
 from iotpipe.resources.deletion import DELETING, create_once_deleted, wait_while_deleting
@@ -35,6 +35,9 @@ def _encryption(desc: dict[str, Any]) -> str:
 
 class ReadingsStream(Resource):
     kind = "kinesis.stream"
+    absent = ("ResourceNotFoundException",)
+    # The stream exists (another run made it), or is still DELETING.
+    present = ("ResourceInUseException",)
     fields = (
         Field("mode", "StreamModeDetails.StreamMode || 'PROVISIONED'", "update_stream_mode"),
         Field("retention_hours", "RetentionPeriodHours", "retention"),
@@ -89,18 +92,19 @@ class ReadingsStream(Resource):
         names = self.ctx.names
         arn = names.readings_stream_arn
         return [
-            reads(["kinesis:DescribeStreamSummary", "kinesis:ListTagsForStream"], arn),
-            writes(
-                [
+            *lifecycle(
+                arn,
+                self.ctx.stack,
+                read=["kinesis:DescribeStreamSummary", "kinesis:ListTagsForStream"],
+                write=[
                     "kinesis:CreateStream",
                     "kinesis:AddTagsToStream",
                     "kinesis:IncreaseStreamRetentionPeriod",
                     "kinesis:DecreaseStreamRetentionPeriod",
                 ],
-                arn,
+                delete=["kinesis:DeleteStream"],
             ),
             writes(["kinesis:UpdateStreamMode"], "*", why=_UNSCOPED),
-            writes(["kinesis:DeleteStream"], arn, condition=owned(self.ctx.stack)),
             # The stream is encrypted with the AWS managed key alias/aws/kinesis, whose key id
             # is not known in advance.
             writes(
@@ -139,12 +143,7 @@ class ReadingsStream(Resource):
         return [f"reshards in UpdateShardCount steps AWS accepts: {path}"]
 
     def _summary(self, aws: Aws) -> dict[str, Any] | None:
-        summary = self.call(
-            aws,
-            "describe_stream_summary",
-            missing=("ResourceNotFoundException",),
-            StreamName=self.name,
-        )
+        summary = self.find(aws, "describe_stream_summary", StreamName=self.name)
         return summary["StreamDescriptionSummary"] if summary else None
 
     def _status(self, aws: Aws) -> str | None:
@@ -166,13 +165,7 @@ class ReadingsStream(Resource):
             params["ShardCount"] = want["shard_count"]
 
         def create() -> Any:
-            # ResourceInUseException: the stream exists (another run made it), or is DELETING.
-            return self.call(
-                aws,
-                "create_stream",
-                missing=("ResourceInUseException",),
-                **params,
-            )
+            return self.make(aws, "create_stream", **params)
 
         create_once_deleted(
             aws,
@@ -216,13 +209,7 @@ class ReadingsStream(Resource):
             notify(count, "done")
 
     def delete(self, aws: Aws) -> None:
-        self.call(
-            aws,
-            "delete_stream",
-            missing=("ResourceNotFoundException",),
-            StreamName=self.name,
-            EnforceConsumerDeletion=True,
-        )
+        self.remove(aws, "delete_stream", StreamName=self.name, EnforceConsumerDeletion=True)
         # AWS keeps the name until the deletion finishes: a later `up` could not create it.
         wait_while_deleting(
             aws,

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from iotpipe.engine.fields import Field, Tagging, call
 from iotpipe.engine.model import Resource
-from iotpipe.permissions import Grant, owned, reads, writes
+from iotpipe.permissions import Grant, lifecycle, reads
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
@@ -39,6 +39,8 @@ GROUP_TAGGING = Tagging(
 
 class LogGroup(Resource):
     kind = "logs.group"
+    absent = ("ResourceNotFoundException",)
+    present = ("ResourceAlreadyExistsException",)
     fields = (Field("retention_days", "retentionInDays", "put_retention_policy"),)
     writes = (
         call(
@@ -63,22 +65,14 @@ class LogGroup(Resource):
                 "*",
                 why="IAM has no resource type for logs:DescribeLogGroups",
             ),
-            reads(
-                ["logs:ListTagsLogGroup"],
-                group_arns(self.ctx.names, self.name),
-                why=LOG_STREAMS_WHY,
-            ),
             # CreateLogGroup with tags takes logs:TagLogGroup (or logs:TagResource) too
             # (CloudWatch Logs API reference, CreateLogGroup).
-            writes(
-                ["logs:CreateLogGroup", "logs:PutRetentionPolicy", "logs:TagLogGroup"],
+            *lifecycle(
                 group_arns(self.ctx.names, self.name),
-                why=LOG_STREAMS_WHY,
-            ),
-            writes(
-                ["logs:DeleteLogGroup"],
-                group_arns(self.ctx.names, self.name),
-                condition=owned(self.ctx.stack),
+                self.ctx.stack,
+                read=["logs:ListTagsLogGroup"],
+                write=["logs:CreateLogGroup", "logs:PutRetentionPolicy", "logs:TagLogGroup"],
+                delete=["logs:DeleteLogGroup"],
                 why=LOG_STREAMS_WHY,
             ),
         ]
@@ -98,18 +92,7 @@ class LogGroup(Resource):
         return next((g for g in groups if g["logGroupName"] == self.name), None)
 
     def create(self, aws: Aws) -> None:
-        self.call(
-            aws,
-            "create_log_group",
-            missing=("ResourceAlreadyExistsException",),
-            logGroupName=self.name,
-            tags=self.ctx.tags,
-        )
+        self.make(aws, "create_log_group", logGroupName=self.name, tags=self.ctx.tags)
 
     def delete(self, aws: Aws) -> None:
-        self.call(
-            aws,
-            "delete_log_group",
-            missing=("ResourceNotFoundException",),
-            logGroupName=self.name,
-        )
+        self.remove(aws, "delete_log_group", logGroupName=self.name)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from iotpipe.engine.fields import Field, State, Tagging, Write, call
 from iotpipe.engine.model import Resource
-from iotpipe.permissions import Grant, owned, reads, writes
+from iotpipe.permissions import Grant, lifecycle, reads, writes
 from iotpipe.resources import kms
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ def _topic_tagging(write: str | None) -> Tagging:
 
 class AlertsTopic(Resource):
     kind = "sns.topic"
+    absent = TOPIC_MISSING
     fields = (Field("kms_key", "Attributes.KmsMasterKeyId", "set_topic_attributes"),)
     writes = (
         call(
@@ -58,22 +59,19 @@ class AlertsTopic(Resource):
 
     def grants(self) -> list[Grant]:
         arn = self.ctx.names.alerts_topic_arn
-        return [
-            reads(["sns:GetTopicAttributes", "sns:ListTagsForResource"], arn),
-            writes(["sns:CreateTopic", "sns:SetTopicAttributes", "sns:TagResource"], arn),
-            writes(["sns:DeleteTopic"], arn, condition=owned(self.ctx.stack)),
-        ]
+        return lifecycle(
+            arn,
+            self.ctx.stack,
+            read=["sns:GetTopicAttributes", "sns:ListTagsForResource"],
+            write=["sns:CreateTopic", "sns:SetTopicAttributes", "sns:TagResource"],
+            delete=["sns:DeleteTopic"],
+        )
 
     def desired(self) -> dict[str, Any]:
         return {"tags": self.ctx.tags, "kms_key": self.kms_key}
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        return self.call(
-            aws,
-            "get_topic_attributes",
-            missing=TOPIC_MISSING,
-            TopicArn=self.arn,
-        )
+        return self.find(aws, "get_topic_attributes", TopicArn=self.arn)
 
     def create(self, aws: Aws) -> None:
         # CreateTopic is idempotent for the same name and attributes.
@@ -102,6 +100,7 @@ class EmailSubscriptions(Resource):
     """
 
     kind = "sns.subscriptions"
+    absent = TOPIC_MISSING
     fields = (Field("emails", "emails", "subscriptions"),)
     writes = (Write("subscriptions", lambda r, aws, want, have: r.sync(aws, want, have)),)
     # Subscriptions cannot be tagged: they belong to whoever owns the topic.
@@ -130,12 +129,7 @@ class EmailSubscriptions(Resource):
         return {"emails": sorted(set(self.ctx.config.alerts.emails))}
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        topic = self.call(
-            aws,
-            "get_topic_attributes",
-            missing=TOPIC_MISSING,
-            TopicArn=self.topic_arn,
-        )
+        topic = self.find(aws, "get_topic_attributes", TopicArn=self.topic_arn)
         if topic is None:
             return None
         subscriptions = aws.paginate(

@@ -9,7 +9,7 @@ from iotpipe.engine.fields import Field, Tagging, call
 from iotpipe.engine.model import Resource
 from iotpipe.engine.reconcile import report_wait
 from iotpipe.errors import AwsError
-from iotpipe.permissions import Grant, owned, reads, writes
+from iotpipe.permissions import Grant, lifecycle
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
@@ -30,6 +30,7 @@ QUEUE_DELETED_RECENTLY = Transient(
 
 class DeadLetterQueue(Resource):
     kind = "sqs.queue"
+    absent = QUEUE_MISSING
     fields = (
         Field(
             "attributes",
@@ -55,27 +56,28 @@ class DeadLetterQueue(Resource):
 
     def grants(self) -> list[Grant]:
         arn = self.ctx.names.dead_letter_queue_arn
-        return [
-            reads(["sqs:GetQueueUrl", "sqs:GetQueueAttributes", "sqs:ListQueueTags"], arn),
-            writes(["sqs:CreateQueue", "sqs:SetQueueAttributes", "sqs:TagQueue"], arn),
-            writes(["sqs:DeleteQueue"], arn, condition=owned(self.ctx.stack)),
-        ]
+        return lifecycle(
+            arn,
+            self.ctx.stack,
+            read=["sqs:GetQueueUrl", "sqs:GetQueueAttributes", "sqs:ListQueueTags"],
+            write=["sqs:CreateQueue", "sqs:SetQueueAttributes", "sqs:TagQueue"],
+            delete=["sqs:DeleteQueue"],
+        )
 
     def desired(self) -> dict[str, Any]:
         return {"tags": self.ctx.tags, "attributes": ATTRIBUTES}
 
     def _url(self, aws: Aws) -> str | None:
-        found = self.call(aws, "get_queue_url", missing=QUEUE_MISSING, QueueName=self.name)
+        found = self.find(aws, "get_queue_url", QueueName=self.name)
         return found["QueueUrl"] if found else None
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
         url = self._url(aws)
         if url is None:
             return None
-        attributes = self.call(
+        attributes = self.find(
             aws,
             "get_queue_attributes",
-            missing=QUEUE_MISSING,
             QueueUrl=url,
             AttributeNames=["All"],
         )
@@ -97,17 +99,12 @@ class DeadLetterQueue(Resource):
             report_wait(
                 "SQS refuses a queue name for 60 s after the queue was deleted; retrying until then"
             )
-            self.call(
-                aws,
-                "create_queue",
-                retry_on=(QUEUE_DELETED_RECENTLY,),
-                **params,
-            )
+            self.call(aws, "create_queue", retry_on=(QUEUE_DELETED_RECENTLY,), **params)
 
     def delete(self, aws: Aws) -> None:
         url = self._url(aws)
         if url is not None:
-            self.call(aws, "delete_queue", missing=QUEUE_MISSING, QueueUrl=url)
+            self.remove(aws, "delete_queue", QueueUrl=url)
 
 
 def resources(ctx: StackContext) -> list[Resource]:
