@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from iotpipe.engine.fields import Field, State, Tagging, call
 from iotpipe.engine.model import Resource
-from iotpipe.permissions import Grant, owned, reads, writes
+from iotpipe.permissions import Grant, lifecycle, reads, writes
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
@@ -42,6 +42,8 @@ def _update(r: Workgroup, want: dict[str, Any], have: State) -> dict[str, Any]:
 
 class Workgroup(Resource):
     kind = "athena.workgroup"
+    # Athena's answer for a workgroup that does not exist.
+    absent = ("InvalidRequestException",)
     # Read from GetWorkGroup's answer; UpdateWorkGroup sets them all at once.
     fields = (
         Field("enforced", "Configuration.EnforceWorkGroupConfiguration", UPDATE),
@@ -74,11 +76,15 @@ class Workgroup(Resource):
             names.arn("athena", f"capacity-reservation/{self.name}"),
         ]
         return [
-            reads(["athena:GetWorkGroup"], arn),
+            *lifecycle(
+                arn,
+                self.ctx.stack,
+                read=["athena:GetWorkGroup"],
+                write=["athena:CreateWorkGroup", "athena:UpdateWorkGroup"],
+                delete=["athena:DeleteWorkGroup"],
+            ),
             reads(["athena:ListTagsForResource"], tagged),
-            writes(["athena:CreateWorkGroup", "athena:UpdateWorkGroup"], arn),
             writes(["athena:TagResource"], tagged),
-            writes(["athena:DeleteWorkGroup"], arn, condition=owned(self.ctx.stack)),
         ]
 
     def desired(self) -> dict[str, Any]:
@@ -95,12 +101,7 @@ class Workgroup(Resource):
         }
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        found = self.call(
-            aws,
-            "get_work_group",
-            missing=("InvalidRequestException",),
-            WorkGroup=self.name,
-        )
+        found = self.find(aws, "get_work_group", WorkGroup=self.name)
         return (found or {}).get("WorkGroup") or None
 
     def create(self, aws: Aws) -> None:
@@ -114,10 +115,9 @@ class Workgroup(Resource):
         )
 
     def delete(self, aws: Aws) -> None:
-        self.call(
+        self.remove(
             aws,
             "delete_work_group",
-            missing=("InvalidRequestException",),
             WorkGroup=self.name,
             # Saved queries and prepared statements of the workgroup go with it.
             RecursiveDeleteOption=True,

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from iotpipe.engine.fields import Field, State, Tagging, call
 from iotpipe.engine.model import Resource
 from iotpipe.naming import Names
-from iotpipe.permissions import Grant, owned, reads, writes
+from iotpipe.permissions import Grant, lifecycle, reads, writes
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
@@ -268,19 +268,17 @@ class AlarmDescriptions:
         self._found: dict[str, dict[str, Any]] | None = None
         self._unserved = set(names)
 
-    def take(self, aws: Aws, name: str, label: str) -> tuple[bool, dict[str, Any] | None]:
+    def take(self, aws: Aws, alarm: Alarm) -> tuple[bool, dict[str, Any] | None]:
         """(served from the batch, the alarm or None if absent); (False, None) once served."""
         with self._lock:
-            if name not in self._unserved:
+            if alarm.name not in self._unserved:
                 return False, None
             if self._found is None:
                 # AlarmNames takes up to 100 names; a stack has a dozen alarms.
-                found = aws.call(
-                    "cloudwatch", "describe_alarms", resource=label, AlarmNames=self._names
-                )
+                found = alarm.call(aws, "describe_alarms", AlarmNames=self._names)
                 self._found = {a["AlarmName"]: a for a in found.get("MetricAlarms", [])}
-            self._unserved.discard(name)
-            return True, self._found.get(name)
+            self._unserved.discard(alarm.name)
+            return True, self._found.get(alarm.name)
 
 
 # The alarm's fields that DescribeAlarms answers under the key PutMetricAlarm takes them by.
@@ -348,11 +346,13 @@ class Alarm(Resource):
         return self.ctx.names.arn("cloudwatch", f"alarm:{self.name}")
 
     def grants(self) -> list[Grant]:
-        return [
-            reads(["cloudwatch:DescribeAlarms", "cloudwatch:ListTagsForResource"], self.arn),
-            writes(["cloudwatch:PutMetricAlarm", "cloudwatch:TagResource"], self.arn),
-            writes(["cloudwatch:DeleteAlarms"], self.arn, condition=owned(self.ctx.stack)),
-        ]
+        return lifecycle(
+            self.arn,
+            self.ctx.stack,
+            read=["cloudwatch:DescribeAlarms", "cloudwatch:ListTagsForResource"],
+            write=["cloudwatch:PutMetricAlarm", "cloudwatch:TagResource"],
+            delete=["cloudwatch:DeleteAlarms"],
+        )
 
     def desired(self) -> dict[str, Any]:
         spec, topic = self.spec, self.ctx.names.alerts_topic_arn
@@ -374,7 +374,7 @@ class Alarm(Resource):
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
         if self._batch is not None:
-            served, alarm = self._batch.take(aws, self.name, self.label)
+            served, alarm = self._batch.take(aws, self)
             if served:
                 return alarm
         found = self.call(aws, "describe_alarms", AlarmNames=[self.name])
@@ -423,6 +423,7 @@ class Dashboard(Resource):
     stack is written in its first (text) widget."""
 
     kind = "cloudwatch.dashboard"
+    absent = ("ResourceNotFound", "ResourceNotFoundException")
     fields = (Field("body", lambda found: json.loads(found["DashboardBody"]), "put_dashboard"),)
     writes = (call("cloudwatch", "put_dashboard", _dashboard),)
 
@@ -550,23 +551,13 @@ class Dashboard(Resource):
         }
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        return self.call(
-            aws,
-            "get_dashboard",
-            missing=("ResourceNotFound", "ResourceNotFoundException"),
-            DashboardName=self.name,
-        )
+        return self.find(aws, "get_dashboard", DashboardName=self.name)
 
     def create(self, aws: Aws) -> None:
         self.call(aws, "put_dashboard", **_dashboard(self, self.desired()))
 
     def delete(self, aws: Aws) -> None:
-        self.call(
-            aws,
-            "delete_dashboards",
-            missing=("ResourceNotFound", "ResourceNotFoundException"),
-            DashboardNames=[self.name],
-        )
+        self.remove(aws, "delete_dashboards", DashboardNames=[self.name])
 
 
 def resources(ctx: StackContext) -> list[Resource]:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from iotpipe.engine.fields import Field, Tagging, Write, call
 from iotpipe.engine.model import Resource
-from iotpipe.permissions import Grant, owned, reads, writes
+from iotpipe.permissions import Grant, lifecycle, writes
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
@@ -63,6 +63,8 @@ def _attached(raw: dict[str, Any]) -> list[str]:
 
 class ServiceRole(Resource):
     kind = "iam.role"
+    absent = ("NoSuchEntity",)
+    present = ("EntityAlreadyExists",)
     fields = (
         Field("description", "Role.Description || ''", "update_role"),
         Field("trust_policy", "Role.AssumeRolePolicyDocument", "update_assume_role_policy"),
@@ -132,17 +134,16 @@ class ServiceRole(Resource):
         # The service the role is passed to is the one its trust policy lets assume it.
         service = self.trust["Statement"][0]["Principal"]["Service"]
         return [
-            reads(
-                [
+            *lifecycle(
+                self.arn,
+                self.ctx.stack,
+                read=[
                     "iam:GetRole",
                     "iam:GetRolePolicy",
                     "iam:ListRolePolicies",
                     "iam:ListAttachedRolePolicies",
                 ],
-                self.arn,
-            ),
-            writes(
-                [
+                write=[
                     "iam:CreateRole",
                     "iam:UpdateRole",
                     "iam:UpdateAssumeRolePolicy",
@@ -151,9 +152,8 @@ class ServiceRole(Resource):
                     "iam:DeleteRolePolicy",
                     "iam:DetachRolePolicy",
                 ],
-                self.arn,
+                delete=["iam:DeleteRole"],
             ),
-            writes(["iam:DeleteRole"], self.arn, condition=owned(self.ctx.stack)),
             writes(
                 ["iam:PassRole"],
                 self.arn,
@@ -174,16 +174,12 @@ class ServiceRole(Resource):
         }
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        found = self.call(aws, "get_role", missing=("NoSuchEntity",), RoleName=self.name)
+        found = self.find(aws, "get_role", RoleName=self.name)
         if found is None:
             return None
         policy, names, attached = aws.gather(
-            lambda: self.call(
-                aws,
-                "get_role_policy",
-                missing=("NoSuchEntity",),
-                RoleName=self.name,
-                PolicyName=self.policy_name,
+            lambda: self.find(
+                aws, "get_role_policy", RoleName=self.name, PolicyName=self.policy_name
             ),
             lambda: self._listed(aws, "list_role_policies", "PolicyNames"),
             lambda: self._listed(aws, "list_attached_role_policies", "AttachedPolicies"),
@@ -201,10 +197,9 @@ class ServiceRole(Resource):
         )
 
     def create(self, aws: Aws) -> None:
-        self.call(
+        self.make(
             aws,
             "create_role",
-            missing=("EntityAlreadyExists",),
             RoleName=self.name,
             AssumeRolePolicyDocument=json.dumps(self.trust),
             Description=self.description,
@@ -216,16 +211,10 @@ class ServiceRole(Resource):
         removals = [("delete_role_policy", {"PolicyName": name}) for name in inline]
         removals += [("detach_role_policy", {"PolicyArn": arn}) for arn in attached]
         for operation, policy in removals:
-            self.call(
-                aws,
-                operation,
-                missing=("NoSuchEntity",),
-                RoleName=self.name,
-                **policy,
-            )
+            self.remove(aws, operation, RoleName=self.name, **policy)
 
     def delete(self, aws: Aws) -> None:
         inline = self._listed(aws, "list_role_policies", "PolicyNames")
         attached = self._listed(aws, "list_attached_role_policies", "AttachedPolicies")
         self.remove_policies(aws, inline, [policy["PolicyArn"] for policy in attached])
-        self.call(aws, "delete_role", missing=("NoSuchEntity",), RoleName=self.name)
+        self.remove(aws, "delete_role", RoleName=self.name)

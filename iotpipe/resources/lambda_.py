@@ -16,7 +16,7 @@ from iotpipe.engine.fields import REPLACE, Field, Settled, State, Tagging, Write
 from iotpipe.engine.model import Resource
 from iotpipe.errors import AwsError, ConfigError
 from iotpipe.packaging import CodeBundle, processor_bundle, processor_module
-from iotpipe.permissions import Grant, owned, reads, writes
+from iotpipe.permissions import Grant, lifecycle, reads, writes
 from iotpipe.resources.iam import ServiceRole, allow, policy_document, trust_policy
 from iotpipe.resources.logs import LogGroup
 from iotpipe.resources.timestream import MAGNETIC_STORE_WRITES
@@ -306,6 +306,7 @@ def _function_failure(raw: dict[str, Any]) -> str | None:
 
 class ProcessorFunction(Resource):
     kind = "lambda.function"
+    absent = ("ResourceNotFoundException",)
     fields = (
         Field("description", "Configuration.Description || ''", "configuration"),
         Field("runtime", "Configuration.Runtime", "configuration"),
@@ -364,23 +365,24 @@ class ProcessorFunction(Resource):
         layer = names.arn("lambda", "layer:AWSLambdaPowertoolsPythonV3-python311-*")
         layer = layer.replace(f":{names.account}:", f":{POWERTOOLS_ACCOUNT}:")
         return [
-            reads(["lambda:GetFunction"], arn),
+            *lifecycle(
+                arn,
+                self.ctx.stack,
+                read=["lambda:GetFunction"],
+                write=[
+                    "lambda:CreateFunction",
+                    "lambda:UpdateFunctionCode",
+                    "lambda:UpdateFunctionConfiguration",
+                    "lambda:TagResource",
+                ],
+                delete=["lambda:DeleteFunction"],
+            ),
             reads(
                 ["lambda:GetLayerVersion"],
                 layer,
                 why="Powertools' own layer versions",
                 preflight=True,
             ),
-            writes(
-                [
-                    "lambda:CreateFunction",
-                    "lambda:UpdateFunctionCode",
-                    "lambda:UpdateFunctionConfiguration",
-                    "lambda:TagResource",
-                ],
-                arn,
-            ),
-            writes(["lambda:DeleteFunction"], arn, condition=owned(self.ctx.stack)),
         ]
 
     def desired(self) -> dict[str, Any]:
@@ -405,12 +407,7 @@ class ProcessorFunction(Resource):
     def observe(self, aws: Aws) -> dict[str, Any] | None:
         # The configuration (with the State the function must settle in between updates) and
         # the tags, in one answer.
-        return self.call(
-            aws,
-            "get_function",
-            missing=("ResourceNotFoundException",),
-            FunctionName=self.name,
-        )
+        return self.find(aws, "get_function", FunctionName=self.name)
 
     def create(self, aws: Aws) -> None:
         want = self.desired()
@@ -438,12 +435,7 @@ class ProcessorFunction(Resource):
             raise _explain_layer_error(exc, want["layers"]) from exc
 
     def delete(self, aws: Aws) -> None:
-        self.call(
-            aws,
-            "delete_function",
-            missing=("ResourceNotFoundException",),
-            FunctionName=self.name,
-        )
+        self.remove(aws, "delete_function", FunctionName=self.name)
 
 
 def _explain_layer_error(exc: AwsError, layers: list[str]) -> AwsError:
@@ -499,6 +491,7 @@ class ReadingsTrigger(Resource):
     """
 
     kind = "lambda.event-source-mapping"
+    absent = ("ResourceNotFoundException",)
     fields = (
         Field("enabled", lambda raw: raw.get("State") not in ("Disabled", "Disabling"), "update"),
         Field("batch_size", "BatchSize", "update"),
@@ -613,12 +606,8 @@ class ReadingsTrigger(Resource):
         found = self.observe(aws)
         if found is None:
             return
-        self.call(
-            aws,
-            "delete_event_source_mapping",
-            retry_on=UPDATE_IN_PROGRESS,
-            missing=("ResourceNotFoundException",),
-            UUID=found["UUID"],
+        self.remove(
+            aws, "delete_event_source_mapping", retry_on=UPDATE_IN_PROGRESS, UUID=found["UUID"]
         )
         # AWS allows one mapping per (function, stream): a replacement waits for this one to go.
         aws.wait_for(
