@@ -22,7 +22,7 @@ from iotpipe.devices import DEFAULT_CONCURRENCY, Fleet, revoke_grants
 from iotpipe.engine.fields import REPLACE, Field, State, Write, call
 from iotpipe.engine.model import STACK_TAG, Deferred, Resource
 from iotpipe.errors import AwsError, IotpipeError
-from iotpipe.permissions import Grant, owned, reads, writes
+from iotpipe.permissions import Grant, lifecycle, reads, writes
 from iotpipe.resources.iam import ServiceRole, allow, policy_document, trust_policy
 
 if TYPE_CHECKING:
@@ -103,22 +103,13 @@ def rule_sql(names: Names) -> str:
     return f"SELECT *, {device} AS device_id, timestamp() AS received_at FROM '{every_device}'"
 
 
-def describe_thing_type(aws: Aws, name: str, label: str) -> dict[str, Any] | None:
-    return aws.call(
-        "iot",
-        "describe_thing_type",
-        resource=label,
-        missing=("ResourceNotFoundException",),
-        thingTypeName=name,
-    )
-
-
 # Where a thing type's description (and so its owner) is, in what its resources observe.
 TYPE_DESCRIPTION = "type.thingTypeProperties.thingTypeDescription"
 
 
 class SensorThingType(Resource):
     kind = "iot.thing-type"
+    absent = ("ResourceNotFoundException",)
     fields = (
         # AWS cannot change a thing type's description; it can only deprecate and delete the type.
         Field("description", TYPE_DESCRIPTION, REPLACE),
@@ -138,10 +129,14 @@ class SensorThingType(Resource):
     def grants(self) -> list[Grant]:
         arn = self.ctx.names.arn("iot", f"thingtype/{self.name}")
         return [
-            reads(["iot:DescribeThingType"], arn),
+            *lifecycle(
+                arn,
+                self.ctx.stack,
+                read=["iot:DescribeThingType"],
+                write=["iot:CreateThingType", "iot:DeprecateThingType", "iot:TagResource"],
+                delete=["iot:DeleteThingType"],
+            ),
             reads(["iot:ListThings"], "*", why="IAM has no resource type for iot:ListThings"),
-            writes(["iot:CreateThingType", "iot:DeprecateThingType", "iot:TagResource"], arn),
-            writes(["iot:DeleteThingType"], arn, condition=owned(self.ctx.stack)),
         ]
 
     def desired(self) -> dict[str, Any]:
@@ -155,7 +150,7 @@ class SensorThingType(Resource):
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
         found, users = aws.gather(
-            lambda: describe_thing_type(aws, self.name, self.label),
+            lambda: self.find(aws, "describe_thing_type", thingTypeName=self.name),
             # The first few devices of the type, for the plan to name (one call, not the fleet).
             lambda: self.call(
                 aws,
@@ -203,20 +198,9 @@ class SensorThingType(Resource):
                 resource=self.label,
                 hint="`iotpipe down --delete-data` revokes and deletes the stack's devices",
             )
-        self.call(
-            aws,
-            "deprecate_thing_type",
-            missing=("ResourceNotFoundException",),
-            thingTypeName=self.name,
-            undoDeprecate=False,
-        )
+        self.remove(aws, "deprecate_thing_type", thingTypeName=self.name, undoDeprecate=False)
         try:
-            self.call(
-                aws,
-                "delete_thing_type",
-                missing=("ResourceNotFoundException",),
-                thingTypeName=self.name,
-            )
+            self.remove(aws, "delete_thing_type", thingTypeName=self.name)
         except AwsError as exc:
             if exc.code != "InvalidRequestException":
                 raise
@@ -231,7 +215,7 @@ class SensorThingType(Resource):
             ) from exc
 
     def _deletable_at(self, aws: Aws) -> str:
-        found = describe_thing_type(aws, self.name, self.label)
+        found = self.find(aws, "describe_thing_type", thingTypeName=self.name)
         since = ((found or {}).get("thingTypeMetadata") or {}).get("deprecationDate")
         if not isinstance(since, datetime):
             return "5 minutes"
@@ -248,6 +232,7 @@ class DeviceFleet(Resource):
 
     kind = "iot.devices"
     data_store = True
+    absent = ("ResourceNotFoundException",)
 
     def __init__(
         self, ctx: StackContext, thing_type: SensorThingType, policy: DevicePolicy
@@ -270,7 +255,7 @@ class DeviceFleet(Resource):
         return {}
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        found = describe_thing_type(aws, self.name, self.label)
+        found = self.find(aws, "describe_thing_type", thingTypeName=self.name)
         if found is None:
             return None
         devices = sorted(thing["name"] for thing in self._fleet(aws).list())
@@ -311,6 +296,7 @@ def _some(devices: list[str], shown: int = 5) -> str:
 
 class DevicePolicy(Resource):
     kind = "iot.policy"
+    absent = ("ResourceNotFoundException",)
     # GetPolicy answers the default version's document.
     fields = (Field("document", lambda raw: json.loads(raw["policyDocument"]), "new_version"),)
     writes = (
@@ -321,9 +307,11 @@ class DevicePolicy(Resource):
         names = self.ctx.names
         arn = names.arn("iot", f"policy/{self.name}")
         return [
-            reads(["iot:GetPolicy"], arn),
-            writes(
-                [
+            *lifecycle(
+                arn,
+                self.ctx.stack,
+                read=["iot:GetPolicy"],
+                write=[
                     "iot:CreatePolicy",
                     "iot:CreatePolicyVersion",
                     "iot:DeletePolicyVersion",
@@ -331,9 +319,8 @@ class DevicePolicy(Resource):
                     "iot:ListTargetsForPolicy",
                     "iot:TagResource",
                 ],
-                arn,
+                delete=["iot:DeletePolicy"],
             ),
-            writes(["iot:DeletePolicy"], arn, condition=owned(self.ctx.stack)),
             # Before the policy goes, it is detached from the certificates it is attached to.
             writes(
                 ["iot:DetachPolicy"],
@@ -357,12 +344,7 @@ class DevicePolicy(Resource):
         return None
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        return self.call(
-            aws,
-            "get_policy",
-            missing=("ResourceNotFoundException",),
-            policyName=self.name,
-        )
+        return self.find(aws, "get_policy", policyName=self.name)
 
     def create(self, aws: Aws) -> None:
         self.call(
@@ -389,40 +371,29 @@ class DevicePolicy(Resource):
         )
 
     def _versions(self, aws: Aws, missing: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-        found = self.call(
-            aws,
-            "list_policy_versions",
-            missing=missing,
-            policyName=self.name,
-        )
+        found = self.call(aws, "list_policy_versions", missing=missing, policyName=self.name)
         return (found or {}).get("policyVersions", [])
 
     def _delete_version(self, aws: Aws, version: dict[str, Any]) -> None:
         self.call(
-            aws,
-            "delete_policy_version",
-            policyName=self.name,
-            policyVersionId=version["versionId"],
+            aws, "delete_policy_version", policyName=self.name, policyVersionId=version["versionId"]
         )
 
     def delete(self, aws: Aws) -> None:
-        label = self.label
         # A policy still attached to device certificates cannot be deleted; the devices lose
         # their permissions with the pipeline anyway.
         for target in aws.paginate(
-            "iot", "list_targets_for_policy", resource=label, key="targets", policyName=self.name
+            "iot",
+            "list_targets_for_policy",
+            resource=self.label,
+            key="targets",
+            policyName=self.name,
         ):
-            aws.call("iot", "detach_policy", resource=label, policyName=self.name, target=target)
-        for version in self._versions(aws, missing=("ResourceNotFoundException",)):
+            self.call(aws, "detach_policy", policyName=self.name, target=target)
+        for version in self._versions(aws, missing=self.absent):
             if not version["isDefaultVersion"]:
                 self._delete_version(aws, version)
-        aws.call(
-            "iot",
-            "delete_policy",
-            resource=label,
-            missing=("ResourceNotFoundException",),
-            policyName=self.name,
-        )
+        self.remove(aws, "delete_policy", policyName=self.name)
 
 
 def _payload(want: dict[str, Any]) -> dict[str, Any]:
@@ -438,6 +409,8 @@ def _payload(want: dict[str, Any]) -> dict[str, Any]:
 
 class TelemetryRule(Resource):
     kind = "iot.topic-rule"
+    # AWS answers UnauthorizedException, not "not found", for a rule that does not exist.
+    absent = ("ResourceNotFoundException", "UnauthorizedException")
     # The rule is one payload: ReplaceTopicRule writes every field of it at once.
     fields = (
         Field("description", "description || ''", "replace_topic_rule"),
@@ -458,14 +431,13 @@ class TelemetryRule(Resource):
 
     def grants(self) -> list[Grant]:
         arn = self.ctx.names.arn("iot", f"rule/{self.name}")
-        return [
-            reads(["iot:GetTopicRule"], arn),
-            writes(
-                ["iot:CreateTopicRule", "iot:ReplaceTopicRule", "iot:TagResource"],
-                arn,
-            ),
-            writes(["iot:DeleteTopicRule"], arn, condition=owned(self.ctx.stack)),
-        ]
+        return lifecycle(
+            arn,
+            self.ctx.stack,
+            read=["iot:GetTopicRule"],
+            write=["iot:CreateTopicRule", "iot:ReplaceTopicRule", "iot:TagResource"],
+            delete=["iot:DeleteTopicRule"],
+        )
 
     def desired(self) -> dict[str, Any]:
         names = self.ctx.names
@@ -500,13 +472,7 @@ class TelemetryRule(Resource):
         return _owner_from_text(observed["description"])
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        # AWS answers UnauthorizedException, not "not found", for a rule that does not exist.
-        found = self.call(
-            aws,
-            "get_topic_rule",
-            missing=("ResourceNotFoundException", "UnauthorizedException"),
-            ruleName=self.name,
-        )
+        found = self.find(aws, "get_topic_rule", ruleName=self.name)
         return None if found is None else found["rule"]
 
     def create(self, aws: Aws) -> None:
@@ -520,12 +486,7 @@ class TelemetryRule(Resource):
         )
 
     def delete(self, aws: Aws) -> None:
-        self.call(
-            aws,
-            "delete_topic_rule",
-            missing=("ResourceNotFoundException", "UnauthorizedException"),
-            ruleName=self.name,
-        )
+        self.remove(aws, "delete_topic_rule", ruleName=self.name)
 
 
 def rule_role(ctx: StackContext) -> ServiceRole:
