@@ -14,7 +14,7 @@ from iotpipe.engine.fields import REPLACE, Field, Settled, State, Tagging, Write
 from iotpipe.engine.model import Deferred, Resource
 from iotpipe.engine.reconcile import report_wait
 from iotpipe.errors import AwsError
-from iotpipe.permissions import Grant, owned, reads, writes
+from iotpipe.permissions import Grant, lifecycle
 from iotpipe.resources import autoscaling
 from iotpipe.resources.deletion import DELETING, create_once_deleted, wait_while_deleting
 
@@ -78,6 +78,9 @@ def _scaling(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
 class DeviceStateTable(Resource):
     kind = "dynamodb.table"
     data_store = True
+    absent = ("ResourceNotFoundException",)
+    # The table exists (another run made it), or is DELETING (`create` waits that out).
+    present = ("ResourceInUseException",)
     fields = (
         # The billing mode and capacity: UpdateTable, with auto scaling removed before a table
         # leaves provisioned mode and registered after it enters it (the order AWS takes them).
@@ -124,28 +127,25 @@ class DeviceStateTable(Resource):
     settled = Settled("Table.TableStatus", frozenset({"ACTIVE"}), "for the table to become ACTIVE")
 
     def grants(self) -> list[Grant]:
-        arn = self.ctx.names.device_state_table_arn
         return [
-            reads(
-                [
+            *lifecycle(
+                self.ctx.names.device_state_table_arn,
+                self.ctx.stack,
+                read=[
                     "dynamodb:DescribeTable",
                     "dynamodb:DescribeTimeToLive",
                     "dynamodb:DescribeContinuousBackups",
                     "dynamodb:ListTagsOfResource",
                 ],
-                arn,
-            ),
-            writes(
-                [
+                write=[
                     "dynamodb:CreateTable",
                     "dynamodb:UpdateTable",
                     "dynamodb:UpdateTimeToLive",
                     "dynamodb:UpdateContinuousBackups",
                     "dynamodb:TagResource",
                 ],
-                arn,
+                delete=["dynamodb:DeleteTable"],
             ),
-            writes(["dynamodb:DeleteTable"], arn, condition=owned(self.ctx.stack)),
             *autoscaling.grants(self.ctx.names),
         ]
 
@@ -164,39 +164,26 @@ class DeviceStateTable(Resource):
         }
 
     def _status(self, aws: Aws) -> str | None:
-        described = self._describe(aws)
+        described = self.find(aws, "describe_table", TableName=self.name)
         return described["Table"]["TableStatus"] if described else None
 
-    def _describe(self, aws: Aws) -> dict[str, Any] | None:
-        return self.call(
-            aws,
-            "describe_table",
-            missing=("ResourceNotFoundException",),
-            TableName=self.name,
-        )
-
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        described = self._describe(aws)
+        described = self.find(aws, "describe_table", TableName=self.name)
         # A table still DELETING is as good as gone: `create` waits it out.
         if described is None or described["Table"]["TableStatus"] == DELETING:
             return None
-        label, name = self.label, self.name
         ttl, backups, scaling = aws.gather(
-            lambda: aws.call("dynamodb", "describe_time_to_live", resource=label, TableName=name),
-            lambda: aws.call(
-                "dynamodb", "describe_continuous_backups", resource=label, TableName=name
-            ),
-            lambda: autoscaling.observe(aws, name, label),
+            lambda: self.call(aws, "describe_time_to_live", TableName=self.name),
+            lambda: self.call(aws, "describe_continuous_backups", TableName=self.name),
+            lambda: autoscaling.observe(aws, self.name, self.label),
         )
         return {**described, **ttl, **backups, **scaling}
 
     def create(self, aws: Aws) -> None:
         def create() -> Any:
-            # ResourceInUseException: the table exists (another run made it), or is DELETING.
-            return self.call(
+            return self.make(
                 aws,
                 "create_table",
-                missing=("ResourceInUseException",),
                 TableName=self.name,
                 AttributeDefinitions=[{"AttributeName": DEVICE_KEY, "AttributeType": "S"}],
                 KeySchema=[{"AttributeName": DEVICE_KEY, "KeyType": "HASH"}],
@@ -320,12 +307,7 @@ class DeviceStateTable(Resource):
         targets = autoscaling.registered(self.name, autoscaling.observe(aws, self.name, self.label))
         for dimension, spec in targets.items():
             autoscaling.remove(aws, self.name, self.label, dimension, spec)
-        self.call(
-            aws,
-            "delete_table",
-            missing=("ResourceNotFoundException",),
-            TableName=self.name,
-        )
+        self.remove(aws, "delete_table", TableName=self.name)
         # AWS keeps the name until the deletion finishes: a later `up` could not create it.
         wait_while_deleting(
             aws,

@@ -16,7 +16,7 @@ from iotpipe.aws import IAM_PROPAGATION, Transient
 from iotpipe.engine.fields import Field, State, Tagging, call
 from iotpipe.engine.model import STACK_TAG, Resource
 from iotpipe.packaging import processor_module
-from iotpipe.permissions import Grant, owned, reads, writes
+from iotpipe.permissions import Grant, lifecycle, reads, writes
 from iotpipe.resources.iam import POLICY_VERSION, ServiceRole, allow, policy_document
 
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from iotpipe.naming import Names
 
 NOT_FOUND = ("EntityNotFoundException",)
+EXISTS = ("AlreadyExistsException",)
 
 # The archive line the processor writes, in Hive types: stated once, in the processor's contract.
 COLUMNS: list[tuple[str, str]] = list(processor_module("contract").ARCHIVE_COLUMNS)
@@ -75,6 +76,8 @@ def _database(r: CatalogDatabase, want: dict[str, Any]) -> dict[str, Any]:
 
 class CatalogDatabase(Resource):
     kind = "glue.database"
+    absent = NOT_FOUND
+    present = EXISTS
     fields = (Field("description", "Description || ''", "update_database"),)
     writes = (
         call(
@@ -108,20 +111,15 @@ class CatalogDatabase(Resource):
         return {"tags": self.ctx.tags, "description": description}
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        found = self.call(aws, "get_database", missing=NOT_FOUND, Name=self.name)
+        found = self.find(aws, "get_database", Name=self.name)
         return found["Database"] if found else None
 
     def create(self, aws: Aws) -> None:
-        self.call(
-            aws,
-            "create_database",
-            missing=("AlreadyExistsException",),
-            DatabaseInput=_database(self, self.desired()),
-            Tags=self.ctx.tags,
-        )
+        database = _database(self, self.desired())
+        self.make(aws, "create_database", DatabaseInput=database, Tags=self.ctx.tags)
 
     def delete(self, aws: Aws) -> None:
-        self.call(aws, "delete_database", missing=NOT_FOUND, Name=self.name)
+        self.remove(aws, "delete_database", Name=self.name)
 
 
 UPDATE_TABLE = "update_table"
@@ -129,6 +127,8 @@ UPDATE_TABLE = "update_table"
 
 class ArchiveTable(Resource):
     kind = "glue.table"
+    absent = NOT_FOUND
+    present = EXISTS
     # Read from GetTable's answer; UpdateTable sets them all at once.
     fields = (
         Field("table_type", "TableType", UPDATE_TABLE),
@@ -202,13 +202,7 @@ class ArchiveTable(Resource):
         }
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        found = self.call(
-            aws,
-            "get_table",
-            missing=NOT_FOUND,
-            DatabaseName=self.database,
-            Name=self.name,
-        )
+        found = self.find(aws, "get_table", DatabaseName=self.database, Name=self.name)
         return found["Table"] if found else None
 
     def _table_input(self, want: dict[str, Any], keep_parameters: dict[str, str]) -> dict[str, Any]:
@@ -232,22 +226,11 @@ class ArchiveTable(Resource):
         }
 
     def create(self, aws: Aws) -> None:
-        self.call(
-            aws,
-            "create_table",
-            missing=("AlreadyExistsException",),
-            DatabaseName=self.database,
-            TableInput=self._table_input(self.desired(), {}),
-        )
+        table = self._table_input(self.desired(), {})
+        self.make(aws, "create_table", DatabaseName=self.database, TableInput=table)
 
     def delete(self, aws: Aws) -> None:
-        self.call(
-            aws,
-            "delete_table",
-            missing=NOT_FOUND,
-            DatabaseName=self.database,
-            Name=self.name,
-        )
+        self.remove(aws, "delete_table", DatabaseName=self.database, Name=self.name)
 
 
 # Glue documents its crawler role's trust policy without conditions ("Step 2: Create an IAM
@@ -360,6 +343,8 @@ UPDATE_CRAWLER = "update_crawler"
 
 class ArchiveCrawler(Resource):
     kind = "glue.crawler"
+    absent = NOT_FOUND
+    present = EXISTS
     # Read from GetCrawler's answer; UpdateCrawler sets them all at once.
     fields = (
         Field("role", "Role", UPDATE_CRAWLER),
@@ -377,15 +362,19 @@ class ArchiveCrawler(Resource):
         stack = self.ctx.stack
         arn = self.ctx.names.crawler_arn
         return [
-            reads(["glue:GetCrawler", "glue:GetTags"], arn),
+            *lifecycle(
+                arn,
+                stack,
+                read=["glue:GetCrawler", "glue:GetTags"],
+                write=["glue:UpdateCrawler", "glue:StopCrawler", "glue:TagResource"],
+                delete=["glue:DeleteCrawler"],
+            ),
             writes(
                 ["glue:CreateCrawler"],
                 "*",
                 condition={"StringEquals": {f"aws:RequestTag/{STACK_TAG}": stack}},
                 why="IAM has no resource type for glue:CreateCrawler: the request's tag scopes it",
             ),
-            writes(["glue:UpdateCrawler", "glue:StopCrawler", "glue:TagResource"], arn),
-            writes(["glue:DeleteCrawler"], arn, condition=owned(stack)),
         ]
 
     def desired(self) -> dict[str, Any]:
@@ -403,15 +392,14 @@ class ArchiveCrawler(Resource):
         }
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        found = self.call(aws, "get_crawler", missing=NOT_FOUND, Name=self.name)
+        found = self.find(aws, "get_crawler", Name=self.name)
         return found["Crawler"] if found else None
 
     def create(self, aws: Aws) -> None:
-        self.call(
+        self.make(
             aws,
             "create_crawler",  # A role created moments ago may not be assumable by Glue yet.
             retry_on=IAM_PROPAGATION,
-            missing=("AlreadyExistsException",),
             Tags=self.ctx.tags,
             **_crawler(self, self.desired()),
         )
@@ -423,13 +411,7 @@ class ArchiveCrawler(Resource):
             missing=(*NOT_FOUND, "CrawlerNotRunningException", "CrawlerStoppingException"),
             Name=self.name,
         )
-        self.call(
-            aws,
-            "delete_crawler",
-            retry_on=CRAWLER_RUNNING,
-            missing=NOT_FOUND,
-            Name=self.name,
-        )
+        self.remove(aws, "delete_crawler", retry_on=CRAWLER_RUNNING, Name=self.name)
 
 
 def resources(ctx: StackContext) -> list[Resource]:

@@ -126,6 +126,7 @@ class AlertsKey(Resource):
     """The key, found through its alias (key ids are random)."""
 
     kind = "kms.key"
+    absent = MISSING
     fields = (
         Field("state", "KeyMetadata.KeyState", "enable"),
         # Not read while the key is off (reported off for a key pending deletion): None then.
@@ -242,19 +243,14 @@ class AlertsKey(Resource):
         return []
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        found = self.call(aws, "describe_key", missing=MISSING, KeyId=self.alias)
+        found = self.find(aws, "describe_key", KeyId=self.alias)
         if found is None or found["KeyMetadata"]["KeyState"] != "Enabled":
             return found
         # Rotation and policy are read from an enabled key only (see the fields).
         key_id = found["KeyMetadata"]["KeyId"]
         rotation, policy = aws.gather(
             lambda: self.call(aws, "get_key_rotation_status", KeyId=key_id),
-            lambda: self.call(
-                aws,
-                "get_key_policy",
-                KeyId=key_id,
-                PolicyName=KEY_POLICY_NAME,
-            ),
+            lambda: self.call(aws, "get_key_policy", KeyId=key_id, PolicyName=KEY_POLICY_NAME),
         )
         return {**found, **rotation, **policy}
 
@@ -281,10 +277,7 @@ class AlertsKey(Resource):
 
     def _schedule_deletion(self, aws: Aws, key_id: str) -> None:
         self.call(
-            aws,
-            "schedule_key_deletion",
-            KeyId=key_id,
-            PendingWindowInDays=DELETION_WINDOW_DAYS,
+            aws, "schedule_key_deletion", KeyId=key_id, PendingWindowInDays=DELETION_WINDOW_DAYS
         )
 
     def delete(self, aws: Aws) -> None:
@@ -294,7 +287,7 @@ class AlertsKey(Resource):
         if found["KeyMetadata"]["KeyState"] != "PendingDeletion":
             self._schedule_deletion(aws, found["KeyMetadata"]["KeyId"])
         # Last: a `down` interrupted before this finds the key again through its alias.
-        self.call(aws, "delete_alias", missing=MISSING, AliasName=self.alias)
+        self.remove(aws, "delete_alias", AliasName=self.alias)
 
 
 def resources(ctx: StackContext) -> list[Resource]:

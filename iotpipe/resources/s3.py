@@ -160,6 +160,8 @@ def _put(
 class ArchiveBucket(Resource):
     kind = "s3.bucket"
     data_store = True
+    absent = ("NoSuchBucket",)
+    present = ("BucketAlreadyOwnedByYou",)
     fields = (
         Field(
             "encryption",
@@ -273,12 +275,12 @@ class ArchiveBucket(Resource):
         }
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        bucket, label = self.name, self.label
-        if aws.call("s3", "head_bucket", resource=label, missing=("404",), Bucket=bucket) is None:
+        # HeadBucket answers a bare 404 for a bucket that does not exist.
+        if self.call(aws, "head_bucket", missing=("404",), Bucket=self.name) is None:
             return None
 
         def read(operation: str, missing: tuple[str, ...]) -> Callable[[], Any]:
-            return lambda: aws.call("s3", operation, resource=label, missing=missing, Bucket=bucket)
+            return lambda: self.call(aws, operation, missing=missing, Bucket=self.name)
 
         answers = aws.gather(*(read(*get) for get in READS.items()))
         return {key: value for answer in answers if answer for key, value in answer.items()}
@@ -287,19 +289,14 @@ class ArchiveBucket(Resource):
         params: dict[str, Any] = {"Bucket": self.name, "ObjectOwnership": "BucketOwnerEnforced"}
         if aws.region != "us-east-1":
             params["CreateBucketConfiguration"] = {"LocationConstraint": aws.region}
-        self.call(
-            aws,
-            "create_bucket",
-            missing=("BucketAlreadyOwnedByYou",),
-            **params,
-        )
+        self.make(aws, "create_bucket", **params)
 
     def delete(self, aws: Aws) -> None:
         # A Firehose stream being deleted can still flush a buffer into the bucket: emptying it
         # before the stream is gone would leave objects, and DeleteBucket would fail.
         wait_for_stream_gone(aws, self.ctx.names.archive_delivery_stream, self.label)
         empty_bucket(aws, self.name, self.label)
-        self.call(aws, "delete_bucket", missing=("NoSuchBucket",), Bucket=self.name)
+        self.remove(aws, "delete_bucket", Bucket=self.name)
 
 
 def wait_for_stream_gone(aws: Aws, stream: str, label: str) -> None:

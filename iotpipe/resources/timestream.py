@@ -14,7 +14,7 @@ from botocore.discovery import EndpointDiscoveryException
 from iotpipe.engine.fields import Field, State, Tagging, Write
 from iotpipe.engine.model import Resource, Unavailable
 from iotpipe.errors import AwsError
-from iotpipe.permissions import Grant, owned, reads, writes
+from iotpipe.permissions import Grant, lifecycle, reads, writes
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
@@ -36,8 +36,9 @@ def _closed_to_account(exc: AwsError) -> bool:
     return isinstance(exc.__cause__, EndpointDiscoveryException)
 
 
-def _call(aws: Aws, operation: str, *, resource: str, **params: Any) -> Any:
-    """A Timestream call; a refusal to serve this account becomes `Unavailable`."""
+def _call(aws: Aws, operation: str, resource: str, **params: Any) -> Any:
+    """A Timestream call for `resource` (its label); a refusal to serve this account becomes
+    `Unavailable`."""
     try:
         return aws.call(SERVICE, operation, resource=resource, missing=NOT_FOUND, **params)
     except AwsError as exc:
@@ -56,7 +57,7 @@ def _call(aws: Aws, operation: str, *, resource: str, **params: Any) -> Any:
 def available(aws: Aws) -> bool:
     """Whether this account may use Timestream for LiveAnalytics at all."""
     try:
-        _call(aws, "list_databases", resource="timestream", MaxResults=1)
+        _call(aws, "list_databases", "timestream", MaxResults=1)
     except Unavailable:
         return False
     return True
@@ -104,7 +105,7 @@ def _settings(want: dict[str, Any]) -> dict[str, Any]:
 
 def _update_table(r: TimeseriesTable, aws: Aws, want: dict[str, Any], have: State) -> None:
     params = {"DatabaseName": r.database, "TableName": r.name, **_settings(want)}
-    _call(aws, "update_table", resource=r.label, **params)
+    _call(aws, "update_table", r.label, **params)
 
 
 class TimeseriesDatabase(Resource):
@@ -121,9 +122,13 @@ class TimeseriesDatabase(Resource):
         return [
             *_service_grants(),
             *_tagging_grants(self.ctx.names, self.arn),
-            reads(["timestream:DescribeDatabase"], self.arn),
-            writes(["timestream:CreateDatabase"], self.arn),
-            writes(["timestream:DeleteDatabase"], self.arn, condition=owned(self.ctx.stack)),
+            *lifecycle(
+                self.arn,
+                self.ctx.stack,
+                read=["timestream:DescribeDatabase"],
+                write=["timestream:CreateDatabase"],
+                delete=["timestream:DeleteDatabase"],
+            ),
         ]
 
     def desired(self) -> dict[str, Any]:
@@ -131,19 +136,13 @@ class TimeseriesDatabase(Resource):
         return {"tags": self.ctx.tags}
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        return _call(aws, "describe_database", resource=self.label, DatabaseName=self.name)
+        return _call(aws, "describe_database", self.label, DatabaseName=self.name)
 
     def create(self, aws: Aws) -> None:
-        _call(
-            aws,
-            "create_database",
-            resource=self.label,
-            DatabaseName=self.name,
-            Tags=self.ctx.tag_list,
-        )
+        _call(aws, "create_database", self.label, DatabaseName=self.name, Tags=self.ctx.tag_list)
 
     def delete(self, aws: Aws) -> None:
-        _call(aws, "delete_database", resource=self.label, DatabaseName=self.name)
+        _call(aws, "delete_database", self.label, DatabaseName=self.name)
 
 
 class TimeseriesTable(Resource):
@@ -179,9 +178,13 @@ class TimeseriesTable(Resource):
         return [
             *_service_grants(),
             *_tagging_grants(self.ctx.names, arn),
-            reads(["timestream:DescribeTable"], arn),
-            writes(["timestream:CreateTable", "timestream:UpdateTable"], arn),
-            writes(["timestream:DeleteTable"], arn, condition=owned(self.ctx.stack)),
+            *lifecycle(
+                arn,
+                self.ctx.stack,
+                read=["timestream:DescribeTable"],
+                write=["timestream:CreateTable", "timestream:UpdateTable"],
+                delete=["timestream:DeleteTable"],
+            ),
         ]
 
     def desired(self) -> dict[str, Any]:
@@ -194,13 +197,8 @@ class TimeseriesTable(Resource):
         }
 
     def observe(self, aws: Aws) -> dict[str, Any] | None:
-        found = _call(
-            aws,
-            "describe_table",
-            resource=self.label,
-            DatabaseName=self.database,
-            TableName=self.name,
-        )
+        table = {"DatabaseName": self.database, "TableName": self.name}
+        found = _call(aws, "describe_table", self.label, **table)
         # A table still DELETING is as good as gone.
         return None if found is None or found["Table"].get("TableStatus") == "DELETING" else found
 
@@ -208,7 +206,7 @@ class TimeseriesTable(Resource):
         _call(
             aws,
             "create_table",
-            resource=self.label,
+            self.label,
             DatabaseName=self.database,
             TableName=self.name,
             Tags=self.ctx.tag_list,
@@ -216,13 +214,7 @@ class TimeseriesTable(Resource):
         )
 
     def delete(self, aws: Aws) -> None:
-        _call(
-            aws,
-            "delete_table",
-            resource=self.label,
-            DatabaseName=self.database,
-            TableName=self.name,
-        )
+        _call(aws, "delete_table", self.label, DatabaseName=self.database, TableName=self.name)
         # The database refuses to go while a table is still being deleted.
         aws.wait_for(
             lambda: self.observe(aws) is None,
