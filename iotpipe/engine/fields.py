@@ -38,6 +38,15 @@ class State(dict[str, Any]):
 
 
 Reader = str | Callable[[dict[str, Any]], Any]
+
+
+def _reader(read: Reader) -> Callable[[dict[str, Any]], Any]:
+    """A function of the raw observation: `read` itself, or its JMESPath expression compiled."""
+    if callable(read):
+        return read
+    return jmespath.compile(read).search
+
+
 Compare = Literal["exact", "subset"] | Callable[[Any], Any]
 
 
@@ -56,10 +65,12 @@ class Field:
     write: str
     compare: Compare = "exact"
 
+    def __post_init__(self) -> None:
+        # A path is parsed once, here (a wrong one fails when the class is defined).
+        object.__setattr__(self, "_reader", _reader(self.read))
+
     def value(self, raw: dict[str, Any]) -> Any:
-        if callable(self.read):
-            return self.read(raw)
-        return jmespath.search(self.read, raw)
+        return self._reader(raw)  # type: ignore[attr-defined]
 
     def differs(self, have: Any, want: Any) -> bool:
         if self.compare == "subset":
@@ -115,8 +126,11 @@ class Settled:
     failed: Callable[[dict[str, Any]], str | None] = field(default=lambda raw: None)
     waiting: Callable[[dict[str, Any]], str] | None = None
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_reader", _reader(self.read))
+
     def status(self, raw: dict[str, Any]) -> Any:
-        return self.read(raw) if callable(self.read) else jmespath.search(self.read, raw)
+        return self._reader(raw)  # type: ignore[attr-defined]
 
 
 # How a service's tagging API writes a tag set: a Key/Value list, a TagKey/TagValue list, or a map.

@@ -24,8 +24,11 @@ KINESIS_KMS_KEY = "alias/aws/kinesis"
 _UNSCOPED = "IAM has no resource type for this Kinesis action"
 
 
-def _retention(r: ReadingsStream, want: dict[str, Any], have: State) -> dict[str, Any]:
-    return {"StreamName": r.name, "RetentionPeriodHours": want["retention_hours"]}
+def _set_retention(r: ReadingsStream, aws: Aws, want: dict[str, Any], have: State) -> None:
+    # Kinesis lengthens and shortens a stream's retention by two different calls.
+    longer = want["retention_hours"] > have["retention_hours"]
+    operation = "increase_stream_retention_period" if longer else "decrease_stream_retention_period"
+    r.call(aws, operation, StreamName=r.name, RetentionPeriodHours=want["retention_hours"])
 
 
 def _encryption(desc: dict[str, Any]) -> str:
@@ -55,18 +58,7 @@ class ReadingsStream(Resource):
             },
             settles=True,
         ),
-        Write(
-            "retention",
-            lambda r, aws, want, have: aws.call(
-                "kinesis",
-                "increase_stream_retention_period"
-                if want["retention_hours"] > have["retention_hours"]
-                else "decrease_stream_retention_period",
-                resource=r.label,
-                **_retention(r, want, have),
-            ),
-            settles=True,
-        ),
+        Write("retention", _set_retention, settles=True),
         call(
             "kinesis",
             "start_stream_encryption",
