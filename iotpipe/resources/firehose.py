@@ -7,7 +7,6 @@ JSON lines with the Glue table's schema (Snappy inside the Parquet files, none a
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import jmespath
@@ -16,10 +15,10 @@ from iotpipe.aws import IAM_PROPAGATION
 from iotpipe.engine.fields import Field, Settled, Tagging, call
 from iotpipe.engine.model import Resource
 from iotpipe.errors import AwsError
-from iotpipe.permissions import Grant, lifecycle, reads, writes
+from iotpipe.permissions import Grant, lifecycle
 from iotpipe.resources.deletion import DELETING, create_once_deleted, wait_while_deleting
 from iotpipe.resources.iam import ServiceRole, allow, policy_document, trust_policy
-from iotpipe.resources.logs import GROUP_TAGGING, LOG_STREAMS_WHY, LogGroup, group_arns
+from iotpipe.resources.logs import LogGroup, LogStream
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
@@ -27,6 +26,7 @@ if TYPE_CHECKING:
 
 ARCHIVE_PREFIX = "readings/dt=!{timestamp:yyyy-MM-dd}/hour=!{timestamp:HH}/"
 ERROR_PREFIX = "firehose-errors/!{firehose:error-output-type}/dt=!{timestamp:yyyy-MM-dd}/"
+# The log stream Firehose writes delivery errors to (it does not create it itself).
 LOG_STREAM = "DestinationDelivery"
 # Firehose's own key: encryption at rest with no KMS charge.
 ENCRYPTION = "AWS_OWNED_CMK"
@@ -68,47 +68,6 @@ def firehose_role(ctx: StackContext) -> ServiceRole:
         policy=policy_document(*statements),
         description=f"iotpipe {ctx.stack}: Firehose delivery of the archive to S3",
     )
-
-
-class DeliveryLogStream(Resource):
-    """The log stream Firehose writes delivery errors to (it does not create it itself)."""
-
-    kind = "logs.stream"
-    absent = ("ResourceNotFoundException",)
-    present = ("ResourceAlreadyExistsException",)
-    # A stream cannot be tagged: it belongs to whoever owns its group.
-    tagging = replace(GROUP_TAGGING, write=None, target=lambda r, raw: {"logGroupName": r.group})
-
-    joiner = ":"
-
-    def __init__(self, ctx: StackContext, name: str, group: LogGroup) -> None:
-        super().__init__(ctx, name, within=group)
-        self.group = group.name
-
-    def grants(self) -> list[Grant]:
-        groups = group_arns(self.ctx.names, self.group)
-        return [
-            reads(
-                ["logs:DescribeLogStreams", "logs:ListTagsLogGroup"], groups, why=LOG_STREAMS_WHY
-            ),
-            writes(["logs:CreateLogStream", "logs:DeleteLogStream"], groups, why=LOG_STREAMS_WHY),
-        ]
-
-    def desired(self) -> dict[str, Any]:
-        return {}
-
-    def observe(self, aws: Aws) -> dict[str, Any] | None:
-        found = self.find(
-            aws, "describe_log_streams", logGroupName=self.group, logStreamNamePrefix=self.name
-        )
-        streams = (found or {}).get("logStreams", [])
-        return next((st for st in streams if st["logStreamName"] == self.name), None)
-
-    def create(self, aws: Aws) -> None:
-        self.make(aws, "create_log_stream", logGroupName=self.group, logStreamName=self.name)
-
-    def delete(self, aws: Aws) -> None:
-        self.remove(aws, "delete_log_stream", logGroupName=self.group, logStreamName=self.name)
 
 
 S3 = "Destinations[0].ExtendedS3DestinationDescription"
@@ -346,7 +305,7 @@ def resources(ctx: StackContext) -> list[Resource]:
     log_group = LogGroup(
         ctx, names.archive_log_group, retention_days=ctx.config.archive.log_retention_days
     )
-    log_stream = DeliveryLogStream(ctx, LOG_STREAM, log_group)
+    log_stream = LogStream(ctx, LOG_STREAM, log_group)
     depends_on = [role.key, f"s3.bucket/{names.archive_bucket}", log_group.key, log_stream.key]
     if ctx.config.archive.format == "parquet":
         depends_on.append(f"glue.table/{names.glue_database}/{names.glue_table}")

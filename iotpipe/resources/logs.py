@@ -1,12 +1,14 @@
-"""CloudWatch Logs: log groups created ahead of their service, so retention is ours to set."""
+"""CloudWatch Logs: log groups created ahead of their service, so retention is ours to set, and
+the log streams a service writes to but does not create."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from iotpipe.engine.fields import Field, Tagging, call
 from iotpipe.engine.model import Resource
-from iotpipe.permissions import Grant, lifecycle, reads
+from iotpipe.permissions import Grant, lifecycle, reads, writes
 
 if TYPE_CHECKING:
     from iotpipe.aws import Aws
@@ -96,3 +98,44 @@ class LogGroup(Resource):
 
     def delete(self, aws: Aws) -> None:
         self.remove(aws, "delete_log_group", logGroupName=self.name)
+
+
+class LogStream(Resource):
+    """A log stream a service writes to but does not create itself (Firehose's delivery errors)."""
+
+    kind = "logs.stream"
+    absent = ("ResourceNotFoundException",)
+    present = ("ResourceAlreadyExistsException",)
+    # A stream cannot be tagged: it belongs to whoever owns its group.
+    tagging = replace(GROUP_TAGGING, write=None, target=lambda r, raw: {"logGroupName": r.group})
+
+    joiner = ":"
+
+    def __init__(self, ctx: StackContext, name: str, group: LogGroup) -> None:
+        super().__init__(ctx, name, within=group)
+        self.group = group.name
+
+    def grants(self) -> list[Grant]:
+        groups = group_arns(self.ctx.names, self.group)
+        return [
+            reads(
+                ["logs:DescribeLogStreams", "logs:ListTagsLogGroup"], groups, why=LOG_STREAMS_WHY
+            ),
+            writes(["logs:CreateLogStream", "logs:DeleteLogStream"], groups, why=LOG_STREAMS_WHY),
+        ]
+
+    def desired(self) -> dict[str, Any]:
+        return {}
+
+    def observe(self, aws: Aws) -> dict[str, Any] | None:
+        found = self.find(
+            aws, "describe_log_streams", logGroupName=self.group, logStreamNamePrefix=self.name
+        )
+        streams = (found or {}).get("logStreams", [])
+        return next((st for st in streams if st["logStreamName"] == self.name), None)
+
+    def create(self, aws: Aws) -> None:
+        self.make(aws, "create_log_stream", logGroupName=self.group, logStreamName=self.name)
+
+    def delete(self, aws: Aws) -> None:
+        self.remove(aws, "delete_log_stream", logGroupName=self.group, logStreamName=self.name)
