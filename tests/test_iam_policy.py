@@ -257,6 +257,17 @@ CALL_METHODS = {"call", "pages", "paginate"}
 RESOURCE_CALLS = {"call", "find", "make", "remove"}
 
 
+def _action_literals(tree: ast.AST) -> set[str]:
+    """Every IAM action written out as a string ("svc:Action") in `tree`."""
+    return {
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and ACTION_LITERAL.match(node.value)
+    }
+
+
 def _kind_prefix(node: ast.AST) -> str | None:
     """The service of a resource class (its `kind = "service.thing"`), else None."""
     for statement in getattr(node, "body", []):
@@ -297,13 +308,7 @@ def _module_facts(path: Path) -> tuple[set[str], set[str]]:
     """(IAM actions of the calls the module makes by literal name, actions it declares)."""
     tree = ast.parse(path.read_text())
     session = botocore.session.get_session()
-    declared = {
-        node.value
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Constant)
-        and isinstance(node.value, str)
-        and ACTION_LITERAL.match(node.value)
-    }
+    declared = _action_literals(tree)
     prefixes = {p for node in tree.body if (p := _kind_prefix(node))}
     # Module-level helpers of a one-service module call on that service.
     only = next(iter(prefixes)) if len(prefixes) == 1 else None
@@ -339,14 +344,7 @@ def test_the_policy_module_lists_no_action_of_its_own():
     source = (ROOT / "iotpipe" / "iam_policy.py").read_text()
     tree = ast.parse(source)
     implicit = set(IMPLICIT_ACTIONS) | set(EMULATOR_ONLY_ACTIONS)
-    literals = {
-        n.value
-        for n in ast.walk(tree)
-        if isinstance(n, ast.Constant)
-        and isinstance(n.value, str)
-        and ACTION_LITERAL.match(n.value)
-    }
-    assert literals == implicit
+    assert _action_literals(tree) == implicit
 
 
 def test_cli_prints_every_jobs_documents_for_a_given_account(cli, faults):
