@@ -370,6 +370,33 @@ def test_writes_get_the_latest_state_and_wait_for_the_declared_settled_state(ctx
     assert seen[0]["size"] == 1
 
 
+def test_a_write_is_skipped_when_an_earlier_write_already_brought_its_field_as_wanted(ctx) -> None:
+    ctx.settings["oven"] = {"size": 1, "shape": "box", "heat": 100}
+    oven = Oven(ctx, "oven")
+    account = Account()
+    account.state[oven.key] = {
+        "size": 1,
+        "shape": "box",
+        "heat": 100,
+        "status": "READY",
+        "tags": {STACK_TAG: STACK},
+    }
+
+    def resize_heats(operation: str, key: str) -> None:
+        # Resizing this oven also brings it to the heat the config wants.
+        if operation == "set_size":
+            account.state[key]["heat"] = 180
+
+    account.on_write = resize_heats
+    ctx.settings["oven"].update(size=2, heat=180)
+    plan = plan_up(account, [oven], STACK)
+    assert [c.field for c in plan.changes[0].changes] == ["size", "heat"]
+    account.calls.clear()
+    execute(account, plan)
+    assert _mutations(account) == [("set_size", oven.key)]
+    assert status(account, [oven])[0].state == "in sync"
+
+
 def test_a_changed_field_is_dispatched_to_its_write_without_reading_again(ctx, machines) -> None:
     account = Account()
     execute(account, plan_up(account, machines, STACK))

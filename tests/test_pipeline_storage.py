@@ -912,6 +912,9 @@ def test_a_step_aws_allows_only_later_is_deferred_and_holds_back_nothing() -> No
         fields = (Field("ttl", "ttl", "update_time_to_live"),)
         writes = (Write("update_time_to_live", later),)
 
+        def desired(self) -> dict[str, Any]:
+            return {"ttl": "expires_at"}
+
     table = Later("table", optional=False, fail_create=False)
     table.created = True
     function = _Fake("function", optional=False, fail_create=False, depends_on=(table.key,))

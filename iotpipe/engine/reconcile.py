@@ -237,13 +237,19 @@ def apply_step(aws: AwsAccess, step: Step) -> None:
 def update(aws: AwsAccess, r: Resource, changes: list[Change], latest: State) -> None:
     """Apply exactly these changes: each write call that sets a changed field, once, in the
     order the resource declares its writes, then the tags by the resource's tagging rule. Each
-    write is handed the latest state (read again only after a write that unsettles it)."""
+    write is handed the latest state (read again only after a write that unsettles it), and is
+    skipped when that state shows its fields as wanted already."""
     want = r.desired()
     changed = {c.field for c in changes}
     latest = settle(aws, r, latest)
-    needed = {r.field(name).write for name in changed - {"tags"}}
     for write in r.writes:
-        if write.name in needed:
+        # Against the latest state: an earlier write (enabling a key, say) may have brought
+        # this one's fields to what is wanted already.
+        if any(
+            f.write == write.name and f.differs(latest.get(f.name), want[f.name])
+            for f in r.fields
+            if f.name in changed
+        ):
             write.apply(r, aws, want, latest)
             if write.settles:
                 latest = settle(aws, r, None)

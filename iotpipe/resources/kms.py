@@ -21,7 +21,7 @@ import contextlib
 import json
 from typing import TYPE_CHECKING, Any
 
-from iotpipe.engine.fields import Field, Settled, State, Tagging, Write, tags_as
+from iotpipe.engine.fields import Field, Settled, State, Tagging, Write, call, tags_as
 from iotpipe.engine.model import STACK_TAG, Resource
 from iotpipe.errors import AwsError
 from iotpipe.permissions import Grant, owned, reads, writes
@@ -104,24 +104,6 @@ def _enable(r: AlertsKey, aws: Aws, want: dict[str, Any], have: State) -> None:
     r.call(aws, "enable_key", **_key_id(have))
 
 
-# Rotation and policy are compared again with the state read once `_enable` turned the key on:
-# a key that was off could not show them, and they may be as desired already.
-def _enable_rotation(r: AlertsKey, aws: Aws, want: dict[str, Any], have: State) -> None:
-    if not have["rotation"]:
-        r.call(aws, "enable_key_rotation", **_key_id(have))
-
-
-def _put_policy(r: AlertsKey, aws: Aws, want: dict[str, Any], have: State) -> None:
-    if r.field("policy").differs(have["policy"], want["policy"]):
-        r.call(
-            aws,
-            "put_key_policy",
-            PolicyName=KEY_POLICY_NAME,
-            Policy=json.dumps(want["policy"]),
-            **_key_id(have),
-        )
-
-
 class AlertsKey(Resource):
     """The key, found through its alias (key ids are random)."""
 
@@ -136,10 +118,20 @@ class AlertsKey(Resource):
         ),
     )
     writes = (
-        # Enabling the key changes its state: what it could not show while off is read again.
+        # Enabling the key changes its state: rotation and policy, which a key that is off does
+        # not show, are read again, and written only if they still differ.
         Write("enable", _enable, settles=True),
-        Write("rotation", _enable_rotation),
-        Write("policy", _put_policy),
+        call("kms", "enable_key_rotation", lambda r, want, have: _key_id(have), name="rotation"),
+        call(
+            "kms",
+            "put_key_policy",
+            lambda r, want, have: {
+                **_key_id(have),
+                "PolicyName": KEY_POLICY_NAME,
+                "Policy": json.dumps(want["policy"]),
+            },
+            name="policy",
+        ),
     )
     tagging = Tagging(
         "kms",
