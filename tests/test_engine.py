@@ -46,6 +46,7 @@ class Account:
     lagging_reads: dict[str, int] = field(default_factory=dict)
     # Reads that still show a settling status (e.g. WARMING) before it turns READY.
     lagging_status: int = 0
+    tag_reads: int = 0
     on_write: Callable[[str, str], None] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -65,6 +66,7 @@ class Account:
         key = params.pop("Key")
         params.pop("missing", None)
         if operation == "list_tags":
+            self.tag_reads += 1
             aws_state = self.state[key]
             return {"Tags": dict(aws_state["tags"])}
         self.record(operation, key)
@@ -395,6 +397,33 @@ def test_a_write_is_skipped_when_an_earlier_write_already_brought_its_field_as_w
     execute(account, plan)
     assert _mutations(account) == [("set_size", oven.key)]
     assert status(account, [oven])[0].state == "in sync"
+
+
+def test_a_settling_wait_polls_the_status_and_reads_the_tags_once_settled(ctx) -> None:
+    ctx.settings["oven"] = {"size": 1, "shape": "box", "heat": 100}
+    oven = Oven(ctx, "oven")
+    account = Account()
+    account.state[oven.key] = {
+        "size": 1,
+        "shape": "box",
+        "heat": 100,
+        "status": "READY",
+        "tags": {STACK_TAG: STACK},
+    }
+
+    def warming(operation: str, key: str) -> None:
+        if operation == "set_size":
+            account.state[key]["status"] = "WARMING"
+            account.lagging_status = 3
+
+    account.on_write = warming
+    ctx.settings["oven"]["size"] = 2
+    plan = plan_up(account, [oven], STACK)
+    assert account.tag_reads == 1
+    execute(account, plan)
+    # Four polls of the status (three still WARMING), one tag read: the settled state's.
+    assert [c for c in account.calls if c[0] == "read"].count(("read", oven.key)) == 1 + 4
+    assert account.tag_reads == 2
 
 
 def test_a_changed_field_is_dispatched_to_its_write_without_reading_again(ctx, machines) -> None:

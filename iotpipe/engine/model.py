@@ -419,8 +419,10 @@ class Resource(ABC):
     def read(self, aws: AwsAccess) -> State | None:
         """The latest state: observe, then read every field (and the tags) from the answers."""
         raw = self.observe(aws)
-        if raw is None:
-            return None
+        return None if raw is None else self.state(aws, raw)
+
+    def state(self, aws: AwsAccess, raw: dict[str, Any]) -> State:
+        """The fields read from `observe`'s answer, and the tags by the tagging rule."""
         values = {f.name: f.value(raw) for f in self.fields}
         if self.tagging is not None:
             values["tags"] = self.tagging.observe(self, aws, raw)

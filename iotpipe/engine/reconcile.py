@@ -264,12 +264,14 @@ def settle(aws: AwsAccess, r: Resource, latest: State | None) -> State:
     """The resource's state once it is settled (declared by `Resource.settled`): `latest` if it
     already is, else read again until it is. A failed status raises its message."""
     settled = _Settling(r)
-    if latest is not None and settled.accepts(latest):
+    if latest is not None and settled.accepts(latest.raw):
         return latest
 
     def check() -> State | None:
-        state = r.read(aws)
-        return state if state is not None and settled.accepts(state) else None
+        # The status is in `observe`'s answer: the tags are read once it is settled, not at
+        # every poll.
+        raw = r.observe(aws)
+        return r.state(aws, raw) if raw is not None and settled.accepts(raw) else None
 
     what = r.settled.what if r.settled else "to be readable"
     return aws.wait_for(check, resource=r.label, what=what)
@@ -283,18 +285,19 @@ class _Settling:
         self.r = r
         self.told = False
 
-    def accepts(self, state: State) -> bool:
+    def accepts(self, raw: dict[str, Any]) -> bool:
+        """Whether `observe`'s answer shows the resource settled."""
         settled = self.r.settled
         if settled is None:
             return True
-        failure = settled.failed(state.raw)
+        failure = settled.failed(raw)
         if failure:
             raise AwsError(failure, resource=self.r.label)
-        if settled.status(state.raw) in settled.ready:
+        if settled.status(raw) in settled.ready:
             return True
         if not self.told and settled.waiting is not None:
             self.told = True
-            report_wait(settled.waiting(state.raw))
+            report_wait(settled.waiting(raw))
         return False
 
 
@@ -319,12 +322,12 @@ def _observe_after_create(aws: AwsAccess, r: Resource) -> State:
 
     def visible() -> State | None:
         try:
-            state = r.read(aws)
+            raw = r.observe(aws)
+            return r.state(aws, raw) if raw is not None and settled.accepts(raw) else None
         except AwsError as exc:
             if exc.code not in NOT_YET_VISIBLE:
                 raise
             return None
-        return state if state is not None and settled.accepts(state) else None
 
     what = r.settled.what if r.settled else "to become visible after create"
     return aws.wait_for(visible, resource=r.label, what=what)
