@@ -528,3 +528,15 @@ def test_importing_the_engine_loads_no_pipeline_module_and_no_aws_sdk() -> None:
         "iotpipe.engine.reconcile",
         "iotpipe.errors",
     ]
+
+
+def test_a_field_compares_exactly_as_a_subset_or_through_its_normaliser() -> None:
+    exact = Field("size", "size", "set_size")
+    assert not exact.differs({"a": 1, "b": 2.0}, {"b": 2, "a": 1})  # key order, number types
+    assert exact.differs([1, 2], [2, 1])
+    subset = Field("labels", "labels", "set_labels", compare="subset")
+    assert not subset.differs({"ours": "x", "theirs": "y"}, {"ours": "x"})
+    assert subset.differs({"theirs": "y"}, {"ours": "x"})
+    unordered = Field("members", "members", "set_members", compare=sorted)
+    assert not unordered.differs(["b", "a"], ["a", "b"])
+    assert unordered.differs(["a"], ["a", "b"])
