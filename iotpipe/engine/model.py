@@ -438,19 +438,31 @@ class Resource(ABC):
         )
 
     def diff(self, observed: State | dict[str, Any]) -> list[Change]:
+        desired = self.desired()
+        problems = self.problems(desired)
+        if problems:
+            raise IotpipeError("internal: " + "; ".join(problems) + " (no reader, no writer)")
         changes = []
-        for name, want in self.desired().items():
+        for name, want in desired.items():
             have = observed.get(name)
-            if name == "tags":
-                if self.tagging is None or self.tagging.write is None:
-                    raise IotpipeError(f"internal: {self.kind} wants tags but cannot write them")
-                if TAGS.differs(have, want):
-                    changes.append(Change(name, have, want, subset=True))
-                continue
-            f = self.field(name)
+            f = TAGS if name == "tags" else self.field(name)
             if f.differs(have, want):
                 changes.append(Change(name, have, want, subset=f.compare == "subset"))
         return changes
+
+    def problems(self, desired: dict[str, Any]) -> list[str]:
+        """Desired fields this resource cannot read or write (no Field, no tagging rule)."""
+        problems = []
+        declared = {f.name for f in self.fields}
+        for name in desired:
+            if name == "tags":
+                if self.tagging is None or self.tagging.write is None:
+                    problems.append(
+                        f"{self.key}: wants tags but declares no Tagging rule that writes"
+                    )
+            elif name not in declared:
+                problems.append(f"{self.key}: wants {name!r} but declares no Field for it")
+        return problems
 
     def replaces(self, changes: list[Change]) -> bool:
         """Whether a change is to a field AWS cannot change in place."""
@@ -487,15 +499,7 @@ def field_table_problems(cls: type[Resource]) -> list[str]:
 
 def desired_problems(r: Resource) -> list[str]:
     """Desired fields the resource cannot read or write (a test runs this on every resource)."""
-    problems = []
-    declared = {f.name for f in r.fields}
-    for name in r.desired():
-        if name == "tags":
-            if r.tagging is None or r.tagging.write is None:
-                problems.append(f"{r.key}: wants tags but declares no Tagging rule that writes")
-        elif name not in declared:
-            problems.append(f"{r.key}: wants {name!r} but declares no Field for it")
-    return problems
+    return r.problems(r.desired())
 
 
 @dataclass
